@@ -1,0 +1,1 @@
+"""Analysis of a thought store: numpy/scikit-learn only (plots live in analysis/plots.py)."""

@@ -1,0 +1,1 @@
+"""GSM8K loading, operation labels and sampling."""
