@@ -1,0 +1,148 @@
+"""What a CODI checkpoint is: its hyper-parameters (`codi_config.json`) and the named presets.
+
+No torch here, so the CLI and pipeline can read configs without importing the model code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opcircuits.errors import OpcircuitsError
+
+CONFIG_NAME = "codi_config.json"
+
+# LoRA targets of the released checkpoints, by transformers `model_type`.
+LORA_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+}
+
+
+@dataclass
+class CodiConfig:
+    """Hyper-parameters of a CODI module; saved as `codi_config.json` in a checkpoint dir.
+
+    `base` is a hub id or a local directory holding the base model's config and tokenizer; a
+    relative local path is taken relative to the checkpoint dir ("." = the checkpoint dir itself).
+    `lora_r=0` means no LoRA: the whole base was trained and its weights sit in the checkpoint.
+    `lora_targets=None` picks the released targets for the base's architecture.
+    """
+
+    base: str
+    num_latent: int = 6
+    prj_dim: int = 2048
+    prj_no_ln: bool = False
+    prj_dropout: float = 0.0
+    lora_r: int = 128
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: list[str] | None = None
+    remove_eos: bool = True
+    layers: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base, str) or not self.base:
+            raise OpcircuitsError("base must be a non-empty hub id or directory", field="base")
+        if self.num_latent < 1:
+            raise OpcircuitsError(f"must be >= 1, got {self.num_latent}", field="num_latent")
+        if self.prj_dim < 1:
+            raise OpcircuitsError(f"must be >= 1, got {self.prj_dim}", field="prj_dim")
+        if self.lora_r < 0:
+            raise OpcircuitsError(f"must be >= 0 (0 = no LoRA), got {self.lora_r}", field="lora_r")
+        if self.layers is not None:
+            self.layers = [int(x) for x in self.layers]
+        if self.lora_targets is not None:
+            self.lora_targets = [str(x) for x in self.lora_targets]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, path: str | Path | None = None) -> CodiConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OpcircuitsError(
+                f"unknown CODI config keys {unknown}; known: {sorted(known)}", path=path
+            )
+        if "base" not in data:
+            raise OpcircuitsError("missing the base model (hub id or dir)", path=path, field="base")
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> CodiConfig:
+        """A copy with the non-None overrides applied (flags override `codi_config.json`)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise OpcircuitsError(f"unknown CODI config options {unknown}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def save(self, directory: str | Path) -> Path:
+        from opcircuits.files import write_json_atomic
+
+        out = Path(directory) / CONFIG_NAME
+        write_json_atomic(out, self.to_dict())
+        return out
+
+
+def read_config(directory: str | Path) -> dict[str, Any] | None:
+    """The raw `codi_config.json` of a checkpoint dir, or None when it has none."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise OpcircuitsError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    if not isinstance(data, dict):
+        raise OpcircuitsError("must hold a JSON object", path=path)
+    return data
+
+
+def lora_targets_for(model_type: str) -> list[str]:
+    try:
+        return list(LORA_TARGETS[model_type])
+    except KeyError:
+        raise OpcircuitsError(
+            f"no default LoRA targets for model type '{model_type}'; set lora_targets in "
+            f"{CONFIG_NAME} (known types: {sorted(LORA_TARGETS)})"
+        ) from None
+
+
+def demo_dir() -> Path:
+    """The small demo CODI model shipped inside the package."""
+    return Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: where its checkpoint and base live, and its config defaults."""
+
+    checkpoint: str
+    base: str
+    layers: tuple[int, ...] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "codi-llama3.2-1b": Preset(
+        checkpoint="zen-E/CODI-llama3.2-1b-Instruct",
+        base="meta-llama/Llama-3.2-1B-Instruct",
+        layers=(4, 8, 14),
+        config={"prj_dim": 2048, "lora_r": 128, "lora_alpha": 32, "num_latent": 6},
+    ),
+    "codi-gpt2": Preset(
+        checkpoint="zen-E/CODI-gpt2",
+        base="gpt2",
+        layers=(3, 6, 10),
+        config={"prj_dim": 768, "lora_r": 128, "lora_alpha": 32, "num_latent": 6},
+    ),
+    # Layers and the rest come from the demo dir's own codi_config.json.
+    "demo": Preset(checkpoint=str(demo_dir()), base="."),
+}
