@@ -92,7 +92,7 @@ class CodiModel(nn.Module):
     # --- parts ----------------------------------------------------------------------------
     @property
     def lm(self) -> nn.Module:
-        """The transformers model that runs (LoRA layers injected, if any), without peft's wrapper."""
+        """The transformers model that runs (LoRA layers injected, if any), minus peft's wrapper."""
         if hasattr(self.codi, "get_base_model"):
             return self.codi.get_base_model()
         return self.codi
