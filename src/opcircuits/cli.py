@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -32,6 +33,104 @@ def _root(
 
 
 # --- data commands (issue 2) -------------------------------------------------
+
+
+@data_app.command("download")
+def data_download(
+    source: str = typer.Option(
+        "hf", "--source",
+        help="'hf' for the Hugging Face hub (openai/gsm8k, main), or a folder with GSM8K's "
+        "train.jsonl and test.jsonl or the hub's parquet files (e.g. ../shared/data/gsm8k).",
+    ),
+    out: Path = typer.Option(
+        Path("data/gsm8k_full.jsonl"), "--out",
+        help="Output JSONL: all 8,792 problems, test split then train, ids test_N / train_N.",
+    ),
+) -> None:
+    """Write every GSM8K problem as one JSON record per line (with parsed steps and answer)."""
+    from opcircuits.data.gsm8k import download
+
+    path = download(source=source, out=out)
+    typer.echo(f"wrote {path}")
+
+
+def _print_distribution(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from opcircuits.data.annotations import CATEGORIES, UNCLASSIFIED, UNCLASSIFIED_REASONS
+
+    dist = manifest["distribution"]
+    table = Table(title=f"Operation categories over all {dist['total']:,} problems")
+    table.add_column("category")
+    table.add_column("problems", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("sampled", justify="right")
+    for cat in (*CATEGORIES, UNCLASSIFIED):
+        n = dist["categories"][cat]
+        sampled = str(manifest["counts"].get(cat, "—"))
+        table.add_row(cat, f"{n:,}", f"{n / max(dist['total'], 1):.1%}", sampled)
+    for reason in UNCLASSIFIED_REASONS:
+        table.add_row(f"  unclassified: {reason}", f"{dist['unclassified_reasons'][reason]:,}",
+                      "", "")
+    Console().print(table)
+
+
+@data_app.command("classify")
+def data_classify(
+    in_path: Path = typer.Option(
+        Path("data/gsm8k_full.jsonl"), "--in",
+        help="Problems to label: JSONL from `data download`, or the earlier scripts' JSON.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output JSONL [default: data/operation_samples_{N}.jsonl]; "
+        "a manifest <name>.manifest.json is written beside it.",
+    ),
+    per_category: int = typer.Option(
+        200, "--per-category", help="Problems to sample per category."
+    ),
+    seed: int = typer.Option(42, "--seed", help="Sampling seed (same seed → identical output)."),
+    match_steps: bool = typer.Option(
+        False, "--match-steps",
+        help="Give every category the same histogram of n_steps (number of annotations), "
+        "so step count cannot stand in for the operation.",
+    ),
+    allow_fewer: bool = typer.Option(
+        False, "--allow-fewer", help="Take what there is when a category has fewer than N.",
+    ),
+) -> None:
+    """Label every problem by the operators its calculator annotations use; sample per category."""
+    import json
+
+    from opcircuits.data.sampling import ClassifyOptions, classify
+    from opcircuits.files import manifest_path
+
+    path = classify(ClassifyOptions(in_path=in_path, out=out, per_category=per_category,
+                                    seed=seed, match_steps=match_steps, allow_fewer=allow_fewer))
+    _print_distribution(json.loads(manifest_path(path).read_text(encoding="utf-8")))
+    typer.echo(f"wrote {path}")
+
+
+@data_app.command("prototype")
+def data_prototype(
+    in_path: Path = typer.Option(
+        Path("data/operation_samples_200.jsonl"), "--in",
+        help="A sampled set from `data classify` (or the earlier operation_samples_200.json).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out",
+        help="Output JSONL [default: data/operation_samples_prototype_{3K}.jsonl], with manifest.",
+    ),
+    per_category: int = typer.Option(20, "--per-category", help="Problems per category (K)."),
+    seed: int = typer.Option(42, "--seed", help="Sampling seed."),
+) -> None:
+    """A small set nested in the sampled one, for quick iteration."""
+    from opcircuits.data.sampling import PrototypeOptions, prototype
+
+    path = prototype(PrototypeOptions(in_path=in_path, out=out, per_category=per_category,
+                                      seed=seed))
+    typer.echo(f"wrote {path}")
+
 
 # --- extract and store commands (issue 3) ------------------------------------
 
