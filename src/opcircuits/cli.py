@@ -134,6 +134,63 @@ def data_prototype(
 
 # --- extract and store commands (issue 3) ------------------------------------
 
+# store sub-commands (store helper): import-legacy, info
+
+
+@store_app.command("import-legacy")
+def store_import_legacy(
+    file: Path = typer.Argument(
+        ..., metavar="FILE.json",
+        help="The earlier scripts' continuous_thoughts_*.json: a list of {id, question, answer, "
+        "operation_type, thoughts: {early|middle|late: 6 x D}}.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Store directory to create."),
+    layers: str = typer.Option(
+        "4,8,14", "--layers",
+        help="HF hidden_states indices of the layers, in --layer-names order (not recorded in "
+        "the legacy file; 4,8,14 were the earlier experiment's for CODI-LLaMA-3.2-1B).",
+    ),
+    layer_names: str = typer.Option(
+        "early,middle,late", "--layer-names",
+        help="The keys of each item's 'thoughts', comma-separated; kept as layer_names.",
+    ),
+    model: str = typer.Option("codi-llama3.2-1b", "--model",
+                              help="Model name to record in the manifest."),
+    num_latent: int = typer.Option(6, "--num-latent",
+                                   help="The model's number of latent steps K (manifest)."),
+    store_dtype: str = typer.Option("float16", "--store-dtype",
+                                    help="float16 (half the size) or float32."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an existing store at --out."),
+) -> None:
+    """Convert a legacy thoughts JSON into a store (positions bot, latent_1..latent_5)."""
+    from opcircuits.legacy import ImportLegacyOptions, import_legacy
+
+    store = import_legacy(ImportLegacyOptions(
+        file=file, out=out, layers=layers, layer_names=layer_names, model=model,
+        num_latent=num_latent, store_dtype=store_dtype, overwrite=overwrite,
+    ))
+    typer.echo(f"wrote {store.path}: {len(store)} problems, positions {store.positions}, "
+               f"layers {store.layers} ({', '.join(store.layer_names or [])})")
+
+
+@store_app.command("info")
+def store_info(
+    store: Path = typer.Argument(..., metavar="STORE", help="Store directory."),
+    allow_incomplete: bool = typer.Option(
+        False, "--allow-incomplete", help="Describe an unfinished store (the shards done so far).",
+    ),
+) -> None:
+    """Print a store's manifest and array shapes as JSON."""
+    import json
+
+    from opcircuits.store import describe, open_store
+
+    info = describe(open_store(store, allow_incomplete=allow_incomplete))
+    typer.echo(json.dumps(info, indent=2, sort_keys=True))
+
+# end of store sub-commands
+
 # --- analyze (issue 4) -------------------------------------------------------
 
 # --- run (issue 5) -----------------------------------------------------------

@@ -160,7 +160,8 @@ def _as_array(x: Any, what: str) -> np.ndarray:
 
 def _cast(arr: np.ndarray, store_dtype: str, what: str) -> np.ndarray:
     """Cast to the store dtype, refusing values that would overflow to inf (fp16 tops at 65504)."""
-    out = np.ascontiguousarray(arr, dtype=STORE_DTYPES[store_dtype])
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=STORE_DTYPES[store_dtype])
     if store_dtype != "float32" and not np.isfinite(out).all():
         bad = np.isfinite(arr) & ~np.isfinite(out)
         if bad.any():

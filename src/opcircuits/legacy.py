@@ -1,0 +1,260 @@
+"""Import the earlier scripts' `continuous_thoughts_*.json` into a thought store.
+
+Those files are one JSON list of ``{"id", "question", "answer", "operation_type", "thoughts":
+{"early": [6 × D], "middle": [6 × D], "late": [6 × D]}}``: the gold solution text, the operation
+category and, for three layers, the hidden states at positions bot, latent_1 … latent_5. The
+layer numbers were not recorded; by default they are taken to be 4, 8, 14 (the earlier
+experiment's layers for CODI-LLaMA-3.2-1B) and the labels are kept as `layer_names`. Model
+outputs (answer text, prediction, logit lens) were not recorded either: those columns are null.
+
+The file is read into memory once (a ~690 MB file needs about that much for the text) and
+decoded one item at a time, each converted to a float32 array right away, so the Python float
+objects of only one item are alive at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from opcircuits.errors import OpcircuitsError
+from opcircuits.files import sha256_file
+from opcircuits.store import Store, write_store
+
+log = logging.getLogger(__name__)
+
+LEGACY_LAYERS = "4,8,14"
+LEGACY_LAYER_NAMES = "early,middle,late"
+_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
+
+
+@dataclass
+class ImportLegacyOptions:
+    """Options of `opcircuits store import-legacy` (field names = option names)."""
+
+    file: Path
+    out: Path
+    layers: str = LEGACY_LAYERS
+    layer_names: str = LEGACY_LAYER_NAMES
+    model: str = "codi-llama3.2-1b"
+    num_latent: int = 6
+    store_dtype: str = "float16"
+    overwrite: bool = False
+
+
+def _int_list(text: str, field: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise OpcircuitsError(
+            f"expected comma-separated integers, got {text!r}", field=field
+        ) from exc
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def iter_json_array(text: str, path: Path):
+    """Yield (index, line, item) for each element of the top-level JSON array in `text`."""
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+    pos = 0
+    n = len(text)
+    while pos < n and text[pos] in ws:
+        pos += 1
+    if pos >= n or text[pos] != "[":
+        raise OpcircuitsError(
+            "expected a JSON list of thought records", path=path, line=_line_of(text, pos)
+        )
+    pos += 1
+    index = 0
+    while True:
+        while pos < n and text[pos] in ws:
+            pos += 1
+        if pos < n and text[pos] == "]" and index == 0:
+            pos += 1
+            break
+        start = pos
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise OpcircuitsError(
+                f"item {index}: not valid JSON ({exc.msg})", path=path, line=exc.lineno
+            ) from exc
+        yield index, start, item
+        index += 1
+        while pos < n and text[pos] in ws:
+            pos += 1
+        if pos < n and text[pos] == ",":
+            pos += 1
+            continue
+        if pos < n and text[pos] == "]":
+            pos += 1
+            break
+        raise OpcircuitsError(
+            f"after item {index - 1}: expected ',' or ']'", path=path, line=_line_of(text, pos)
+        )
+    while pos < n and text[pos] in ws:
+        pos += 1
+    if pos != n:
+        raise OpcircuitsError("extra data after the JSON list", path=path, line=_line_of(text, pos))
+
+
+def parse_gold(answer: str) -> float | None:
+    """The number after `####` in a GSM8K solution (commas removed), else None."""
+    if "####" not in answer:
+        return None
+    tail = answer.rsplit("####", 1)[1].strip().replace(",", "").replace("$", "")
+    match = _NUMBER.search(tail)
+    if not match:
+        return None
+    try:
+        return float(match.group(0).replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _solution_labels(answer: str) -> tuple[int | None, list[str] | None]:
+    """n_steps and ops_used from the solution's calculator annotations (the data stage's rules);
+    None for both when the annotations cannot be trusted."""
+    from opcircuits.data.annotations import (
+        OPERATOR_SYMBOLS,
+        UNPARSEABLE,
+        extract_steps,
+        label_record,
+    )
+
+    label = label_record({"answer": answer})
+    if label.reason == UNPARSEABLE:
+        return None, None
+    return len(extract_steps(answer)), [s for s in OPERATOR_SYMBOLS if label.operators.get(s)]
+
+
+def _item(
+    item: Any, index: int, line: int, path: Path, names: list[str], shape: list[int] | None
+) -> tuple[dict[str, Any], np.ndarray]:
+    def bad(msg: str, field: str) -> OpcircuitsError:
+        return OpcircuitsError(f"item {index}: {msg}", path=path, line=line, field=field)
+
+    if not isinstance(item, dict):
+        raise bad(f"expected an object, got {type(item).__name__}", "item")
+    for key, kind in (
+        ("id", (str, int)),
+        ("question", str),
+        ("answer", str),
+        ("operation_type", str),
+        ("thoughts", dict),
+    ):
+        if key not in item:
+            raise bad("missing", key)
+        if isinstance(item[key], bool) or not isinstance(item[key], kind):
+            raise bad(f"has type {type(item[key]).__name__}", key)
+    thoughts = item["thoughts"]
+    missing = [k for k in names if k not in thoughts]
+    extra = [k for k in thoughts if k not in names]
+    if missing or extra:
+        raise bad(
+            f"layers {sorted(thoughts)} do not match the layer names {names} (use --layer-names)",
+            "thoughts",
+        )
+    per_layer = []
+    for name in names:
+        try:
+            arr = np.asarray(thoughts[name], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise bad(
+                f"not a list of equal-length number lists ({exc})", f"thoughts.{name}"
+            ) from exc
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise bad(
+                f"expected positions × hidden size, got shape {list(arr.shape)}", f"thoughts.{name}"
+            )
+        if shape is not None and list(arr.shape) != shape:
+            raise bad(
+                f"shape {list(arr.shape)} differs from the first item's {shape}", f"thoughts.{name}"
+            )
+        if not np.isfinite(arr).all():
+            raise bad("holds NaN or infinite values", f"thoughts.{name}")
+        shape = list(arr.shape)
+        per_layer.append(arr)
+    hidden = np.stack(per_layer, axis=1)  # [P, L, D]
+    answer = item["answer"]
+    n_steps, ops = _solution_labels(answer)
+    record = {
+        "id": str(item["id"]),
+        "category": item["operation_type"],
+        "question": item["question"],
+        "gold": parse_gold(answer),
+        "n_steps": n_steps,
+        "ops_used": ops,
+    }
+    return record, hidden
+
+
+def import_legacy(options: ImportLegacyOptions) -> Store:
+    """Convert one legacy thoughts JSON file into a store at `options.out`."""
+    path = Path(options.file)
+    if not path.is_file():
+        raise OpcircuitsError("no such file", path=path)
+    layers = _int_list(options.layers, "layers")
+    names = [x.strip() for x in options.layer_names.split(",") if x.strip()]
+    if len(names) != len(layers):
+        raise OpcircuitsError(
+            f"{len(names)} layer names {names} for {len(layers)} layers {layers}", field="layers"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OpcircuitsError(f"not UTF-8 text ({exc.reason})", path=path) from exc
+    records: list[dict[str, Any]] = []
+    hidden: list[np.ndarray] = []
+    shape: list[int] | None = None
+    for index, start, item in iter_json_array(text, path):
+        rec, h = _item(item, index, _line_of(text, start), path, names, shape)
+        shape = [h.shape[0], h.shape[2]]
+        records.append(rec)
+        hidden.append(h)
+    del text
+    if not records:
+        raise OpcircuitsError("the list holds no items", path=path)
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise OpcircuitsError(f"ids repeat: {dup}", path=path, field="id")
+    n_pos = shape[0] if shape else 0
+    positions = ["bot"] + [f"latent_{k}" for k in range(1, n_pos)]
+    log.info(
+        "read %d legacy items (%d positions, %d layers, hidden size %s)",
+        len(records),
+        n_pos,
+        len(layers),
+        shape[1] if shape else None,
+    )
+    return write_store(
+        options.out,
+        np.stack(hidden),
+        records,
+        layers,
+        positions,
+        None,
+        overwrite=options.overwrite,
+        model=options.model,
+        num_latent=options.num_latent,
+        layer_names=names,
+        store_dtype=options.store_dtype,
+        dataset=str(path),
+        dataset_sha256=sha256_file(path),
+        source="legacy",
+        note=(
+            "imported from the earlier scripts' thoughts JSON: layer numbers assumed "
+            f"({options.layers}), positions bot, latent_1 … latent_{n_pos - 1} as recorded; "
+            "no model outputs, logit lens or latent inputs"
+        ),
+    )
