@@ -195,6 +195,171 @@ def store_info(
 
 # --- run (issue 5) -----------------------------------------------------------
 
+_RUN_DATA = "Data (prototype, full)"
+_RUN_MODEL = "Model and extraction (prototype, full)"
+_RUN_ANALYSIS = "Analysis"
+
+
+@app.command("run")
+def run_command(
+    mode: str | None = typer.Option(
+        None, "--mode",
+        help="prototype: GSM8K → classify and sample → 60-problem subset → extract → analyze → "
+        "report. full: the same on the 600 sampled problems. analysis_only: analyze --store "
+        "(a store, or a legacy continuous_thoughts_*.json). Default: [run] mode, else prototype.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c",
+        help="Experiment TOML with tables [run], [data], [extract], [analyze] (see "
+        "experiment.toml). Flags given here override it.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory (default runs/<mode>). Rerun into it to resume."
+    ),
+    store: Path | None = typer.Option(
+        None, "--store",
+        help="analysis_only: the store or legacy JSON to analyze. Otherwise: where to write the "
+        "store (default <out>/store); an existing store there must come from the same model "
+        "and data.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Recompute every stage, even up-to-date ones."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", rich_help_panel=_RUN_DATA,
+        help="GSM8K source: 'hf' (the hub; default) or a folder with train.jsonl and test.jsonl.",
+    ),
+    per_category: int | None = typer.Option(
+        None, "--per-category", rich_help_panel=_RUN_DATA,
+        help="Problems sampled per category (default 200: the 600 of a full run).",
+    ),
+    prototype_per_category: int | None = typer.Option(
+        None, "--prototype-per-category", rich_help_panel=_RUN_DATA,
+        help="Problems per category in the prototype subset (default 20: 60 problems).",
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", rich_help_panel=_RUN_DATA,
+        help="Sets both the sampling seed ([data] seed, default 42) and the analysis seed "
+        "([analyze] seed, default 0).",
+    ),
+    match_steps: bool | None = typer.Option(
+        None, "--match-steps/--no-match-steps", rich_help_panel=_RUN_DATA,
+        help="Sample every category with the same distribution of solution steps.",
+    ),
+    allow_fewer: bool | None = typer.Option(
+        None, "--allow-fewer/--no-allow-fewer", rich_help_panel=_RUN_DATA,
+        help="Take all problems of a category that has fewer than --per-category.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", rich_help_panel=_RUN_MODEL,
+        help="Preset (demo, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint folder. "
+        "Default: demo.",
+    ),
+    checkpoint: str | None = typer.Option(
+        None, "--checkpoint", rich_help_panel=_RUN_MODEL, help="Checkpoint folder or hub id."
+    ),
+    base: str | None = typer.Option(
+        None, "--base", rich_help_panel=_RUN_MODEL, help="Base model folder or hub id."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", rich_help_panel=_RUN_MODEL,
+        help="Layers to extract: '4,8,14' or 'all' (HF hidden_states index). Default: the model's.",
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", rich_help_panel=_RUN_MODEL, help="Problems per forward pass."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", rich_help_panel=_RUN_MODEL, help="Answer tokens decoded at most."
+    ),
+    dtype: str | None = typer.Option(
+        None, "--dtype", rich_help_panel=_RUN_MODEL, help="float32, bfloat16 or float16."
+    ),
+    device: str | None = typer.Option(
+        None, "--device", rich_help_panel=_RUN_MODEL, help="auto, cpu, cuda or mps."
+    ),
+    store_dtype: str | None = typer.Option(
+        None, "--store-dtype", rich_help_panel=_RUN_MODEL, help="Dtype of stored hidden states."
+    ),
+    shard_size: int | None = typer.Option(
+        None, "--shard-size", rich_help_panel=_RUN_MODEL,
+        help="Problems per store shard (the unit of resumption).",
+    ),
+    merge: bool | None = typer.Option(
+        None, "--merge/--no-merge", rich_help_panel=_RUN_MODEL, help="Merge LoRA into the base."
+    ),
+    top_k: int | None = typer.Option(
+        None, "--top-k", rich_help_panel=_RUN_MODEL, help="Logit-lens tokens kept per position."
+    ),
+    positions: str | None = typer.Option(
+        None, "--positions", rich_help_panel=_RUN_ANALYSIS,
+        help="Positions to analyze, e.g. 'bot,latent_1' (default: all in the store).",
+    ),
+    analyze_layers: str | None = typer.Option(
+        None, "--analyze-layers", rich_help_panel=_RUN_ANALYSIS,
+        help="Layers to analyze (default: all in the store). [analyze] layers in the config.",
+    ),
+    folds: int | None = typer.Option(
+        None, "--folds", rich_help_panel=_RUN_ANALYSIS, help="Cross-validation folds."
+    ),
+    repeats: int | None = typer.Option(
+        None, "--repeats", rich_help_panel=_RUN_ANALYSIS, help="Repeats of the k-fold split."
+    ),
+    permutations: int | None = typer.Option(
+        None, "--permutations", rich_help_panel=_RUN_ANALYSIS, help="Permutation-test shuffles."
+    ),
+    jobs: int | None = typer.Option(
+        None, "--jobs", rich_help_panel=_RUN_ANALYSIS, help="Parallel analysis jobs."
+    ),
+) -> None:
+    """Run the whole experiment, or resume it: stages whose inputs and options are unchanged are
+    skipped. Writes config.resolved.toml, run.json (versions, seeds), run.log, data/, store/,
+    analysis/ and stages/ (hash records) into the run directory."""
+    from opcircuits.config import resolve
+    from opcircuits.pipeline import run
+
+    overrides = {
+        "run": {"mode": mode, "out": out, "store": store},
+        "data": {
+            "source": source,
+            "per_category": per_category,
+            "prototype_per_category": prototype_per_category,
+            "seed": seed,
+            "match_steps": match_steps,
+            "allow_fewer": allow_fewer,
+        },
+        "extract": {
+            "model": model,
+            "checkpoint": checkpoint,
+            "base": base,
+            "layers": layers,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "dtype": dtype,
+            "device": device,
+            "store_dtype": store_dtype,
+            "shard_size": shard_size,
+            "merge": merge,
+            "top_k": top_k,
+        },
+        "analyze": {
+            "positions": positions,
+            "layers": analyze_layers,
+            "folds": folds,
+            "repeats": repeats,
+            "permutations": permutations,
+            "seed": seed,
+            "jobs": jobs,
+        },
+    }
+    result = run(resolve(config, overrides), force=force, command=["opcircuits", *sys.argv[1:]])
+    ran = ", ".join(name for name, outcome in result.stages if outcome == "ran")
+    typer.echo(f"run directory: {result.run_dir}  (ran: {ran or 'nothing, all up to date'})")
+    typer.echo(f"report: {result.report_html}")
+    typer.echo(f"summary: {result.summary_md}")
+    for line in result.headline:
+        typer.echo(f"  {line}")
+
+
 # --- train (issue 6) ---------------------------------------------------------
 
 
