@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import sha256_file
@@ -61,8 +63,10 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def iter_json_array(text: str, path: Path):
-    """Yield (index, line, item) for each element of the top-level JSON array in `text`."""
+def iter_json_array(text: str, path: Path) -> Iterator[tuple[int, int, int, Any]]:
+    """Yield (index, line, offset, item) for each element of the top-level JSON array in `text`.
+
+    Items are decoded one at a time; line numbers are counted incrementally (linear time)."""
     decoder = json.JSONDecoder()
     ws = " \t\r\n"
     pos = 0
@@ -75,6 +79,7 @@ def iter_json_array(text: str, path: Path):
         )
     pos += 1
     index = 0
+    counted, line = 0, 1  # newlines counted in text[:counted]
     while True:
         while pos < n and text[pos] in ws:
             pos += 1
@@ -88,7 +93,9 @@ def iter_json_array(text: str, path: Path):
             raise OpcircuitsError(
                 f"item {index}: not valid JSON ({exc.msg})", path=path, line=exc.lineno
             ) from exc
-        yield index, start, item
+        line += text.count("\n", counted, start)
+        counted = start
+        yield index, line, start, item
         index += 1
         while pos < n and text[pos] in ws:
             pos += 1
@@ -216,11 +223,20 @@ def import_legacy(options: ImportLegacyOptions) -> Store:
     records: list[dict[str, Any]] = []
     hidden: list[np.ndarray] = []
     shape: list[int] | None = None
-    for index, start, item in iter_json_array(text, path):
-        rec, h = _item(item, index, _line_of(text, start), path, names, shape)
-        shape = [h.shape[0], h.shape[2]]
-        records.append(rec)
-        hidden.append(h)
+    with Progress(
+        TextColumn("importing {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(path.name, total=len(text))
+        for index, line, start, item in iter_json_array(text, path):
+            rec, h = _item(item, index, line, path, names, shape)
+            shape = [h.shape[0], h.shape[2]]
+            records.append(rec)
+            hidden.append(h)
+            progress.update(task, completed=start)
     del text
     if not records:
         raise OpcircuitsError("the list holds no items", path=path)

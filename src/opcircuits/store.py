@@ -86,6 +86,10 @@ MATCH_FIELDS = (
     "store_dtype",
     "n_problems",
     "shard_size",
+    "layer_names",
+    # extraction settings that change the records (compared when the caller records them)
+    "max_new_tokens",
+    "top_k",
 )
 
 _SHARD_RE = re.compile(r"^hidden-(\d{5,})\.safetensors$")
