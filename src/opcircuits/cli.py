@@ -83,7 +83,8 @@ def data_classify(
         help="Problems to label: JSONL from `data download`, or the earlier scripts' JSON.",
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Output JSONL [default: data/operation_samples_{N}.jsonl]; "
+        None, "--out",
+        help="Output JSONL (default: data/operation_samples_N.jsonl, N = --per-category); "
         "a manifest <name>.manifest.json is written beside it.",
     ),
     per_category: int = typer.Option(
@@ -119,7 +120,7 @@ def data_prototype(
     ),
     out: Path | None = typer.Option(
         None, "--out",
-        help="Output JSONL [default: data/operation_samples_prototype_{3K}.jsonl], with manifest.",
+        help="Output JSONL (default: data/operation_samples_prototype_3K.jsonl), with manifest.",
     ),
     per_category: int = typer.Option(20, "--per-category", help="Problems per category (K)."),
     seed: int = typer.Option(42, "--seed", help="Sampling seed."),
