@@ -374,6 +374,54 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path, gsm8k_dir):
     assert open_store(path).records.equals(open_store(tmp_path / "one").records)
 
 
+_RANK_SCRIPT = """
+import json, sys
+import numpy as np
+from opcircuits.store import StoreWriter
+data = np.load(sys.argv[1])
+args = json.loads(open(sys.argv[2]).read())
+w = StoreWriter(args["path"], args["manifest"], args["n"], args["size"], rank=int(sys.argv[3]),
+                world_size=2)
+for i in w.pending_shards():
+    a, b = w.shard_bounds(i)
+    w.write_shard(i, data["hidden"][a:b], data["lat"][a:b], args["records"][a:b])
+print(w.pending_shards(rank=0, world_size=1))
+"""
+
+
+def test_two_real_processes_started_together_write_one_store(tmp_path, gsm8k_dir):
+    n, size = 7, 2
+    records = _records(gsm8k_dir, n)
+    hidden, lat = _arrays(n)
+    one = StoreWriter(tmp_path / "one", _manifest(), n, size)
+    _write(one, one.pending_shards(), hidden, lat, records)
+    one.finalize()
+
+    np.savez(tmp_path / "arrays.npz", hidden=hidden, lat=lat)
+    spec = dict(path=str(tmp_path / "two"), manifest=_manifest(), n=n, size=size, records=records)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "rank.py").write_text(_RANK_SCRIPT)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(tmp_path / "rank.py"),
+                str(tmp_path / "arrays.npz"),
+                str(tmp_path / "spec.json"),
+                str(rank),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    StoreWriter(tmp_path / "two", _manifest(), n, size).finalize()
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
 def test_open_store_errors(tmp_path):
     with pytest.raises(OpcircuitsError, match=r"not a thought store \(no manifest.json\)"):
         open_store(tmp_path)

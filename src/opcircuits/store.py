@@ -742,6 +742,7 @@ class StoreWriter:
     def finalize(self) -> Store:
         """Merge the shards' records into records.parquet and mark the store complete."""
         if self.complete:
+            shutil.rmtree(self.path / PARTS, ignore_errors=True)  # left by a crash after commit
             return open_store(self.path)
         missing = [i for i in range(self.n_shards) if not _shard_done(self.path, i)]
         if missing:
