@@ -364,6 +364,83 @@ def run_command(
 # --- train (issue 6) ---------------------------------------------------------
 
 
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Output dir: OUT/last/ (resumable checkpoint), "
+                             "OUT/ (final model, released layout), OUT/train_log.jsonl."),
+    base: str = typer.Option(..., "--base", help="Base model: hub id or local dir (config + "
+                             "tokenizer [+ weights])."),
+    data: str = typer.Option("data/gsm8k/train.jsonl", "--data",
+                             help="GSM8K train JSONL (original release or problem records), a "
+                             "folder holding train.jsonl, or 'hf' for the hub."),
+    from_scratch: bool = typer.Option(False, "--from-scratch",
+                                      help="Initialise the base randomly from its config "
+                                      "(checkpoint becomes self-contained, base '.')."),
+    num_latent: int = typer.Option(6, "--num-latent", help="K continuous thoughts."),
+    prj_dim: int = typer.Option(2048, "--prj-dim", help="Hidden width of the projection."),
+    prj_dropout: float = typer.Option(0.0, "--prj-dropout", help="Projection dropout."),
+    prj_no_ln: bool = typer.Option(False, "--prj-no-ln", help="No LayerNorm in the projection."),
+    lora_r: int = typer.Option(128, "--lora-r", help="LoRA rank; 0 trains the whole base."),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha."),
+    remove_eos: bool = typer.Option(True, "--remove-eos/--keep-eos",
+                                    help="No EOS between question and thoughts (released)."),
+    layers: str | None = typer.Option(None, "--layers",
+                                      help="Default analysis layers saved in codi_config.json, "
+                                      "e.g. 2,4,6."),
+    max_tokens: int = typer.Option(256, "--max-tokens",
+                                   help="Drop examples whose teacher sequence is longer."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N problems."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Examples per process per micro-step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
+    epochs: float = typer.Option(3.0, "--epochs", help="Epochs (ignored with --max-steps)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps in total."),
+    lr: float = typer.Option(8e-4, "--lr", help="Peak learning rate (AdamW)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio",
+                                       help="Linear warm-up share before the cosine decay."),
+    max_grad_norm: float = typer.Option(2.0, "--max-grad-norm", help="Gradient clipping."),
+    distill_loss: str = typer.Option("smooth_l1", "--distill-loss", help="smooth_l1 or l2."),
+    distill_factor: float = typer.Option(20.0, "--distill-factor",
+                                         help="Multiplier of the distillation loss."),
+    teacher_factor: float = typer.Option(1.0, "--teacher-factor",
+                                         help="Multiplier of the teacher cross-entropy."),
+    teacher_only_steps: int = typer.Option(0, "--teacher-only-steps",
+                                           help="First N steps train the teacher task only."),
+    save_every: int = typer.Option(100, "--save-every", help="Checkpoint every N steps."),
+    stop_after: int | None = typer.Option(None, "--stop-after",
+                                          help="Stop (checkpointed) after N steps of this "
+                                          "invocation; rerun to continue."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+) -> None:
+    """Train a CODI model (teacher CE + student CE + distillation); rerun to resume."""
+    kwargs = dict(locals())
+    from opcircuits.codi.train import TrainOptions, train
+
+    typer.echo(str(train(TrainOptions(**kwargs))))
+
+
+@app.command("new-base")
+def new_base_cmd(
+    out: Path = typer.Option(..., "--out", help="Dir for config.json + tokenizer (no weights)."),
+    data: str = typer.Option("data/gsm8k/train.jsonl", "--data",
+                             help="GSM8K train JSONL the tokenizer is trained on, or 'hf'."),
+    vocab_size: int = typer.Option(2048, "--vocab-size", help="BPE vocabulary size."),
+    hidden_size: int = typer.Option(256, "--hidden-size", help="Model width."),
+    num_layers: int = typer.Option(6, "--num-layers", help="Transformer blocks."),
+    num_heads: int = typer.Option(4, "--num-heads", help="Attention heads."),
+    intermediate_size: int = typer.Option(688, "--intermediate-size", help="MLP width."),
+    max_positions: int = typer.Option(512, "--max-positions", help="Longest sequence."),
+) -> None:
+    """Build a small LLaMA-architecture base (BPE tokenizer trained on GSM8K, digits split) for
+    `opcircuits train --from-scratch` — how the demo model's base was made."""
+    kwargs = dict(locals())
+    from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
+
+    typer.echo(str(build_demo_base(DemoBaseOptions(**kwargs))))
+
+
 def main() -> None:
     """Console entry point: user errors become one red line and exit code 2."""
     try:

@@ -1,0 +1,615 @@
+"""CODI training: continuous chain of thought via self-distillation.
+
+One model plays two roles on every batch:
+- teacher: cross-entropy on question + explicit chain of thought + answer;
+- student: question, bot, K latent steps (each the projected final hidden state of the previous
+  step, fed back as the next input embedding), eot, then cross-entropy on the answer;
+- distillation: smooth-L1 (or L2) between the student's and the teacher's hidden states at the
+  token that predicts the answer value's first token, at every layer (HF `hidden_states`, embeddings
+  included), teacher side detached, each layer's loss divided by the teacher states' std, averaged
+  over layers and multiplied by `distill_factor`.
+total = student CE + distillation + teacher CE × `teacher_factor`.
+
+Checkpoints: `OUT/last/` is a released-layout checkpoint (`model.safetensors` + `codi_config.json`
+[+ base config and tokenizer]) plus `training_state.pt` (optimizer, scheduler, step, RNG states), so
+rerunning the same command after a crash resumes exactly. The final model is also written to `OUT/`.
+Works under `accelerate launch` (data-parallel; every process sees a disjoint slice of each batch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opcircuits.codi.config import CodiConfig
+from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
+from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_problems
+from opcircuits.errors import OpcircuitsError
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "training_state.pt"
+LOG_NAME = "train_log.jsonl"
+
+
+@dataclass
+class TrainOptions:
+    """Options of `opcircuits train` (field names = CLI option names with - → _)."""
+
+    out: Path
+    base: str
+    data: str = "data/gsm8k/train.jsonl"
+    from_scratch: bool = False
+    num_latent: int = 6
+    prj_dim: int = 2048
+    prj_dropout: float = 0.0
+    prj_no_ln: bool = False
+    lora_r: int = 128
+    lora_alpha: int = 32
+    remove_eos: bool = True
+    layers: str | None = None
+    max_tokens: int = 256
+    limit: int | None = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    epochs: float = 3.0
+    max_steps: int | None = None
+    lr: float = 8e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 2.0
+    distill_loss: str = "smooth_l1"
+    distill_factor: float = 20.0
+    teacher_factor: float = 1.0
+    teacher_only_steps: int = 0
+    save_every: int = 100
+    stop_after: int | None = None
+    seed: int = 0
+    mixed_precision: str = "no"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.distill_loss not in ("smooth_l1", "l2"):
+            raise OpcircuitsError("must be 'smooth_l1' or 'l2'", field="distill_loss")
+        for name in ("batch_size", "grad_accum", "max_tokens", "save_every"):
+            if getattr(self, name) < 1:
+                raise OpcircuitsError("must be >= 1", field=name)
+        if self.max_steps is None and self.epochs <= 0:
+            raise OpcircuitsError("must be > 0 (or give max_steps)", field="epochs")
+        if self.num_latent < 1:
+            raise OpcircuitsError("must be >= 1", field="num_latent")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options a resumed run must share with the run that wrote the checkpoint."""
+        skip = {"out", "stop_after", "save_every", "threads", "data"}
+        return {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(self).items()
+            if k not in skip
+        }
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+def collate(examples: list[TokenExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad one micro-batch: encoder on the left (the latent loop appends after it), teacher and
+    decoder on the right (their labels and gather positions stay put)."""
+
+    def pad(seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
+        width = max(len(s) for s in seqs)
+        rows = [
+            ([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s)))
+            for s in seqs
+        ]
+        return torch.tensor(rows, dtype=torch.long)
+
+    enc = [e.encoder_ids for e in examples]
+    dec = [e.decoder_ids for e in examples]
+    tea = [e.teacher_ids for e in examples]
+    return {
+        "encoder_ids": pad(enc, pad_id, left=True),
+        "encoder_mask": pad([[1] * len(s) for s in enc], 0, left=True),
+        "decoder_ids": pad(dec, pad_id, left=False),
+        "decoder_mask": pad([[1] * len(s) for s in dec], 0, left=False),
+        "decoder_labels": pad(dec, IGNORE, left=False),
+        "teacher_ids": pad(tea, pad_id, left=False),
+        "teacher_mask": pad([[1] * len(s) for s in tea], 0, left=False),
+        "teacher_labels": pad([e.teacher_labels for e in examples], IGNORE, left=False),
+        "teacher_pos": torch.tensor([e.teacher_pos for e in examples], dtype=torch.long),
+        "student_pos": torch.tensor([e.student_pos for e in examples], dtype=torch.long),
+    }
+
+
+def batch_indices(
+    n: int, step: int, micro: int, rank: int, options: TrainOptions, world: int
+) -> list[int]:
+    """Example indices of (optimizer step, micro-step, process): a seeded permutation per epoch,
+    consumed as one endless stream, so the data order depends only on the seed and the step."""
+    per_step = options.batch_size * options.grad_accum * world
+    start = step * per_step + (micro * world + rank) * options.batch_size
+    out = []
+    for pos in range(start, start + options.batch_size):
+        epoch, i = divmod(pos, n)
+        out.append(int(_permutation(n, options.seed, epoch)[i]))
+    return out
+
+
+_PERM_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    key = (n, seed, epoch)
+    if key not in _PERM_CACHE:
+        _PERM_CACHE.clear()  # one epoch at a time is enough
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        _PERM_CACHE[key] = torch.randperm(n, generator=gen)
+    return _PERM_CACHE[key]
+
+
+# --- the objective -------------------------------------------------------------------------
+
+
+class CodiObjective(nn.Module):
+    """The CODI loss as one module (so data-parallel wrappers see a single forward)."""
+
+    def __init__(self, model: CodiModel, options: TrainOptions):
+        super().__init__()
+        self.model = model
+        self.num_latent = options.num_latent
+        self.distill_factor = options.distill_factor
+        self.teacher_factor = options.teacher_factor
+        self.distill_fn = F.smooth_l1_loss if options.distill_loss == "smooth_l1" else F.mse_loss
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], student: bool = True
+    ) -> dict[str, torch.Tensor]:
+        lm = self.model.codi
+        cache_kw = _cache_kwarg(self.model.lm)
+        teacher = lm(
+            input_ids=batch["teacher_ids"],
+            attention_mask=batch["teacher_mask"],
+            output_hidden_states=student,
+            use_cache=False,
+        )
+        teacher_ce = _shifted_ce(teacher.logits, batch["teacher_labels"])
+        zero = teacher_ce.new_zeros(())
+        if not student:
+            # keep every trainable parameter in the graph (data-parallel reducers expect it)
+            unused = sum(p.sum() for p in self.model.prj.parameters()) * 0.0
+            total = teacher_ce * self.teacher_factor + unused
+            return {"loss": total, "student_ce": zero, "distill": zero, "teacher_ce": teacher_ce}
+
+        # student: question + bot, K latent steps, then eot + answer, one KV cache throughout
+        enc_mask = batch["encoder_mask"]
+        positions = (enc_mask.cumsum(-1) - 1).clamp(min=0)
+        out = lm(
+            input_ids=batch["encoder_ids"],
+            attention_mask=enc_mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        mask = enc_mask
+        next_pos = positions[:, -1:] + 1
+        hidden = out.hidden_states[-1][:, -1:, :]
+        for _ in range(self.num_latent):
+            latent = self.model.project(hidden)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = lm(
+                inputs_embeds=latent,
+                attention_mask=mask,
+                position_ids=next_pos,
+                **{cache_kw: cache},
+                use_cache=True,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            next_pos = next_pos + 1
+            hidden = out.hidden_states[-1][:, -1:, :]
+        dec_mask = batch["decoder_mask"]
+        dec_pos = next_pos + torch.arange(dec_mask.shape[1], device=dec_mask.device)[None, :]
+        out = lm(
+            inputs_embeds=self.model.embed(batch["decoder_ids"]),
+            attention_mask=torch.cat([mask, dec_mask], dim=1),
+            position_ids=dec_pos,
+            **{cache_kw: cache},
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        student_ce = _shifted_ce(out.logits, batch["decoder_labels"])
+
+        distill = zero
+        rows = torch.arange(dec_mask.shape[0], device=dec_mask.device)
+        for s_h, t_h in zip(out.hidden_states, teacher.hidden_states, strict=True):
+            s = s_h[rows, batch["student_pos"]]
+            t = t_h[rows, batch["teacher_pos"]].detach()
+            distill = distill + self.distill_fn(s, t) / t.std()
+        distill = distill / len(out.hidden_states) * self.distill_factor
+        total = student_ce + distill + teacher_ce * self.teacher_factor
+        return {
+            "loss": total,
+            "student_ce": student_ce,
+            "distill": distill,
+            "teacher_ce": teacher_ce,
+        }
+
+
+def _cache_kwarg(lm: nn.Module) -> str:
+    """transformers ≥ 5.x calls the KV cache argument `cache`; older releases `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+    )
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a whole-module state dict strictly; keys missing only because they alias a stored
+    tensor (tied embeddings) are fine."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    ptr = {k: own[k].untyped_storage().data_ptr() for k in own}
+    stored = {ptr[k] for k in state if k in ptr}
+    missing = [k for k in missing if ptr[k] not in stored]
+    if missing or unexpected:
+        raise OpcircuitsError(
+            f"checkpoint does not match the model: missing {missing[:10]}, unexpected "
+            f"{list(unexpected)[:10]}",
+            path=path,
+        )
+
+
+def _save_checkpoint(
+    out: Path,
+    model: CodiModel,
+    tokenizer: Any,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    options: TrainOptions,
+    acc: Any,
+) -> None:
+    """Write OUT/last/ as a whole: everything goes to OUT/last.tmp/, then one rename swaps it in,
+    so a crash at any moment leaves a complete previous or new checkpoint."""
+    tmp, last, old = out / "last.tmp", out / "last", out / "last.old"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, tokenizer=tokenizer if model.config.base == "." else None)
+    acc.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+    if acc.is_main_process:
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "options": options.fingerprint(),
+                "world": acc.num_processes,
+            },
+            tmp / STATE_NAME,
+        )
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if last.exists():
+            os.replace(last, old)
+        os.replace(tmp, last)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _find_checkpoint(out: Path) -> Path | None:
+    for name in ("last", "last.old"):  # last.old only survives a crash mid-swap
+        if (out / name / STATE_NAME).is_file():
+            return out / name
+    return None
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def _build_model(options: TrainOptions) -> tuple[CodiModel, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(options.base)
+        if options.from_scratch:
+            base = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(options.base), dtype=torch.float32
+            )
+        else:
+            base = AutoModelForCausalLM.from_pretrained(options.base, dtype=torch.float32)
+    except OSError as exc:
+        raise OpcircuitsError(f"cannot load the base model: {exc}", field="base") from exc
+    if options.from_scratch:
+        base_ref = "."  # the checkpoint carries the base config and tokenizer itself
+    elif Path(options.base).is_dir():
+        base_ref = str(Path(options.base).resolve())
+    else:
+        base_ref = options.base
+    layers = None
+    if options.layers:
+        layers = [int(x) for x in options.layers.split(",") if x.strip()]
+    config = CodiConfig(
+        base=base_ref,
+        num_latent=options.num_latent,
+        prj_dim=options.prj_dim,
+        prj_no_ln=options.prj_no_ln,
+        prj_dropout=options.prj_dropout,
+        lora_r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        remove_eos=options.remove_eos,
+        layers=layers,
+    )
+    return CodiModel.from_base(config, base), tokenizer
+
+
+def _optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": options.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=options.lr,
+    )
+
+
+def _cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(options: TrainOptions) -> Path:
+    """Train (or resume training) a CODI model; returns `options.out`, holding the final
+    checkpoint in the released layout once all steps are done."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    # torchrun-style launches (`accelerate launch --multi_gpu`) on a machine without CUDA: run the
+    # processes on the CPU with gloo instead of silently training independent copies
+    cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=options.mixed_precision, cpu=cpu or None)
+    out = Path(options.out)
+    resume = _find_checkpoint(out)
+    state = None
+    if resume is not None:
+        state = torch.load(resume / STATE_NAME, weights_only=False)
+        if state["options"] != options.fingerprint():
+            diff = sorted(
+                k
+                for k in set(state["options"]) | set(options.fingerprint())
+                if state["options"].get(k) != options.fingerprint().get(k)
+            )
+            raise OpcircuitsError(
+                f"{resume} was trained with different options {diff}; use "
+                "the same options to resume, or another --out",
+                path=resume,
+            )
+        if state["world"] != acc.num_processes:
+            raise OpcircuitsError(
+                f"checkpoint written by {state['world']} processes, resumed "
+                f"with {acc.num_processes}",
+                path=resume,
+            )
+
+    set_seed(options.seed)
+    model, tokenizer = _build_model(options)
+    if resume is not None:
+        load_weights(model, resume / WEIGHTS_NAME)
+    problems = read_train_problems(options.data)
+    if options.limit:
+        problems = problems[: options.limit]
+    examples = build_examples(
+        problems, tokenizer, model.bot_id, model.eot_id, options.max_tokens, options.remove_eos
+    )
+    per_step = options.batch_size * options.grad_accum * acc.num_processes
+    total = options.max_steps or math.ceil(options.epochs * len(examples) / per_step)
+    warmup = round(options.warmup_ratio * total)
+    optimizer = _optimizer(model, options)
+    scheduler = _cosine_with_warmup(optimizer, warmup, total)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    objective = CodiObjective(model, options)
+    objective, optimizer = acc.prepare(objective, optimizer)
+    if resume is not None:
+        _set_rng_state(torch.load(resume / f"rng-{acc.process_index}.pt", weights_only=False))
+    if acc.is_main_process:
+        log.info(
+            "training %d steps (%d examples, %d per step, warm-up %d, teacher-only %d), "
+            "starting at step %d",
+            total,
+            len(examples),
+            per_step,
+            warmup,
+            options.teacher_only_steps,
+            start,
+        )
+
+    end = total if options.stop_after is None else min(total, start + options.stop_after)
+    objective.train()
+    step = start
+    log_path = out / LOG_NAME
+    t0 = time.time()
+    with _progress(acc.is_main_process, total, start) as advance:
+        for step in range(start, end):
+            student = step >= options.teacher_only_steps
+            sums = torch.zeros(4)
+            for micro in range(options.grad_accum):
+                idx = batch_indices(
+                    len(examples), step, micro, acc.process_index, options, acc.num_processes
+                )
+                batch = {
+                    k: v.to(acc.device)
+                    for k, v in collate([examples[i] for i in idx], model.pad_id).items()
+                }
+                sync = micro == options.grad_accum - 1
+                ctx = acc.no_sync(objective) if not sync else _nullcontext()
+                with ctx:
+                    losses = objective(batch, student=student)
+                    acc.backward(losses["loss"] / options.grad_accum)
+                sums += torch.stack(
+                    [
+                        losses[k].detach().float().cpu()
+                        for k in ("loss", "student_ce", "distill", "teacher_ce")
+                    ]
+                )
+            grad_norm = acc.clip_grad_norm_(objective.parameters(), options.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            means = acc.reduce(sums.to(acc.device) / options.grad_accum, "mean").cpu().tolist()
+            record = {
+                "step": step + 1,
+                "loss": means[0],
+                "student_ce": means[1],
+                "distill": means[2],
+                "teacher_ce": means[3],
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "elapsed_s": round(time.time() - t0, 2),
+            }
+            if acc.is_main_process:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                advance(record)
+            done = step + 1
+            if done % options.save_every == 0 or done == end:
+                _save_checkpoint(
+                    out,
+                    acc.unwrap_model(objective).model,
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    done,
+                    options,
+                    acc,
+                )
+    if end == total:
+        if acc.is_main_process:
+            acc.unwrap_model(objective).model.save_pretrained(
+                out, tokenizer=tokenizer if model.config.base == "." else None
+            )
+            log.info("finished %d steps; final model in %s", total, out)
+        acc.wait_for_everyone()
+    elif acc.is_main_process:
+        log.info("stopped after step %d of %d; rerun the same command to resume", end, total)
+    return out
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _progress:
+    """A rich progress bar showing the three losses (main process only), plus a log line every
+    25 steps for non-interactive runs (nohup, CI)."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled, self.total, self.start = enabled, total, start
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("", total=self.total, completed=self.start)
+
+        def advance(rec: dict[str, Any]) -> None:
+            text = (
+                f"ce {rec['student_ce']:.3f} distill {rec['distill']:.3f} "
+                f"teacher {rec['teacher_ce']:.3f}"
+            )
+            if self.bar is not None:
+                self.bar.update(self.task, advance=1, description=text)
+            if rec["step"] % 25 == 0:
+                log.info(
+                    "step %d/%d: %s (lr %.2e, %.1fs)",
+                    rec["step"],
+                    self.total,
+                    text,
+                    rec["lr"],
+                    rec["elapsed_s"],
+                )
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,169 @@
+"""CODI training on a tiny LLaMA built in the test: the loss goes down, a checkpoint resumes to
+exactly the uninterrupted run, and two accelerate CPU processes train."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
+from opcircuits.codi.train import TrainOptions, train
+from opcircuits.codi.train_data import read_train_problems, tokenize_example
+from opcircuits.errors import OpcircuitsError
+
+
+@pytest.fixture(scope="module")
+def tiny_base(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base")
+    return build_demo_base(
+        DemoBaseOptions(
+            out=out,
+            data=str(gsm8k_dir / "train.jsonl"),
+            vocab_size=400,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=64,
+            max_positions=512,
+        )
+    )
+
+
+def _options(base: Path, gsm8k_dir: Path, out: Path, **kw) -> TrainOptions:
+    defaults = dict(
+        out=out,
+        base=str(base),
+        data=str(gsm8k_dir / "train.jsonl"),
+        from_scratch=True,
+        lora_r=0,
+        prj_dim=48,
+        num_latent=2,
+        limit=8,
+        batch_size=4,
+        max_steps=4,
+        lr=3e-3,
+        warmup_ratio=0.0,
+        save_every=100,
+        seed=1,
+        threads=1,
+        prj_dropout=0.1,
+    )
+    defaults.update(kw)
+    return TrainOptions(**defaults)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_training_examples_match_codi_format(gsm8k_dir: Path, tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    ex = read_train_problems(gsm8k_dir / "train.jsonl")[0]
+    assert ex.cot == "<<48/2=24>> <<48+24=72>>" and ex.answer == "The answer is: 72"
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    v = len(tok)
+    t = tokenize_example(ex, tok, v + 1, v + 2)
+    assert t.encoder_ids[0] == tok.bos_token_id and t.encoder_ids[-1] == v + 1
+    assert t.decoder_ids[0] == v + 2 and t.decoder_ids[-1] == tok.eos_token_id
+    # the distillation position predicts the answer's first digit in both tasks
+    assert tok.decode(t.teacher_ids[t.teacher_pos + 1]) == "7"
+    assert tok.decode(t.decoder_ids[t.student_pos + 1]) == "7"
+    assert t.teacher_ids[-len(t.decoder_ids) + 1 :] == t.decoder_ids[1:]
+    assert all(x == -100 for x in t.teacher_labels[: len(t.encoder_ids) - 1])
+
+
+def test_few_steps_lower_the_loss(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
+    out = train(_options(tiny_base, gsm8k_dir, tmp_path / "run", max_steps=15, limit=4, lr=1e-2))
+    log = _log(out)
+    assert len(log) == 15
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    assert log[-1]["student_ce"] < log[0]["student_ce"]
+    assert log[-1]["teacher_ce"] < log[0]["teacher_ce"]
+    assert all(r["distill"] > 0 for r in log)
+    # final model in the released layout, self-contained
+    assert {"model.safetensors", "codi_config.json", "config.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    cfg = json.loads((out / "codi_config.json").read_text())
+    assert cfg["base"] == "." and cfg["lora_r"] == 0 and cfg["num_latent"] == 2
+
+
+def test_resume_reproduces_uninterrupted_run(
+    gsm8k_dir: Path, tiny_base: Path, tmp_path: Path
+) -> None:
+    full = train(_options(tiny_base, gsm8k_dir, tmp_path / "full", teacher_only_steps=1))
+    part = tmp_path / "part"
+    train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1, stop_after=2))
+    assert not (part / "model.safetensors").exists()  # not finished yet
+    assert (part / "last" / "training_state.pt").is_file()
+    torch.manual_seed(1234)  # a resumed run must not depend on the caller's RNG
+    train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_full, log_part = _log(full), _log(part)
+    assert [r["loss"] for r in log_full] == [r["loss"] for r in log_part]
+    # resuming with different options is refused, never mixed
+    with pytest.raises(OpcircuitsError, match="different options"):
+        train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1, lr=1e-2))
+
+
+def test_two_process_accelerate_launch(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "opcircuits",
+        "train",
+        "--out",
+        str(out),
+        "--base",
+        str(tiny_base),
+        "--data",
+        str(gsm8k_dir / "train.jsonl"),
+        "--from-scratch",
+        "--lora-r",
+        "0",
+        "--prj-dim",
+        "48",
+        "--num-latent",
+        "2",
+        "--limit",
+        "8",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--threads",
+        "1",
+    ]
+    # torchrun-style launch; without CUDA the processes train on the CPU (gloo)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = _log(out)
+    assert [r["step"] for r in log] == [1, 2]
+    assert (out / "model.safetensors").is_file()
+    state = torch.load(out / "last" / "training_state.pt", weights_only=False)
+    assert state["world"] == 2 and state["step"] == 2
+    assert (out / "last" / "rng-1.pt").is_file()
