@@ -337,6 +337,16 @@ def test_existing_store_with_other_settings_is_an_error(tmp_path, field, value):
     assert not (tmp_path / "s" / shard_name(1)).exists()
 
 
+def test_manifest_values_are_normalised_as_json_so_a_rerun_matches(tmp_path):
+    m = _manifest(layers=(2, 5, 7), dataset=tmp_path / "x.jsonl", extra={"targets": ("q", "v")})
+    w = StoreWriter(tmp_path / "s", m, 2, 2)
+    assert w.manifest["dataset"] == str(tmp_path / "x.jsonl")
+    assert w.manifest["extra"] == {"targets": ["q", "v"]}
+    assert StoreWriter(tmp_path / "s", m, 2, 2).pending_shards() == [0]
+    with pytest.raises(OpcircuitsError, match="manifest is not JSON-serialisable"):
+        StoreWriter(tmp_path / "t", _manifest(bad=object()), 2, 2)
+
+
 def test_write_shard_checks_shapes_and_counts(tmp_path):
     w = StoreWriter(tmp_path / "s", _manifest(), 5, 2)
     hidden, lat = _arrays(5)

@@ -576,7 +576,19 @@ def build_manifest(manifest: Mapping[str, Any], n_total: int, shard_size: int) -
         m.setdefault(key, None)
     m.setdefault("versions", package_versions())
     m.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-    return m
+    # As JSON will give it back (tuples → lists, Paths → str), so a resumed run compares equal.
+    try:
+        return json.loads(json.dumps(m, default=_json_default))
+    except (TypeError, ValueError) as exc:
+        raise OpcircuitsError(f"manifest is not JSON-serialisable: {exc}") from exc
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
 
 def manifest_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
