@@ -20,5 +20,8 @@ def gsm8k_dir() -> Path:
     path = Path(env) if env else REPO.parent / "shared" / "data" / "gsm8k"
     ok = (path / "train.jsonl").is_file() and (path / "test.jsonl").is_file()
     if not ok:
-        pytest.fail(f"GSM8K not found at {path}: set OPCIRCUITS_GSM8K_DIR to a folder with train.jsonl and test.jsonl")
+        pytest.fail(
+            f"GSM8K not found at {path}: set OPCIRCUITS_GSM8K_DIR to a folder holding "
+            "train.jsonl and test.jsonl"
+        )
     return path
