@@ -283,6 +283,7 @@ def test_writer_resumes_after_a_crash_and_equals_an_uninterrupted_run(tmp_path, 
         open_store(path)
     partial = open_store(path, allow_incomplete=True)
     assert len(partial) == 6 and partial.hidden().shape == (6, P, L, D)
+    np.testing.assert_array_equal(partial.hidden(), whole.finalize().hidden()[:6])
     assert partial.records["id"].tolist() == [f"test_{i}" for i in range(6)]
 
     second = StoreWriter(path, _manifest(), n, size)
@@ -298,6 +299,16 @@ def test_writer_resumes_after_a_crash_and_equals_an_uninterrupted_run(tmp_path, 
     # rerunning on a finished store has nothing to do
     third = StoreWriter(path, _manifest(), n, size)
     assert third.pending_shards() == [] and third.finalize().manifest["complete"] is True
+
+
+def test_incomplete_store_without_hidden_size_learns_it_from_its_shards(tmp_path):
+    w = StoreWriter(tmp_path / "s", _manifest(hidden_size=None), 4, 2)
+    hidden, lat = _arrays(4)
+    _write(w, [1], hidden, lat, [{"id": f"p{i}", "category": "x"} for i in range(4)])
+    partial = open_store(tmp_path / "s", allow_incomplete=True)
+    assert partial.hidden_size == D and partial.records["id"].tolist() == ["p2", "p3"]
+    np.testing.assert_array_equal(partial.hidden(), hidden[2:].astype(np.float16))
+    assert partial.manifest["complete"] is False
 
 
 def test_a_shard_whose_records_do_not_match_its_hidden_file_is_redone(tmp_path, gsm8k_dir):

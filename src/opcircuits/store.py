@@ -494,7 +494,13 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False) -> Store:
             parts.append(pq.read_table(path / PARTS / part_name(i)))
         shards.append((spath, row, want))
         row += want
-        manifest.setdefault("hidden_size", shape[3])
+        if manifest.get("hidden_size") is None:
+            manifest["hidden_size"] = shape[3]
+        elif shape[3] != manifest["hidden_size"]:
+            raise OpcircuitsError(
+                f"shard has hidden size {shape[3]}, manifest says {manifest['hidden_size']}",
+                path=spath,
+            )
 
     if complete:
         rpath = path / RECORDS
