@@ -141,6 +141,8 @@ def test_round_trip_values_records_and_selection(tmp_path, gsm8k_dir):
         again.hidden(positions=["latent_9"])
     with pytest.raises(OpcircuitsError, match=r"unknown layer 4; this store has layers \[2, 5, 7"):
         again.hidden(layers=[4])
+    with pytest.raises(OpcircuitsError, match="field 'layers': select at least one position"):
+        again.hidden(layers=[])
 
     df = again.records
     assert list(df.columns) == list(RECORD_COLUMNS)

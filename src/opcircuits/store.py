@@ -410,6 +410,12 @@ class Store:
         """
         p_idx = self.position_indices(positions)
         l_idx = self.layer_indices(layers)
+        if not p_idx or not l_idx:
+            raise OpcircuitsError(
+                "select at least one position and one layer (None selects all)",
+                path=self.path,
+                field="positions" if not p_idx else "layers",
+            )
         out = np.empty((len(self), len(p_idx), len(l_idx), self.hidden_size), dtype=np.float32)
         everything = p_idx == list(range(len(self.positions))) and l_idx == list(
             range(len(self.layers))
