@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -855,14 +856,24 @@ def write_store(
     writer = StoreWriter(
         path, {**manifest, "layers": layers, "positions": positions}, n, shard_size
     )
-    for i in writer.pending_shards():
-        a, b = writer.shard_bounds(i)
-        writer.write_shard(
-            i,
-            hidden[a:b],
-            None if latent_inputs is None else lat[a:b],
-            table.slice(a, b - a).to_pylist(),
-        )
+    pending = writer.pending_shards()
+    with Progress(
+        TextColumn("writing {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        transient=True,
+        disable=len(pending) < 4,
+    ) as progress:
+        task = progress.add_task(f"{path.name} shards", total=len(pending))
+        for i in pending:
+            a, b = writer.shard_bounds(i)
+            writer.write_shard(
+                i,
+                hidden[a:b],
+                None if latent_inputs is None else lat[a:b],
+                table.slice(a, b - a).to_pylist(),
+            )
+            progress.advance(task)
     return writer.finalize()
 
 
