@@ -512,7 +512,8 @@ def test_import_legacy(tmp_path, gsm8k_dir):
 def test_parse_gold():
     assert parse_gold("so 5+5=10\n#### 1,234") == 1234.0
     assert parse_gold("#### -3.5") == -3.5
-    assert parse_gold("#### $12") == 12.0
+    with pytest.raises(OpcircuitsError, match="x.json:3: field 'answer': final answer '\\$12'"):
+        parse_gold("#### $12", path=Path("x.json"), line=3)
     assert parse_gold("no marker 12") is None
 
 
@@ -549,6 +550,10 @@ def test_parse_gold():
         ),
         (lambda items: [items[0], {**items[1], "id": 0}], r"ids repeat: \['0'\]"),
         (lambda items: [], "the list holds no items"),
+        (
+            lambda items: [items[0], {**items[1], "answer": "so #### ten"}],
+            r"field 'answer': item 1: final answer 'ten' after '####' is not a number",
+        ),
     ],
 )
 def test_import_legacy_rejects_malformed_input(tmp_path, gsm8k_dir, mutate, message):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
+from opcircuits.data.gsm8k import parse_final_answer
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import sha256_file
 from opcircuits.store import Store, write_store
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 LEGACY_LAYERS = "4,8,14"
 LEGACY_LAYER_NAMES = "early,middle,late"
-_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
 
 
 @dataclass
@@ -114,18 +113,12 @@ def iter_json_array(text: str, path: Path) -> Iterator[tuple[int, int, int, Any]
         raise OpcircuitsError("extra data after the JSON list", path=path, line=_line_of(text, pos))
 
 
-def parse_gold(answer: str) -> float | None:
-    """The number after `####` in a GSM8K solution (commas removed), else None."""
+def parse_gold(answer: str, *, path: Path | None = None, line: int | None = None) -> float | None:
+    """The number after `####` (commas removed; the data stage's rule), None without `####`;
+    OpcircuitsError when what follows `####` is not a number."""
     if "####" not in answer:
         return None
-    tail = answer.rsplit("####", 1)[1].strip().replace(",", "").replace("$", "")
-    match = _NUMBER.search(tail)
-    if not match:
-        return None
-    try:
-        return float(match.group(0).replace(",", ""))
-    except ValueError:
-        return None
+    return float(parse_final_answer(answer, path=path, line=line)[1])
 
 
 def _solution_labels(answer: str) -> tuple[int | None, list[str] | None]:
@@ -194,11 +187,15 @@ def _item(
     hidden = np.stack(per_layer, axis=1)  # [P, L, D]
     answer = item["answer"]
     n_steps, ops = _solution_labels(answer)
+    try:
+        gold = parse_gold(answer)
+    except OpcircuitsError as exc:
+        raise bad(exc.message, "answer") from exc
     record = {
         "id": str(item["id"]),
         "category": item["operation_type"],
         "question": item["question"],
-        "gold": parse_gold(answer),
+        "gold": gold,
         "n_steps": n_steps,
         "ops_used": ops,
     }
