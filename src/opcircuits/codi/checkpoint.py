@@ -129,8 +129,8 @@ def _find_preset(model: str) -> Preset | None:
     return None
 
 
-def _locate_base(base: str, checkpoint_dir: Path, from_config_file: bool) -> Path:
-    if from_config_file and (checkpoint_dir / base).is_dir():
+def _locate_base(base: str, checkpoint_dir: Path, relative: bool) -> Path:
+    if relative and (checkpoint_dir / base).is_dir():
         return (checkpoint_dir / base).resolve()
     if Path(base).expanduser().is_dir():
         return Path(base).expanduser().resolve()
@@ -190,7 +190,7 @@ def resolve(
     data.update(infer_config(weights))
     file_config = read_config(ckpt_dir) or {}
     data.update(file_config)
-    base_from_file = "base" in file_config and base is None
+    base_relative = base is None  # from the preset or codi_config.json: relative to the dir
     if base is not None:
         data["base"] = str(base)
     if "base" not in data:
@@ -201,7 +201,7 @@ def resolve(
             field="base",
         )
     config = CodiConfig.from_dict(data, path=ckpt_dir / "codi_config.json").replace(**overrides)
-    base_dir = _locate_base(config.base, ckpt_dir, base_from_file)
+    base_dir = _locate_base(config.base, ckpt_dir, base_relative)
     resolved = Resolved(model, ckpt, ckpt_dir, weights_path, config.base, base_dir, config)
     return resolved, weights
 

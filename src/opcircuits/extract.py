@@ -1,0 +1,366 @@
+"""Extraction: run a CODI model over a problem file and stream its continuous thoughts to a store.
+
+For each problem: hidden states at positions bot, latent_1..latent_K and the chosen layers, the K
+projected inputs fed back, the logit lens at each position, the greedy answer and whether it is
+right. Shards are written atomically as they finish, so rerunning the same command resumes, and
+`accelerate launch -m opcircuits extract …` splits the shards across processes (rank r writes
+shards r, r+W, …; the main process finalizes once all are done).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from opcircuits.errors import OpcircuitsError
+
+log = logging.getLogger(__name__)
+
+# Settings that change the records but that the store itself does not compare on resume.
+EXTRA_MATCH = ("max_new_tokens", "top_k", "merge")
+
+
+@dataclass
+class ExtractOptions:
+    """Options of `opcircuits extract` (field names = CLI option names with - → _)."""
+
+    dataset: Path
+    out: Path
+    model: str = "demo"
+    checkpoint: Path | None = None
+    base: str | None = None
+    layers: str | list[int] | None = None  # "4,8,14", "all", or None = the model's default
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    dtype: str = "float32"
+    device: str = "auto"
+    store_dtype: str = "float16"
+    shard_size: int = 256
+    merge: bool = True
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        self.dataset, self.out = Path(self.dataset), Path(self.out)
+        if self.checkpoint is not None:
+            self.checkpoint = Path(self.checkpoint)
+        for name in ("batch_size", "max_new_tokens", "shard_size", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OpcircuitsError(f"must be an integer >= 1, got {value!r}", field=name)
+
+
+def parse_layers(
+    spec: str | list[int] | None, n_layers: int, default: list[int] | None
+) -> list[int]:
+    """HF `hidden_states` indices: 0 = embeddings, l = output of block l, `all` = 0..n_layers."""
+    if spec is None:
+        if default is None:
+            return list(range(n_layers + 1))
+        spec = list(default)
+    if isinstance(spec, str):
+        if spec.strip() == "all":
+            return list(range(n_layers + 1))
+        try:
+            spec = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise OpcircuitsError(
+                f"expected comma-separated integers or 'all', got {spec!r}", field="layers"
+            ) from None
+    layers = [int(x) for x in spec]
+    if not layers:
+        raise OpcircuitsError("no layers chosen", field="layers")
+    bad = [x for x in layers if not 0 <= x <= n_layers]
+    if bad:
+        raise OpcircuitsError(
+            f"layers {bad} out of range: this model has {n_layers} blocks, so layers are "
+            f"0 (embeddings) .. {n_layers}",
+            field="layers",
+        )
+    if len(set(layers)) != len(layers):
+        raise OpcircuitsError(f"layers repeat: {layers}", field="layers")
+    return layers
+
+
+def problem_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The store columns a problem record supplies (category and operators derived if absent)."""
+    from opcircuits.data.annotations import label_record, operator_symbols
+
+    category = record.get("category") or label_record(record).category
+    n_steps = record.get("n_steps")
+    if n_steps is None:
+        n_steps = len(record.get("steps") or [])
+    return {
+        "id": record["id"],
+        "category": category,
+        "question": record["question"],
+        "gold": float(record["final_value"]),
+        "n_steps": int(n_steps),
+        "ops_used": operator_symbols(record),
+    }
+
+
+class _Dist:
+    """This process's place in an `accelerate launch` / `torchrun` job (env RANK, WORLD_SIZE,
+    LOCAL_RANK); a single process otherwise. Only barriers are exchanged, so gloo serves both
+    CPU and GPU jobs."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.owns_group = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="gloo")
+                self.owns_group = True
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+    def device(self, requested: str) -> str:
+        """`auto` in a multi-process job on GPUs means this process's own GPU."""
+        if self.world > 1 and requested == "auto" and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return requested
+
+
+def _progress(description: str, enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def extract_shard(
+    model,
+    tokenizer,
+    problems: list[dict[str, Any]],
+    *,
+    layers: list[int],
+    batch_size: int,
+    max_new_tokens: int,
+    top_k: int,
+    on_batch=None,
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Hidden [n, P, L, D], latent inputs [n, K, D] (float32) and records of `problems`, in order.
+
+    Problems are batched by prompt length (longest first, so a too-large batch fails at once);
+    results do not depend on the batching, so the output is in input order regardless."""
+    from opcircuits.codi.latent import (
+        decode_answer,
+        extract_number,
+        prompt_ids,
+        run_batch,
+        token_text,
+    )
+
+    n = len(problems)
+    lengths = [len(prompt_ids(model, tokenizer, p["question"])) for p in problems]
+    order = sorted(range(n), key=lambda i: (-lengths[i], i))
+    hidden: np.ndarray | None = None
+    latent: np.ndarray | None = None
+    records: list[dict[str, Any] | None] = [None] * n
+    names: dict[int, str] = {}
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        out = run_batch(
+            model,
+            tokenizer,
+            [problems[i]["question"] for i in idx],
+            layers=layers,
+            max_new_tokens=max_new_tokens,
+            top_k=top_k,
+        )
+        if hidden is None:
+            hidden = np.empty((n, *out.hidden.shape[1:]), dtype=np.float32)
+            latent = np.empty((n, *out.latent_inputs.shape[1:]), dtype=np.float32)
+        hidden[idx] = out.hidden.numpy()
+        latent[idx] = out.latent_inputs.numpy()
+        lens_ids = out.lens_ids.tolist()
+        lens_probs = out.lens_probs.tolist()
+        for j, i in enumerate(idx):
+            fields = problem_fields(problems[i])
+            text = decode_answer(model, tokenizer, out.answer_ids[j])
+            predicted = extract_number(text)
+            for t in (t for row in lens_ids[j] for t in row):
+                if t not in names:
+                    names[t] = token_text(model, tokenizer, t)
+            records[i] = {
+                **fields,
+                "answer_text": text,
+                "predicted": predicted,
+                "correct": predicted is not None and predicted == fields["gold"],
+                "lens_top_ids": lens_ids[j],
+                "lens_top_tokens": [[names[t] for t in row] for row in lens_ids[j]],
+                "lens_top_probs": lens_probs[j],
+            }
+        if on_batch is not None:
+            on_batch(len(idx))
+    assert hidden is not None and latent is not None
+    return hidden, latent, records  # type: ignore[return-value]
+
+
+def _check_extra(out: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to resume a store made with different decoding settings (never mixed records)."""
+    import json
+
+    path = out / "manifest.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    diffs = [
+        f"{k}: store has {old.get(k)!r}, run has {manifest[k]!r}"
+        for k in EXTRA_MATCH
+        if k in old and old.get(k) != manifest[k]
+    ]
+    if diffs:
+        raise OpcircuitsError(
+            "an existing store was made with different settings; use another --out or delete "
+            "it. Differences: " + "; ".join(diffs),
+            path=out,
+        )
+
+
+def extract(options: ExtractOptions) -> Path:
+    """Extract every problem of `options.dataset` into the store `options.out`; returns its path."""
+    from opcircuits.data.io import read_problems
+
+    problems = read_problems(options.dataset)
+    dist = _Dist()
+    try:
+        return _extract(options, problems, dist)
+    finally:
+        dist.close()
+
+
+def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dist) -> Path:
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.files import sha256_file
+    from opcircuits.store import StoreWriter, default_positions
+
+    # A bare --checkpoint DIR is its own model, not the demo preset's location.
+    model_name = options.model
+    if options.checkpoint is not None and options.model == "demo":
+        model_name = str(options.checkpoint)
+        checkpoint = None
+    else:
+        checkpoint = options.checkpoint
+    model, tokenizer = load_codi(
+        model_name,
+        checkpoint=checkpoint,
+        base=options.base,
+        dtype=options.dtype,
+        device=dist.device(options.device),
+        merge=options.merge,
+    )
+    src = model.source
+    layers = parse_layers(options.layers, model.num_layers, src.config.layers)
+    K = model.config.num_latent
+    manifest = {
+        "model": src.name,
+        "checkpoint": src.checkpoint,
+        "weights_sha256": sha256_file(src.weights_path),
+        "base": src.base,
+        "num_latent": K,
+        "layers": layers,
+        "positions": default_positions(K),
+        "dtype": options.dtype,
+        "store_dtype": options.store_dtype,
+        "hidden_size": model.hidden_size,
+        "dataset": str(options.dataset),
+        "dataset_sha256": sha256_file(options.dataset),
+        "max_new_tokens": options.max_new_tokens,
+        "top_k": options.top_k,
+        "merge": options.merge,
+        "codi_config": src.config.to_dict(),
+    }
+    _check_extra(options.out, manifest)
+
+    def writer() -> StoreWriter:
+        return StoreWriter(
+            options.out,
+            manifest,
+            len(problems),
+            options.shard_size,
+            rank=dist.rank,
+            world_size=dist.world,
+        )
+
+    # The main process creates (or checks) the store first, so ranks never race to create it.
+    w = writer() if dist.main else None
+    dist.barrier()
+    if w is None:
+        w = writer()
+    pending = w.pending_shards()
+    todo = sum(w.shard_bounds(i)[1] - w.shard_bounds(i)[0] for i in pending)
+    if dist.main and not pending:
+        log.info("%s: nothing left to extract", options.out)
+    with _progress(f"extract (rank {dist.rank})", dist.main and todo > 0) as bar:
+        task = bar.add_task("extract", total=todo)
+        for index in pending:
+            a, b = w.shard_bounds(index)
+            hidden, latent, records = extract_shard(
+                model,
+                tokenizer,
+                problems[a:b],
+                layers=layers,
+                batch_size=options.batch_size,
+                max_new_tokens=options.max_new_tokens,
+                top_k=options.top_k,
+                on_batch=lambda k: bar.advance(task, k),
+            )
+            w.write_shard(index, hidden, latent, records)
+    dist.barrier()
+    if dist.main:
+        store = w.finalize()
+        n_ok = int(store.records["correct"].fillna(False).sum())
+        log.info("%s: %d problems, %d answered correctly", options.out, len(store), n_ok)
+    dist.barrier()
+    return options.out
+
+
+def options_from_dict(data: dict[str, Any]) -> ExtractOptions:
+    """ExtractOptions from a config table (unknown keys are errors)."""
+    known = {f.name for f in dataclasses.fields(ExtractOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise OpcircuitsError(f"unknown extract options {unknown}; known: {sorted(known)}")
+    return ExtractOptions(**data)
