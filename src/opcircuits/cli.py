@@ -135,6 +135,57 @@ def data_prototype(
 
 # --- extract and store commands (issue 3) ------------------------------------
 
+# extract (CODI helper)
+
+
+@app.command("extract")
+def extract_cmd(
+    dataset: Path = typer.Option(..., "--dataset", help="Problem file (JSONL, or legacy JSON)."),
+    out: Path = typer.Option(..., "--out", help="Store directory to write (or resume)."),
+    model: str = typer.Option(
+        "demo", "--model",
+        help="Preset (demo, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint dir.",
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint",
+        help="Local CODI checkpoint dir (model.safetensors or pytorch_model.bin); with a preset "
+        "--model it replaces the preset's download and keeps its settings.",
+    ),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model hub id or local dir (config + tokenizer)."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers",
+        help="Layers to record, e.g. 4,8,14 or all (0 = embeddings, l = output of block l). "
+        "Default: the model's analysis layers.",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Problems per forward pass."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Answer tokens at most."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    store_dtype: str = typer.Option(
+        "float16", "--store-dtype", help="float16 or float32 for the stored arrays."
+    ),
+    shard_size: int = typer.Option(
+        256, "--shard-size", help="Problems per shard (the unit of resuming)."
+    ),
+    merge: bool = typer.Option(
+        True, "--merge/--no-merge", help="Merge LoRA into the base weights (faster)."
+    ),
+    top_k: int = typer.Option(5, "--top-k", help="Logit-lens tokens kept per position."),
+) -> None:
+    """Run a CODI model over problems; store its continuous thoughts, answers and logit lens."""
+    from opcircuits.extract import ExtractOptions, extract
+
+    path = extract(ExtractOptions(
+        dataset=dataset, out=out, model=model, checkpoint=checkpoint, base=base, layers=layers,
+        batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
+        store_dtype=store_dtype, shard_size=shard_size, merge=merge, top_k=top_k,
+    ))
+    typer.echo(f"wrote {path}")
+
+# end of extract
+
 # store sub-commands (store helper): import-legacy, info
 
 
