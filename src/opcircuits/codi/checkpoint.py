@@ -261,11 +261,7 @@ def _is_adapter(key: str) -> bool:
     return ".lora_" in key or key.startswith("prj.")
 
 
-def load_weights_strict(
-    model: CodiModel, weights: dict[str, torch.Tensor], *, path: Path, allow_missing_base: bool
-) -> list[str]:
-    """Copy `weights` into `model`. Returns the base keys the file lacks (kept as they are)."""
-    state = model.state_dict()
+def check_unexpected(state: dict[str, Any], weights: dict[str, torch.Tensor], path: Path) -> None:
     unexpected = [k for k in weights if k not in state and not LEGACY_BUFFERS.search(k)]
     if unexpected:
         raise OpcircuitsError(
@@ -273,6 +269,14 @@ def load_weights_strict(
             f"(wrong base, lora_r or prj settings?): {_listing(unexpected)}",
             path=path,
         )
+
+
+def load_weights_strict(
+    model: CodiModel, weights: dict[str, torch.Tensor], *, path: Path, allow_missing_base: bool
+) -> list[str]:
+    """Copy `weights` into `model`. Returns the base keys the file lacks (kept as they are)."""
+    state = model.state_dict()
+    check_unexpected(state, weights, path)
     filled: dict[str, torch.Tensor] = {}
     missing_adapter: list[str] = []
     missing_base: list[str] = []
@@ -338,12 +342,14 @@ def load_codi(
     torch_device = resolve_device(device)
     resolved, weights = resolve(model, checkpoint=checkpoint, base=base, **config_overrides)
     codi = _build(resolved.config, resolved.base_dir, pretrained=False)
+    check_unexpected(codi.state_dict(), weights, resolved.weights_path)
     # A checkpoint holding every base weight needs only the base's config and tokenizer.
     pretrained = any(
         not any(k in weights for k in group) and not any(map(_is_adapter, group))
         for group in _alias_groups(codi.state_dict())
     )
     if pretrained:
+        log.info("the checkpoint lacks some base weights; loading them from %s", resolved.base)
         codi = _build(resolved.config, _weights_source(resolved), pretrained=True)
     lacking = load_weights_strict(
         codi, weights, path=resolved.weights_path, allow_missing_base=pretrained

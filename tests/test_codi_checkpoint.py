@@ -1,0 +1,197 @@
+"""Loading CODI checkpoints: released layout, strictness, tied weights, LoRA merge, configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from codi_factory import build_tiny_codi
+from safetensors.torch import load_file, save_file
+
+from opcircuits.codi.checkpoint import load_codi
+from opcircuits.codi.config import CodiConfig
+from opcircuits.codi.latent import run_batch
+from opcircuits.codi.model import CodiModel
+from opcircuits.errors import OpcircuitsError
+
+torch.set_num_threads(1)  # tiny models; threads only contend on a shared machine
+
+QUESTIONS = [
+    "Tom has 3 apples and buys 4 more. How many apples does he have?",
+    "A robe takes 2 bolts of blue fiber and half that much white fiber.  How many bolts?",
+]
+
+
+def _file_state(tiny) -> dict[str, torch.Tensor]:
+    path = tiny.checkpoint / "model.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    return torch.load(tiny.checkpoint / "pytorch_model.bin", weights_only=True)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_every_weight_comes_from_the_file(name, request):
+    tiny = request.getfixturevalue(name)
+    model, tokenizer = load_codi(tiny.checkpoint, base=tiny.base, device="cpu", merge=False)
+    file_state = _file_state(tiny)
+    state = model.state_dict()
+    # The released key names: peft-wrapped base under `codi.`, projection under `prj.`.
+    assert any(k.startswith("codi.base_model.model.") and ".lora_A.default." in k for k in state)
+    assert {"prj.1.weight", "prj.3.bias", "prj.ln.weight"} <= set(state)
+    for key, value in file_state.items():
+        assert torch.equal(state[key], value.float()), key
+    # Tied head: the LM head is the (resized) embedding matrix, V + 3 rows.
+    emb = model.lm.get_input_embeddings().weight
+    assert model.lm.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+    assert emb.shape[0] == tiny.vocab_size + 3
+    assert (model.pad_id, model.bot_id, model.eot_id) == (
+        tiny.vocab_size,
+        tiny.vocab_size + 1,
+        tiny.vocab_size + 2,
+    )
+    assert model.config.prj_dim == tiny.config.prj_dim and model.config.lora_r == 4
+    assert not model.training
+
+
+def test_safetensors_without_the_tied_alias_loads(tiny_gpt2, tmp_path):
+    """safetensors cannot store shared tensors twice: a file with only the head's name loads."""
+    state = torch.load(tiny_gpt2.checkpoint / "pytorch_model.bin", weights_only=True)
+    emb_key = "codi.base_model.model.transformer.wte.weight"
+    head_key = "codi.base_model.model.lm_head.weight"
+    assert torch.equal(state[emb_key], state[head_key])
+    emb = state.pop(emb_key)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    model, _ = load_codi(tmp_path, base=tiny_gpt2.base, device="cpu", merge=False)
+    assert torch.equal(model.lm.get_input_embeddings().weight, emb)
+
+
+def _write_variant(tiny, directory, edit):
+    state = dict(load_file(str(tiny.checkpoint / "model.safetensors")))
+    edit(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_missing_lora_weight_is_an_error_naming_it(tiny_llama, tmp_path):
+    key = "codi.base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"
+    ckpt = _write_variant(tiny_llama, tmp_path / "c", lambda s: s.pop(key))
+    with pytest.raises(OpcircuitsError, match="missing") as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    assert key in str(err.value)
+
+
+def test_missing_projection_weight_is_an_error(tiny_llama, tmp_path):
+    ckpt = _write_variant(tiny_llama, tmp_path / "c", lambda s: s.pop("prj.3.bias"))
+    with pytest.raises(OpcircuitsError, match=r"prj\.3\.bias"):
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+
+
+def test_unexpected_key_is_an_error_naming_it(tiny_llama, tmp_path):
+    def rename(state):  # key names drifted (the bug strict=False hid)
+        state["coconut.q_proj.lora_A.weight"] = state.pop(
+            "codi.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+        )
+
+    ckpt = _write_variant(tiny_llama, tmp_path / "c", rename)
+    with pytest.raises(OpcircuitsError) as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    assert "coconut.q_proj.lora_A.weight" in str(err.value)
+
+
+def test_declared_config_that_contradicts_the_weights_is_an_error(tiny_llama):
+    with pytest.raises(OpcircuitsError, match="wrong shape"):
+        load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu", prj_dim=32)
+    with pytest.raises(OpcircuitsError, match="match nothing"):
+        load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu", lora_r=0)
+
+
+def test_partial_checkpoint_takes_base_weights_from_the_base(tiny_texts, tmp_path):
+    tiny = build_tiny_codi(tmp_path, "llama", tiny_texts, partial=True)
+    from transformers import AutoModelForCausalLM
+
+    pretrained = AutoModelForCausalLM.from_pretrained(tiny.base).state_dict()
+    model, _ = load_codi(tiny.checkpoint, base=tiny.base, device="cpu", merge=False)
+    state = model.state_dict()
+    key = "model.layers.2.mlp.down_proj.weight"
+    loaded = state["codi.base_model.model." + key.replace(".weight", ".base_layer.weight")]
+    assert torch.equal(loaded, pretrained[key])
+    for k, v in load_file(str(tiny.checkpoint / "model.safetensors")).items():
+        assert torch.equal(state[k], v), k
+
+
+def test_merged_and_unmerged_lora_agree_and_lora_matters(tiny_llama):
+    merged, tok = load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu")
+    plain, _ = load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu", merge=False)
+    assert merged.merged and not plain.merged
+    a = run_batch(merged, tok, QUESTIONS, layers=[0, 2, 4], max_new_tokens=6)
+    b = run_batch(plain, tok, QUESTIONS, layers=[0, 2, 4], max_new_tokens=6)
+    assert torch.allclose(a.hidden, b.hidden, atol=1e-4, rtol=0)
+    assert torch.allclose(a.latent_inputs, b.latent_inputs, atol=1e-4, rtol=0)
+    assert a.answer_ids == b.answer_ids
+    # The adapters were really applied: switching them off changes the thoughts.
+    with plain.codi.disable_adapter():
+        c = run_batch(plain, tok, QUESTIONS, layers=[0, 2, 4], max_new_tokens=6)
+    assert (c.hidden[:, :, -1] - b.hidden[:, :, -1]).abs().max() > 1e-2
+
+
+def test_dtype_and_bad_options(tiny_gpt2):
+    model, _ = load_codi(tiny_gpt2.checkpoint, base=tiny_gpt2.base, device="cpu", dtype="bfloat16")
+    assert model.prj[1].weight.dtype == torch.bfloat16
+    assert model.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    with pytest.raises(OpcircuitsError, match="dtype"):
+        load_codi(tiny_gpt2.checkpoint, base=tiny_gpt2.base, dtype="int8")
+    with pytest.raises(OpcircuitsError, match="checkpoint dir not found"):
+        load_codi("demo", checkpoint=tiny_gpt2.checkpoint / "nope", base=tiny_gpt2.base)
+    with pytest.raises(OpcircuitsError, match="--base"):
+        load_codi(tiny_gpt2.checkpoint)  # released checkpoints name no base
+
+
+def test_hub_unreachable_says_how_to_use_local_dirs(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OpcircuitsError, match="--checkpoint DIR"):
+        load_codi("nobody-here/no-such-codi", device="cpu")
+
+
+def test_codi_config_json_supplies_defaults_and_flags_override(tiny_llama, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(
+        (tiny_llama.checkpoint / "model.safetensors").read_bytes()
+    )
+    config = {"base": str(tiny_llama.base), "num_latent": 3, "layers": [1, 3], "lora_r": 4}
+    (ckpt / "codi_config.json").write_text(json.dumps(config))
+    model, _ = load_codi(ckpt, device="cpu")
+    assert model.config.num_latent == 3 and model.config.layers == [1, 3]
+    model, _ = load_codi(ckpt, device="cpu", num_latent=5)
+    assert model.config.num_latent == 5
+    (ckpt / "codi_config.json").write_text(json.dumps({**config, "latents": 2}))
+    with pytest.raises(OpcircuitsError, match="latents"):
+        load_codi(ckpt, device="cpu")
+
+
+def test_full_model_without_lora_round_trips_through_save_pretrained(tiny_llama, tmp_path):
+    """lora_r=0 (the demo's layout): keys `codi.<base keys>`, base "." = the checkpoint dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama.base))
+    tok = AutoTokenizer.from_pretrained(tiny_llama.base)
+    config = CodiConfig(base=".", lora_r=0, prj_dim=40, num_latent=4, layers=[0, 2])
+    model = CodiModel.from_base(config, base)
+    assert "codi.model.layers.0.self_attn.q_proj.weight" in model.state_dict()
+    model.save_pretrained(tmp_path / "demo", tokenizer=tok)
+    saved = json.loads((tmp_path / "demo" / "config.json").read_text())
+    assert saved["vocab_size"] == tiny_llama.vocab_size  # V, not V + 3
+
+    loaded, tok2 = load_codi(tmp_path / "demo", device="cpu")
+    assert loaded.config.layers == [0, 2] and loaded.config.num_latent == 4
+    want = model.state_dict()
+    got = loaded.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert tok2("3 + 4")["input_ids"] == tok("3 + 4")["input_ids"]

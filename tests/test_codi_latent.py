@@ -1,0 +1,124 @@
+"""The batched latent loop: prompt format, batch invariance, and agreement with a naive loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opcircuits.codi.checkpoint import load_codi
+from opcircuits.codi.latent import (
+    decode_answer,
+    extract_number,
+    format_question,
+    prompt_ids,
+    run_batch,
+)
+
+torch.set_num_threads(1)
+
+LAYERS = [0, 1, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def questions(gsm8k_dir) -> list[str]:
+    """Twelve GSM8K test questions of clearly different lengths (so batches are padded)."""
+    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as fh:
+        qs = [json.loads(line)["question"] for _, line in zip(range(12), fh, strict=False)]
+    assert len({len(q) for q in qs}) > 8
+    return qs
+
+
+def naive_loop(model, tokenizer, question: str, *, max_new_tokens: int):
+    """One problem, no padding, no KV cache: the whole sequence of input embeddings is re-run
+    at every step. Independent of the batched loop's masks, positions and cache."""
+    ids = torch.tensor([prompt_ids(model, tokenizer, question)])
+    seq = model.embed(ids)  # [1, T, D]
+    hiddens, inputs = [], []
+    for k in range(model.config.num_latent + 1):
+        out = model.lm(inputs_embeds=seq, output_hidden_states=True)
+        hiddens.append(torch.stack([h[0, -1] for h in out.hidden_states]))
+        if k == model.config.num_latent:
+            break
+        x = model.project(out.hidden_states[-1][:, -1:])
+        inputs.append(x[0, 0])
+        seq = torch.cat([seq, x], dim=1)
+    seq = torch.cat([seq, model.embed(torch.tensor([[model.eot_id]]))], dim=1)
+    answer = []
+    for _ in range(max_new_tokens):
+        logits = model.lm(inputs_embeds=seq).logits[0, -1]
+        logits[model.eot_id] = float("-inf")
+        token = int(logits.argmax())
+        answer.append(token)
+        if token == tokenizer.eos_token_id:
+            break
+        seq = torch.cat([seq, model.embed(torch.tensor([[token]]))], dim=1)
+    return torch.stack(hiddens), torch.stack(inputs), answer
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_batch_of_one_and_batch_of_all_agree(name, request, questions):
+    tiny = request.getfixturevalue(name)
+    model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    together = run_batch(model, tok, questions, layers=LAYERS, max_new_tokens=12)
+    alone = [run_batch(model, tok, [q], layers=LAYERS, max_new_tokens=12) for q in questions]
+    hidden = torch.cat([a.hidden for a in alone])
+    assert together.hidden.shape == (len(questions), 7, len(LAYERS), 64)
+    assert (together.hidden - hidden).abs().max() <= 1e-4
+    inputs = torch.cat([a.latent_inputs for a in alone])
+    assert (together.latent_inputs - inputs).abs().max() <= 1e-4
+    assert together.answer_ids == [a.answer_ids[0] for a in alone]
+    assert torch.equal(together.lens_ids, torch.cat([a.lens_ids for a in alone]))
+    # Not trivially equal: the problems' thoughts differ from one another.
+    assert (together.hidden[0, -1] - together.hidden[1, -1]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_left_padded_batch_matches_a_naive_uncached_loop(name, request, questions):
+    tiny = request.getfixturevalue(name)
+    model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    n_layers = model.num_layers
+    batch = run_batch(model, tok, questions[:5], layers=list(range(n_layers + 1)), max_new_tokens=8)
+    for i, q in enumerate(questions[:5]):
+        hidden, inputs, answer = naive_loop(model, tok, q, max_new_tokens=8)
+        assert (batch.hidden[i] - hidden).abs().max() <= 1e-4, i
+        assert (batch.latent_inputs[i] - inputs).abs().max() <= 1e-4, i
+        assert batch.answer_ids[i] == answer, i
+
+
+def test_prompt_format(tiny_llama, tiny_gpt2):
+    q = "  Tom  has   3 apples.  How many?  "
+    assert format_question(q) == "Tom has  3 apples. How many?"  # one pass of '  ' → ' '
+    for tiny, bos in ((tiny_llama, True), (tiny_gpt2, False)):
+        model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+        ids = prompt_ids(model, tok, q)
+        assert ids[-1] == model.bot_id
+        assert (ids[0] == tok.bos_token_id) is bos
+        assert tok.eos_token_id not in ids  # released checkpoints: no EOS before bot
+        assert tok.decode(ids[:-1], skip_special_tokens=True) == format_question(q)
+        model.config.remove_eos = False
+        assert prompt_ids(model, tok, q)[-2:] == [tok.eos_token_id, model.bot_id]
+
+
+def test_eot_is_never_decoded_but_the_lens_can_see_it(tiny_llama, questions):
+    model, tok = load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu")
+    with torch.no_grad():  # make eot the most likely next token everywhere
+        model.lm.get_output_embeddings().weight[model.eot_id] *= 50
+    out = run_batch(model, tok, questions[:3], layers=[4], max_new_tokens=5)
+    assert all(model.eot_id not in ids for ids in out.answer_ids)
+    assert (out.lens_ids[:, :, 0] == model.eot_id).any()
+    assert torch.all(out.lens_probs[:, :, :-1] >= out.lens_probs[:, :, 1:])
+
+
+def test_answer_number_and_text():
+    assert extract_number("The answer is 1,234.5 then 18") == 18.0
+    assert extract_number("costs -3 dollars") == -3.0
+    assert extract_number("total 2,000") == 2000.0
+    assert extract_number("no digits") is None
+
+
+def test_decoded_answer_drops_codi_ids(tiny_gpt2):
+    model, tok = load_codi(tiny_gpt2.checkpoint, base=tiny_gpt2.base, device="cpu")
+    ids = tok("The answer is 7")["input_ids"]
+    assert decode_answer(model, tok, ids + [model.pad_id, tok.eos_token_id]) == "The answer is 7"
