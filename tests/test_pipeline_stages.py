@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -79,8 +80,12 @@ def test_a_failing_stage_names_itself_and_leaves_nothing_trusted(tmp_path):
         raise ValueError("disk on fire")
 
     stage = Stage("extract", boom, {}, {}, {"store": run_dir / "store"})
-    with pytest.raises(StageError, match=r"stage 'extract' failed: ValueError: disk on fire"):
-        runner(run_dir).run(stage, 1, 1)
+    handler = logging.FileHandler(run_dir / "run.log")
+    with pytest.raises(StageError, match=r"stage 'extract' failed: ValueError: disk on fire \("):
+        StageRunner(run_dir, Hasher(), False, handler).run(stage, 1, 1)
+    handler.close()
+    trace = (run_dir / "run.log").read_text()
+    assert "stage 'extract' crashed:" in trace and 'raise ValueError("disk on fire")' in trace
     assert not (run_dir / "stages" / "extract.json").exists()
     assert (run_dir / "stages" / "extract.started.json").exists()
 
@@ -168,15 +173,33 @@ def test_one_run_per_directory(tmp_path):
 def test_headline_reads_the_report_contract():
     report = {
         "probes": [
-            {"view": "mean", "probe": "logreg", "accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9},
-            {"view": "first", "probe": "mlp", "accuracy": 0.6, "ci_low": 0.5, "ci_high": 0.7},
+            {
+                "view": "mean",
+                "view_kind": "main",
+                "probe": "logreg",
+                "accuracy": 0.8,
+                "ci_low": 0.7,
+                "ci_high": 0.9,
+                "p_value": 0.005,
+                "selectivity": {
+                    "control": "question_text",
+                    "value": 0.25,
+                    "ci_low": 0.1,
+                    "ci_high": 0.4,
+                },
+            },
+            {"view": "first", "view_kind": "main", "probe": "mlp", "accuracy": 0.6},
+            {"view": "bot", "view_kind": "position", "probe": "logreg", "accuracy": 0.95},
         ],
         "controls": [{"name": "question_text", "accuracy": 0.55, "ci_low": 0.5, "ci_high": 0.6}],
         "token_layer_map": [{"position": "latent_1", "layer": 8, "accuracy": 0.75}],
+        "model": {"answer_accuracy": [{"category": "all", "n": 60, "correct": 6, "accuracy": 0.1}]},
     }
-    lines = headline(report)
-    assert lines[0] == "best probe: logreg on mean: accuracy 0.800 (95% CI 0.700-0.900)"
-    assert lines[1] == "best control: question_text: accuracy 0.550 (95% CI 0.500-0.600)"
-    assert lines[2] == "selectivity (best probe - best control): +0.250"
-    assert lines[3] == "best token x layer cell: latent_1 @ layer 8: 0.750"
+    assert headline(report) == [
+        "best probe: logreg on mean: accuracy 0.800 (95% CI 0.700 to 0.900), permutation p = 0.005",
+        "selectivity vs the best control (question_text): +0.250 (95% CI +0.100 to +0.400)",
+        "best control: question_text: accuracy 0.550 (95% CI 0.500 to 0.600)",
+        "best token x layer cell: latent_1 @ layer 8: 0.750",
+        "model answer accuracy: 0.100 (6/60)",
+    ]
     assert headline({}) == []

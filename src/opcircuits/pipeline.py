@@ -52,6 +52,9 @@ STORE_DIR = "store"
 DATA_DIR = "data"
 STAGES_DIR = "stages"
 HASH_CACHE = ".hashcache.json"
+# Options that change how fast a stage runs, never what it writes: not part of its key.
+BATCH_ONLY = ("batch_size",)
+JOBS_ONLY = ("jobs",)
 VERSIONED = (
     "opcircuits",
     "torch",
@@ -158,6 +161,9 @@ class Stage:
     outputs: dict[str, Path]
     owned: list[Path] = field(default_factory=list)
     optional_outputs: dict[str, Path] = field(default_factory=dict)  # hashed when present
+    settings: dict[str, Any] = field(
+        default_factory=dict
+    )  # recorded; results do not depend on them
 
 
 @dataclass
@@ -289,6 +295,7 @@ class StageRunner:
         record = {
             "stage": stage.name,
             "key": key,
+            "settings": _jsonable(stage.settings),
             "outputs": self._output_digests(stage),
             "finished": _now(),
         }
@@ -299,13 +306,13 @@ class StageRunner:
 
     def _trace(self, stage: str, exc: BaseException) -> None:
         """An unexpected failure's traceback goes to run.log only; the console gets one line."""
-        if self.file_handler is None:
-            return
-        record = log.makeRecord(
-            log.name, logging.ERROR, __file__, 0, "stage '%s' crashed", (stage,), None
-        )
-        record.exc_text = "".join(traceback.format_exception(exc))
-        self.file_handler.handle(record)
+        if self.file_handler is not None:
+            trace = "".join(traceback.format_exception(exc))
+            _file_only(self.file_handler, logging.ERROR, f"stage '{stage}' crashed:\n{trace}")
+
+
+def _file_only(handler: logging.Handler, level: int, message: str) -> None:
+    handler.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None))
 
 
 def _remove(path: Path) -> None:
@@ -550,13 +557,20 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
     from opcircuits.extract import ExtractOptions, extract
 
     opts = _make(ExtractOptions, {**values, "dataset": dataset, "out": store})
+    # Results do not depend on the batch size (batch invariance is tested by extraction), so a
+    # rerun with another batch size resumes the same store instead of recomputing it.
+    settings = {k: v for k, v in values.items() if k in BATCH_ONLY}
     return Stage(
         name="extract",
         action=lambda: extract(opts),
         inputs={"dataset": dataset, **model_inputs(values)},
-        options={**values, "store": _rel(store, run_dir)},
+        options={
+            **{k: v for k, v in values.items() if k not in BATCH_ONLY},
+            "store": _rel(store, run_dir),
+        },
         outputs={"store": store},
         owned=[store] if _is_inside(store, run_dir) else [],
+        settings=settings,
     )
 
 
@@ -592,57 +606,69 @@ def _analyze_stage(opts: Any, values: dict[str, Any], store: Path, analysis_dir:
             os.replace(analysis_dir, old)
         os.replace(partial, analysis_dir)
         _remove(old)
+        log.info("analysis moved into %s", analysis_dir)
 
     return Stage(
         name="analyze",
         action=action,
         inputs={"store": store},
-        options=values,
+        options={k: v for k, v in values.items() if k not in JOBS_ONLY},
         outputs={"analysis": analysis_dir},
         owned=[analysis_dir],
+        settings={k: v for k, v in values.items() if k in JOBS_ONLY},
     )
 
 
 # --- headline ----------------------------------------------------------------------------------
 
 
-def _fmt_acc(entry: dict[str, Any]) -> str:
-    acc = entry.get("accuracy")
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fmt_ci(value: float, entry: dict[str, Any], sign: str = "") -> str:
+    text = f"{value:{sign}.3f}"
     lo, hi = entry.get("ci_low"), entry.get("ci_high")
-    text = f"{acc:.3f}" if isinstance(acc, (int, float)) else str(acc)
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        text += f" (95% CI {lo:.3f}-{hi:.3f})"
+    if _num(lo) and _num(hi):
+        text += f" (95% CI {lo:{sign}.3f} to {hi:{sign}.3f})"
     return text
 
 
 def headline(report: dict[str, Any]) -> list[str]:
-    """The few numbers to print at the end, read from analysis_report.json."""
+    """The few numbers printed at the end of a run, read from analysis_report.json."""
     lines: list[str] = []
-    probes = [p for p in report.get("probes", []) if isinstance(p.get("accuracy"), (int, float))]
-    controls = [
-        c for c in report.get("controls", []) if isinstance(c.get("accuracy"), (int, float))
-    ]
-    if probes:
-        best = max(probes, key=lambda p: p["accuracy"])
-        lines.append(
-            f"best probe: {best.get('probe')} on {best.get('view')}: accuracy {_fmt_acc(best)}"
-        )
+    probes = [p for p in report.get("probes", []) if _num(p.get("accuracy"))]
+    main = [p for p in probes if p.get("view_kind", "main") == "main"] or probes
+    if main:
+        best = max(main, key=lambda p: p["accuracy"])
+        text = f"best probe: {best.get('probe')} on {best.get('view')}: accuracy "
+        text += _fmt_ci(best["accuracy"], best)
+        if _num(best.get("p_value")):
+            text += f", permutation p = {best['p_value']:.3g}"
+        lines.append(text)
+        sel = best.get("selectivity")
+        if isinstance(sel, dict) and _num(sel.get("value")):
+            lines.append(
+                f"selectivity vs the best control ({sel.get('control')}): "
+                + _fmt_ci(sel["value"], sel, "+")
+            )
+    controls = [c for c in report.get("controls", []) if _num(c.get("accuracy"))]
     if controls:
         top = max(controls, key=lambda c: c["accuracy"])
-        lines.append(f"best control: {top.get('name')}: accuracy {_fmt_acc(top)}")
-        if probes:
-            gap = best["accuracy"] - top["accuracy"]
-            lines.append(f"selectivity (best probe - best control): {gap:+.3f}")
-    cells = [
-        c for c in report.get("token_layer_map", []) if isinstance(c.get("accuracy"), (int, float))
-    ]
+        lines.append(f"best control: {top.get('name')}: accuracy {_fmt_ci(top['accuracy'], top)}")
+    cells = [c for c in report.get("token_layer_map", []) if _num(c.get("accuracy"))]
     if cells:
         cell = max(cells, key=lambda c: c["accuracy"])
         where = f"{cell.get('position')} @ layer {cell.get('layer')}"
-        lines.append(f"best token x layer cell: {where}: {_fmt_acc(cell)}")
+        lines.append(f"best token x layer cell: {where}: {_fmt_ci(cell['accuracy'], cell)}")
     model = report.get("model")
-    if isinstance(model, dict) and isinstance(model.get("accuracy"), (int, float)):
-        lines.append(f"model answer accuracy: {model['accuracy']:.3f}")
+    if isinstance(model, dict):
+        overall = [a for a in model.get("answer_accuracy") or [] if a.get("category") == "all"]
+        if overall and _num(overall[0].get("accuracy")):
+            a = overall[0]
+            lines.append(
+                f"model answer accuracy: {a['accuracy']:.3f} ({a.get('correct')}/{a.get('n')})"
+            )
     return lines
 
 
@@ -691,7 +717,8 @@ def run(
             )
             with contextlib.suppress(OSError):
                 write_json_atomic(run_dir / "run.json", info)
-            log.error("run stopped: %s", exc if str(exc) else type(exc).__name__)
+            # The console gets the CLI's one-line error; the log file gets it too, with the time.
+            _file_only(handler, logging.ERROR, f"run stopped: {exc or type(exc).__name__}")
             raise
         finally:
             hasher.save()
