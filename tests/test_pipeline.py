@@ -186,38 +186,62 @@ def test_rerun_skips_every_stage_even_in_a_moved_run_directory(
         "config.resolved.toml",
         "run.json",
     ]
+    # Without --source the default is the hub; GSM8K is present, so it is not downloaded again.
+    args = prototype_args(gsm8k_dir, tiny, moved)
+    del args[args.index("--source") : args.index("--source") + 2]
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0 and "ran: nothing, all up to date" in stdout, stderr
 
 
-def _wait_for_shard(proc: subprocess.Popen, store: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (store / "hidden-00000.safetensors").exists():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no shard appeared"
-        time.sleep(0.005)
+def _shards(store: Path) -> int:
+    return len(list(store.glob("hidden-*.safetensors")))
 
 
-def test_kill_9_mid_extraction_then_same_command_equals_an_uninterrupted_run(
-    reference, gsm8k_dir, tiny, tmp_path
-):
-    ref_dir, _ = reference
-    run_dir = tmp_path / "killed"
-    args = prototype_args(gsm8k_dir, tiny, run_dir)
+def _interrupt_after_a_new_shard(args: list[str], store: Path, sig: int) -> tuple[int, str]:
+    """Start `opcircuits ARGS` in a subprocess; send `sig` as soon as it has written one more
+    store shard than there are now. Returns (exit code, stderr)."""
+    have = _shards(store) if store.exists() else 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "opcircuits", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        _wait_for_shard(proc, run_dir / "store")
-        os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not (store.exists() and _shards(store) > have):
+            assert proc.poll() is None, f"the run ended before it could be stopped: {proc.stderr}"
+            assert time.monotonic() < deadline, "no new shard appeared"
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    # Killed mid-extraction: the store is unfinished and nothing claims otherwise.
-    assert not json.loads((run_dir / "store" / "manifest.json").read_text())["complete"]
+    return proc.returncode, err
+
+
+def test_ctrl_c_then_kill_9_mid_extraction_then_same_command_equals_an_uninterrupted_run(
+    reference, gsm8k_dir, tiny, tmp_path
+):
+    ref_dir, _ = reference
+    run_dir = tmp_path / "killed"
+    store = run_dir / "store"
+    args = prototype_args(gsm8k_dir, tiny, run_dir)
+
+    code, err = _interrupt_after_a_new_shard(args, store, signal.SIGINT)
+    assert code == 130 and "interrupted; rerun the same command to resume" in err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    first = _shards(store)
+    assert first < 10  # of 10: really stopped mid-extraction
+
+    code, _ = _interrupt_after_a_new_shard(args, store, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert first < _shards(store) < 10  # the second attempt resumed, then died mid-extraction
+    # Nothing claims the unfinished store is done.
+    assert not json.loads((store / "manifest.json").read_text())["complete"]
     assert not (run_dir / "stages" / "extract.json").exists()
     assert (run_dir / "stages" / "extract.started.json").exists()
     assert not (run_dir / "analysis").exists()

@@ -403,7 +403,14 @@ def run_command(
             "jobs": jobs,
         },
     }
-    result = run(resolve(config, overrides), force=force, command=["opcircuits", *sys.argv[1:]])
+    try:
+        resolved = resolve(config, overrides)
+        result = run(resolved, force=force, command=["opcircuits", *sys.argv[1:]])
+    except KeyboardInterrupt:
+        # Exit here: Typer turns a KeyboardInterrupt into a return value that main() ignores.
+        message = "interrupted; rerun the same command to resume"
+        typer.secho(message, fg=typer.colors.YELLOW, err=True)
+        raise SystemExit(130) from None
     ran = ", ".join(name for name, outcome in result.stages if outcome == "ran")
     typer.echo(f"run directory: {result.run_dir}  (ran: {ran or 'nothing, all up to date'})")
     typer.echo(f"report: {result.report_html}")

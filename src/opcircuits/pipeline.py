@@ -161,9 +161,9 @@ class Stage:
     outputs: dict[str, Path]
     owned: list[Path] = field(default_factory=list)
     optional_outputs: dict[str, Path] = field(default_factory=dict)  # hashed when present
-    settings: dict[str, Any] = field(
-        default_factory=dict
-    )  # recorded; results do not depend on them
+    # Recorded, not compared: options the results do not depend on.
+    settings: dict[str, Any] = field(default_factory=dict)
+    reuse_any: bool = False  # skip whenever the recorded outputs are intact, whatever the key
 
 
 @dataclass
@@ -246,8 +246,10 @@ class StageRunner:
             return None
         return data if isinstance(data, dict) else None
 
-    def _up_to_date(self, record: dict[str, Any] | None, key: dict[str, Any]) -> bool:
-        if record is None or record.get("key") != key:
+    def _up_to_date(
+        self, record: dict[str, Any] | None, key: dict[str, Any], any_key: bool = False
+    ) -> bool:
+        if record is None or (record.get("key") != key and not any_key):
             return False
         for entry in record.get("outputs", {}).values():
             path = Path(entry["path"])
@@ -265,7 +267,7 @@ class StageRunner:
             "options": _jsonable(stage.options),
         }
         done = self._read(done_file)
-        if not self.force and self._up_to_date(done, key):
+        if not self.force and self._up_to_date(done, key, stage.reuse_any):
             log.info("[%d/%d] %s: up to date, skipped", index, total, stage.name)
             self.outcomes.append((stage.name, "skipped"))
             return
@@ -512,6 +514,10 @@ def _data_stages(data: dict[str, Any], data_dir: Path, mode: str, stages: list[S
             options={},
             outputs={"problems": full},
             optional_outputs={"manifest": manifest_path(full)},
+            # "hf" means the canonical GSM8K: download only if missing, so a run first made from
+            # a local copy is not sent to the (maybe unreachable) hub on its next invocation.
+            # A local folder is hashed: changed files there recompute.
+            reuse_any=src_dir is None,
         )
     )
 
