@@ -186,6 +186,10 @@ def test_rerun_skips_every_stage_even_in_a_moved_run_directory(
         "config.resolved.toml",
         "run.json",
     ]
+    # The resolved config repeats the run exactly (here: everything is up to date).
+    code, stdout, stderr = run_cli("run", "--config", str(moved / "config.resolved.toml"),
+                                   "--out", str(moved))  # fmt: skip
+    assert code == 0 and "ran: nothing, all up to date" in stdout, stderr
     # Without --source the default is the hub; GSM8K is present, so it is not downloaded again.
     args = prototype_args(gsm8k_dir, tiny, moved)
     del args[args.index("--source") : args.index("--source") + 2]
@@ -298,6 +302,25 @@ def test_analysis_only_imports_a_legacy_json_and_finds_a_planted_signal(tmp_path
     assert [c["layer"] for c in report["token_layer_map"]] == [4, 8] * 3
     code, stdout, _ = run_cli(*args)
     assert code == 0 and "ran: nothing, all up to date" in stdout
+
+
+def test_analysis_only_on_an_existing_store_analyses_it_in_place(reference, tmp_path):
+    store = reference[0] / "store"
+    before = Hasher().tree(store)
+    run_dir = tmp_path / "again"
+    code, stdout, stderr = run_cli(
+        "run", "--mode", "analysis_only", "--store", str(store), "--out", str(run_dir),
+        "--positions", "bot,latent_2", "--analyze-layers", "3", *ANALYSIS,
+    )  # fmt: skip
+    assert code == 0 and "ran: analyze" in stdout, stderr
+    report = json.loads((run_dir / "analysis" / "analysis_report.json").read_text())
+    assert report["store"]["path"] == str(store)
+    assert {(c["position"], c["layer"]) for c in report["token_layer_map"]} == {
+        ("bot", 3), ("latent_2", 3),
+    }  # fmt: skip
+    assert not (run_dir / "store").exists() and Hasher().tree(store) == before
+    rec = records(run_dir)["analyze"]
+    assert rec["key"]["inputs"]["store"]["path"] == str(store.resolve())
 
 
 # --- bad inputs: exit code 2 and one line naming the stage or option and the cause ------------

@@ -258,11 +258,11 @@ def run_command(
         None, "--mode",
         help="prototype: GSM8K → classify and sample → 60-problem subset → extract → analyze → "
         "report. full: the same on the 600 sampled problems. analysis_only: analyze --store "
-        "(a store, or a legacy continuous_thoughts_*.json). Default: [run] mode, else prototype.",
+        "(a store, or a legacy continuous_thoughts_*.json). Default: \\[run] mode, else prototype.",
     ),
     config: Path | None = typer.Option(
         None, "--config", "-c",
-        help="Experiment TOML with tables [run], [data], [extract], [analyze] (see "
+        help="Experiment TOML with tables \\[run], \\[data], \\[extract], \\[analyze] (see "
         "experiment.toml). Flags given here override it.",
     ),
     out: Path | None = typer.Option(
@@ -291,8 +291,8 @@ def run_command(
     ),
     seed: int | None = typer.Option(
         None, "--seed", rich_help_panel=_RUN_DATA,
-        help="Sets both the sampling seed ([data] seed, default 42) and the analysis seed "
-        "([analyze] seed, default 0).",
+        help="Sets both the sampling seed (\\[data] seed, default 42) and the analysis seed "
+        "(\\[analyze] seed, default 0).",
     ),
     match_steps: bool | None = typer.Option(
         None, "--match-steps/--no-match-steps", rich_help_panel=_RUN_DATA,
@@ -348,7 +348,7 @@ def run_command(
     ),
     analyze_layers: str | None = typer.Option(
         None, "--analyze-layers", rich_help_panel=_RUN_ANALYSIS,
-        help="Layers to analyze (default: all in the store). [analyze] layers in the config.",
+        help="Layers to analyze (default: all in the store). \\[analyze] layers in the config.",
     ),
     folds: int | None = typer.Option(
         None, "--folds", rich_help_panel=_RUN_ANALYSIS, help="Cross-validation folds."
