@@ -203,3 +203,23 @@ def test_headline_reads_the_report_contract():
         "model answer accuracy: 0.100 (6/60)",
     ]
     assert headline({}) == []
+
+
+def test_force_clears_outputs_kept_outside_the_run_dir_only_through_their_own_hook(tmp_path):
+    run_dir, outside = tmp_path / "run", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("user's file")
+    cleared: list[str] = []
+
+    def action() -> None:
+        (outside / "out.txt").write_text("x")
+
+    def stage() -> Stage:
+        return Stage("extract", action, {}, {}, {"out": outside / "out.txt"},
+                     on_force=lambda: cleared.append("cleared"))  # fmt: skip
+
+    runner(run_dir).run(stage(), 1, 1)
+    runner(run_dir).run(stage(), 1, 1)
+    assert cleared == []
+    runner(run_dir, force=True).run(stage(), 1, 1)
+    assert cleared == ["cleared"] and (outside / "keep.txt").exists()

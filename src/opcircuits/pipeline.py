@@ -164,6 +164,7 @@ class Stage:
     # Recorded, not compared: options the results do not depend on.
     settings: dict[str, Any] = field(default_factory=dict)
     reuse_any: bool = False  # skip whenever the recorded outputs are intact, whatever the key
+    on_force: Callable[[], None] | None = None  # clears outputs that are not owned, for --force
 
 
 @dataclass
@@ -278,6 +279,8 @@ class StageRunner:
         if stale:
             for path in stage.owned:
                 _remove(path)
+        if self.force and stage.on_force is not None:
+            stage.on_force()
         elif started is not None:
             log.info("[%d/%d] %s: resuming an interrupted run", index, total, stage.name)
         done_file.unlink(missing_ok=True)
@@ -566,6 +569,17 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
     # Results do not depend on the batch size (batch invariance is tested by extraction), so a
     # rerun with another batch size resumes the same store instead of recomputing it.
     settings = {k: v for k, v in values.items() if k in BATCH_ONLY}
+    owned = _is_inside(store, run_dir)
+
+    def clear_external() -> None:
+        # --force recomputes a store kept outside the run dir too, deleting only the store's own
+        # files; without --force such a store is never touched (a mismatch is an error instead).
+        from opcircuits.store import MANIFEST, remove_store
+
+        if (store / MANIFEST).is_file():
+            log.info("--force: removing the store files in %s", store)
+            remove_store(store)
+
     return Stage(
         name="extract",
         action=lambda: extract(opts),
@@ -575,8 +589,9 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
             "store": _rel(store, run_dir),
         },
         outputs={"store": store},
-        owned=[store] if _is_inside(store, run_dir) else [],
+        owned=[store] if owned else [],
         settings=settings,
+        on_force=None if owned else clear_external,
     )
 
 
