@@ -1,0 +1,150 @@
+"""The three probes (logistic regression, random forest, MLP) as sklearn Pipelines, and the
+per-fold work: fit on the training fold only, predict the test fold.
+
+Speed without changing results: hidden states have far more features (2048 × layers) than a
+training fold has problems. `SpanPCA` rotates the standardised training rows onto their own span
+(an exact PCA computed from the n × n Gram matrix). An L2-penalised linear model's weights always
+lie in that span, so logistic regression on the rotated features has the same optimum as on the
+raw ones, at a fraction of the cost. The unsupervised prefix (scaler → SpanPCA) never sees labels,
+so within one fold it is fitted once and shared by the logistic regression, the MLP, the
+shuffled-label control and every permutation of the permutation test.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+PROBES = ("logreg", "random_forest", "mlp")
+
+# Fixed hyper-parameters (documented in the README; not tuned on the data).
+LOGREG_C = 1.0
+LOGREG_MAX_ITER = 300
+RF_TREES = 100
+MLP_HIDDEN = (128,)
+MLP_ALPHA = 1.0
+MLP_MAX_ITER = 200
+
+
+class SpanPCA(TransformerMixin, BaseEstimator):
+    """Exact PCA onto the span of the centred training rows, via the Gram matrix.
+
+    When there are fewer rows than features this yields min(n - 1, rank) components computed in
+    O(n² d) instead of a full SVD; otherwise it only centres (the identity rotation).
+    """
+
+    def __init__(self, rtol: float = 1e-6) -> None:
+        self.rtol = rtol
+
+    def fit(self, X: np.ndarray, y: object = None) -> SpanPCA:
+        X = np.asarray(X, dtype=np.float32)
+        self.mean_ = X.mean(axis=0)
+        n, d = X.shape
+        if n >= d:
+            self.components_ = None
+            return self
+        xc = X - self.mean_
+        gram = (xc @ xc.T).astype(np.float64)
+        w, u = np.linalg.eigh(gram)
+        order = np.argsort(w)[::-1]
+        w, u = w[order], u[:, order]
+        keep = w > self.rtol * max(float(w[0]), 1e-30)
+        scaled = (u[:, keep] / np.sqrt(w[keep])).astype(np.float32)
+        self.components_ = xc.T @ scaled  # [d, r], orthonormal columns
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        xc = np.asarray(X, dtype=np.float32) - self.mean_
+        return xc if self.components_ is None else xc @ self.components_
+
+
+def logreg(seed: int) -> LogisticRegression:
+    return LogisticRegression(C=LOGREG_C, max_iter=LOGREG_MAX_ITER, random_state=seed)
+
+
+def probe_pipeline(name: str, seed: int) -> Pipeline:
+    """The Pipeline each probe is, scaler inside (what the README documents)."""
+    if name == "logreg":
+        return Pipeline([("scale", StandardScaler()), ("span", SpanPCA()), ("clf", logreg(seed))])
+    if name == "random_forest":
+        rf = RandomForestClassifier(n_estimators=RF_TREES, random_state=seed, n_jobs=1)
+        return Pipeline([("scale", StandardScaler()), ("clf", rf)])
+    if name == "mlp":
+        mlp = MLPClassifier(
+            hidden_layer_sizes=MLP_HIDDEN,
+            alpha=MLP_ALPHA,
+            # Early stopping would hold out 10% of an already small training fold.
+            early_stopping=False,
+            max_iter=MLP_MAX_ITER,
+            random_state=seed,
+        )
+        return Pipeline([("scale", StandardScaler()), ("span", SpanPCA()), ("clf", mlp)])
+    raise ValueError(f"unknown probe {name!r}")
+
+
+@dataclass
+class FoldOutput:
+    """Predictions on one test fold, keyed by probe name; plus permutation-test scores."""
+
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    permutation_correct: np.ndarray | None = None  # [n_permutations] correct counts
+    not_converged: int = 0
+
+
+def fit_fold(
+    X: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    probes: tuple[str, ...],
+    seed: int,
+    shuffled_train_y: np.ndarray | None = None,
+    permuted_y: np.ndarray | None = None,
+) -> FoldOutput:
+    """Fit the requested probes on X[train] and predict X[test].
+
+    `shuffled_train_y` (labels for the training rows) adds the shuffled-label control (scored
+    against the true test labels); `permuted_y` [n_perm, N] adds permutation-test refits of the
+    logistic regression (scored against the permuted test labels).
+    """
+    out = FoldOutput()
+    # One BLAS thread per task: results do not depend on --jobs, and jobs do not oversubscribe.
+    with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        xtr, xte = X[train], X[test]
+        needs_span = bool({"logreg", "mlp"} & set(probes)) or shuffled_train_y is not None
+        needs_span = needs_span or permuted_y is not None
+        if needs_span:
+            prefix = Pipeline(probe_pipeline("logreg", seed).steps[:-1]).fit(xtr)
+            ztr, zte = prefix.transform(xtr), prefix.transform(xte)
+        if "logreg" in probes:
+            out.predictions["logreg"] = logreg(seed).fit(ztr, y[train]).predict(zte)
+        if "mlp" in probes:
+            mlp = probe_pipeline("mlp", seed)
+            out.predictions["mlp"] = mlp[-1].fit(ztr, y[train]).predict(zte)
+        if "random_forest" in probes:
+            rf = probe_pipeline("random_forest", seed).fit(xtr, y[train])
+            out.predictions["random_forest"] = rf.predict(xte)
+        if shuffled_train_y is not None:
+            out.predictions["shuffled_labels"] = (
+                logreg(seed).fit(ztr, shuffled_train_y).predict(zte)
+            )
+        if permuted_y is not None:
+            correct = np.empty(permuted_y.shape[0], dtype=np.int64)
+            for i, yp in enumerate(permuted_y):
+                pred = logreg(seed).fit(ztr, yp[train]).predict(zte)
+                correct[i] = int(np.sum(pred == yp[test]))
+            out.permutation_correct = correct
+    out.not_converged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return out
