@@ -499,6 +499,33 @@ def new_base_cmd(
     typer.echo(str(build_demo_base(DemoBaseOptions(**kwargs))))
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option("demo", "--model", help="Preset, hub id or checkpoint dir."),
+    data: str = typer.Option("data/gsm8k/test.jsonl", "--data",
+                             help="GSM8K test JSONL (original release or problem records)."),
+    out: Path | None = typer.Option(None, "--out", help="Write accuracies and answers (JSON)."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N problems."),
+    num_latent: str = typer.Option("6,0", "--num-latent",
+                                   help="Student settings: comma-separated K values."),
+    teacher: bool = typer.Option(True, "--teacher/--no-teacher",
+                                 help="Also measure the teacher (explicit CoT, greedy)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Problems per batch."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Student answer tokens."),
+    max_cot_tokens: int = typer.Option(160, "--max-cot-tokens",
+                                       help="Teacher tokens (chain of thought + answer)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
+) -> None:
+    """Accuracy of a CODI model: teacher (explicit CoT) and student with K thoughts."""
+    kwargs = dict(locals())
+    from opcircuits.codi.demo import EvaluateOptions, evaluate
+
+    result = evaluate(EvaluateOptions(**kwargs))
+    for name, acc in result["accuracy"].items():
+        typer.echo(f"{name}: {acc:.4f} ({result['n_problems']} problems, "
+                   f"{result['seconds'][name]}s)")
+
+
 def main() -> None:
     """Console entry point: user errors become one red line and exit code 2."""
     try:

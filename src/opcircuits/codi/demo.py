@@ -97,3 +97,216 @@ def build_demo_base(options: DemoBaseOptions) -> Path:
         out,
     )
     return out
+
+
+# --- measuring a CODI model for its card ---------------------------------------------------
+
+
+@dataclass
+class EvaluateOptions:
+    """Options of `opcircuits evaluate` (names = CLI options with - → _)."""
+
+    model: str = "demo"
+    data: str = "data/gsm8k/test.jsonl"
+    out: Path | None = None
+    limit: int | None = None
+    num_latent: str = "6,0"
+    teacher: bool = True
+    batch_size: int = 64
+    max_new_tokens: int = 24
+    max_cot_tokens: int = 160
+    threads: int | None = None
+
+
+def read_test_problems(path: str | Path) -> list[dict[str, Any]]:
+    """GSM8K test problems (original release or problem records): id, question, gold value."""
+    import json
+
+    from opcircuits.errors import OpcircuitsError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "test.jsonl"
+    if not path.is_file():
+        raise OpcircuitsError("problem file not found", path=path)
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "final_value" in row:
+                gold = float(row["final_value"])
+            elif isinstance(row.get("answer"), str) and "####" in row["answer"]:
+                gold = float(row["answer"].split("####")[-1].strip().replace(",", ""))
+            else:
+                raise OpcircuitsError("no final answer", path=path, line=lineno, field="answer")
+            out.append(
+                {"id": row.get("id", f"test_{len(out)}"), "question": row["question"], "gold": gold}
+            )
+    return out
+
+
+def _greedy(
+    model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """Greedy continuation of left-padded token prompts (eot never chosen), up to EOS."""
+    import torch
+
+    device = model.prj[1].weight.device
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), model.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    with torch.inference_mode():
+        gen = model.lm.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=model.pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+            suppress_tokens=[model.eot_id],
+        )
+    outs = []
+    for row in gen[:, width:].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id) + 1]
+        outs.append(row)
+    return outs
+
+
+def teacher_answers(
+    model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int
+) -> list[str]:
+    """The teacher task: question → explicit chain of thought and answer, greedy."""
+    from opcircuits.codi.latent import decode_answer, prompt_ids
+
+    prompts = [prompt_ids(model, tokenizer, q)[:-1] for q in questions]  # no bot
+    return [
+        decode_answer(model, tokenizer, a)
+        for a in _greedy(model, tokenizer, prompts, max_new_tokens)
+    ]
+
+
+def student_answers(
+    model: Any, tokenizer: Any, questions: list[str], num_latent: int, max_new_tokens: int
+) -> list[str]:
+    """The student task: question, bot, K continuous thoughts, eot → answer, greedy.
+    K = 0 is question, bot, eot → answer (no thoughts)."""
+    import dataclasses
+
+    from opcircuits.codi.latent import decode_answer, prompt_ids, run_batch
+
+    if num_latent == 0:
+        prompts = [prompt_ids(model, tokenizer, q) + [model.eot_id] for q in questions]
+        answers = _greedy(model, tokenizer, prompts, max_new_tokens)
+    else:
+        saved = model.config
+        model.config = dataclasses.replace(saved, num_latent=num_latent)
+        try:
+            answers = run_batch(
+                model, tokenizer, questions, layers=[0], max_new_tokens=max_new_tokens
+            ).answer_ids
+        finally:
+            model.config = saved
+    return [decode_answer(model, tokenizer, a) for a in answers]
+
+
+def evaluate(options: EvaluateOptions) -> dict[str, Any]:
+    """Accuracy of a CODI model on GSM8K-style problems: the teacher (explicit CoT) and the
+    student with each K in `num_latent`. Writes the result JSON (with every answer) to `out`."""
+    import math
+    import time
+
+    import torch
+
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import extract_number
+    from opcircuits.files import write_json_atomic
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    model, tokenizer = load_codi(options.model, device="cpu")
+    problems = read_test_problems(options.data)
+    if options.limit:
+        problems = problems[: options.limit]
+    settings: list[tuple[str, int | None]] = [("teacher", None)] if options.teacher else []
+    settings += [(f"student_k{k}", int(k)) for k in options.num_latent.split(",") if k.strip()]
+    result: dict[str, Any] = {
+        "model": options.model,
+        "data": str(options.data),
+        "n_problems": len(problems),
+        "accuracy": {},
+        "seconds": {},
+        "answers": {},
+    }
+    for name, k in settings:
+        t0 = time.time()
+        texts: list[str] = []
+        for i in range(0, len(problems), options.batch_size):
+            qs = [p["question"] for p in problems[i : i + options.batch_size]]
+            if k is None:
+                texts += teacher_answers(model, tokenizer, qs, options.max_cot_tokens)
+            else:
+                texts += student_answers(model, tokenizer, qs, k, options.max_new_tokens)
+        correct = 0
+        for p, text in zip(problems, texts, strict=True):
+            pred = extract_number(text)
+            correct += pred is not None and math.isclose(pred, p["gold"], abs_tol=1e-6)
+        result["accuracy"][name] = correct / len(problems)
+        result["seconds"][name] = round(time.time() - t0, 1)
+        result["answers"][name] = texts
+        log.info(
+            "%s: %d/%d correct (%.1f%%) in %.0fs",
+            name,
+            correct,
+            len(problems),
+            100 * correct / len(problems),
+            time.time() - t0,
+        )
+    result["ids"] = [p["id"] for p in problems]
+    if options.out is not None:
+        write_json_atomic(options.out, result)
+    return result
+
+
+REFERENCE_NAME = "reference_answers.json"
+
+
+def record_reference(
+    model_dir: str | Path, data: str | Path, n: int = 8, max_new_tokens: int = 24
+) -> Path:
+    """Record the student's (K from the model's config) decoded answers on the first `n` test
+    problems into `model_dir/reference_answers.json`, so a test can check that the shipped
+    weights load strictly and reproduce them."""
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import extract_number
+    from opcircuits.files import write_json_atomic
+
+    model, tokenizer = load_codi(str(model_dir), device="cpu")
+    problems = read_test_problems(data)[:n]
+    k = model.config.num_latent
+    texts = student_answers(model, tokenizer, [p["question"] for p in problems], k, max_new_tokens)
+    out = Path(model_dir) / REFERENCE_NAME
+    write_json_atomic(
+        out,
+        {
+            "num_latent": k,
+            "max_new_tokens": max_new_tokens,
+            "dtype": "float32",
+            "problems": [
+                {
+                    "id": p["id"],
+                    "question": p["question"],
+                    "gold": p["gold"],
+                    "answer_text": t,
+                    "predicted": extract_number(t),
+                }
+                for p, t in zip(problems, texts, strict=True)
+            ],
+        },
+    )
+    return out
