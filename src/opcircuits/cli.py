@@ -245,6 +245,46 @@ def store_info(
 
 # --- analyze (issue 4) -------------------------------------------------------
 
+
+@app.command("analyze")
+def analyze_cmd(
+    store: Path = typer.Argument(..., help="Thought store directory (from extract or import)."),
+    out: Path = typer.Option(
+        ..., "--out",
+        help="Output directory: analysis_report.json, ANALYSIS_SUMMARY.md, report.html, PNGs.",
+    ),
+    positions: str | None = typer.Option(
+        None, "--positions",
+        help="Positions to analyse, e.g. bot,latent_1,latent_2 (default: all in the store). "
+        "Keep bot for the pre-thought control.",
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", help="Layers to analyse, e.g. 4,8,14 (default: all in the store)."
+    ),
+    folds: int = typer.Option(5, "--folds", help="Stratified cross-validation folds."),
+    repeats: int = typer.Option(
+        3, "--repeats", help="Times the k-fold split is repeated with new shuffles."
+    ),
+    permutations: int = typer.Option(
+        200, "--permutations",
+        help="Label permutations for the permutation tests (0 = no permutation tests).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for folds, permutations and every model."),
+    jobs: int = typer.Option(
+        -1, "--jobs", help="Worker processes (-1 = all cores); results do not depend on it."
+    ),
+) -> None:
+    """Probe the thoughts with honest controls; write numbers, figures and the report."""
+    from opcircuits.analysis.analyze import AnalyzeOptions, analyze
+
+    analyze(store, out, AnalyzeOptions(
+        positions=positions, layers=layers, folds=folds, repeats=repeats,
+        permutations=permutations, seed=seed, jobs=jobs,
+    ))
+    typer.echo(f"wrote {out / 'report.html'} and {out / 'ANALYSIS_SUMMARY.md'}")
+
+# end of analyze
+
 # --- run (issue 5) -----------------------------------------------------------
 
 _RUN_DATA = "Data (prototype, full)"
