@@ -230,11 +230,17 @@ def _build(config: CodiConfig, base_dir: Path | str, pretrained: bool) -> CodiMo
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
+        base_config = AutoConfig.from_pretrained(base_dir)
+        # GPT-2's "gelu_new" is the tanh-approximated GELU written as five separate tensor ops;
+        # torch's fused kernel computes the same function (equal to ~1e-7) several times faster.
+        if getattr(base_config, "activation_function", None) == "gelu_new":
+            base_config.activation_function = "gelu_pytorch_tanh"
         if pretrained:
             log.info("loading the base's pretrained weights from %s", base_dir)
-            base_model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            base_model = AutoModelForCausalLM.from_pretrained(
+                base_dir, config=base_config, dtype=torch.float32
+            )
         else:
-            base_config = AutoConfig.from_pretrained(base_dir)
             with _no_init():
                 base_model = AutoModelForCausalLM.from_config(base_config, dtype=torch.float32)
             base_model.tie_weights()

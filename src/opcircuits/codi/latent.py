@@ -53,28 +53,35 @@ class LatentBatch:
     answer_ids: list[list[int]]  # greedy answer tokens (up to and including EOS)
 
 
-def _forward_names(model: CodiModel) -> tuple[str, str | None]:
-    """Keyword names of the KV cache and of "logits for the last positions only": transformers
-    renamed `past_key_values` to `cache` (5.x) and `num_logits_to_keep` to `logits_to_keep`."""
-    params = inspect.signature(model.lm.forward).parameters
-    cache = "cache" if "cache" in params else "past_key_values"
-    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
-    return cache, keep
+def _cache_name(backbone) -> str:
+    """transformers 5.x renamed the KV-cache argument `past_key_values` to `cache`."""
+    params = inspect.signature(backbone.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
-def _step(model, names, cache, mask, positions, *, ids=None, embeds=None, hidden=True):
-    cache_name, keep_name = names
-    extra = {cache_name: cache}
-    if keep_name is not None:
-        extra[keep_name] = 1  # only the last position's logits are ever used
-    return model.lm(
+def _new_cache(model: CodiModel, max_len: int):
+    """A preallocated KV cache for the whole loop (a growing one re-copies every layer's keys
+    and values at each step, which dominated CPU time); a dynamic one where unavailable."""
+    try:
+        from transformers import StaticCache
+
+        return StaticCache(config=model.lm.config, max_cache_len=max_len)
+    except (ImportError, TypeError):  # transformers 4.x signature
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+
+def _step(backbone, cache_name, cache, mask, positions, *, ids=None, embeds=None, hidden=True):
+    """One forward of the transformer (no LM head: logits are computed only where used)."""
+    return backbone(
         input_ids=ids,
         inputs_embeds=embeds,
         attention_mask=mask,
         position_ids=positions,
         use_cache=True,
         output_hidden_states=hidden,
-        **extra,
+        **{cache_name: cache},
     )
 
 
@@ -89,8 +96,6 @@ def run_batch(
     top_k: int = 5,
 ) -> LatentBatch:
     """Run the latent loop on a batch of questions; see the module docstring."""
-    from transformers import DynamicCache
-
     device = model.prj[1].weight.device
     prompts = [prompt_ids(model, tokenizer, q) for q in questions]
     B, T = len(prompts), max(map(len, prompts))
@@ -107,22 +112,27 @@ def run_batch(
 
     K = model.config.num_latent
     layer_idx = list(layers)
-    hiddens, lens_logits, inputs = [], [], []
-    cache = DynamicCache()
-    names = _forward_names(model)
+    k_top = min(top_k, model.eot_id + 1)
+    hiddens, inputs, lens_ids, lens_probs = [], [], [], []
+    backbone = model.lm.base_model  # the transformer without its LM head
+    cache_name = _cache_name(backbone)
+    cache = _new_cache(model, T + K + 1 + max_new_tokens)
 
-    out = _step(model, names, cache, mask, pos, ids=ids)
+    out = _step(backbone, cache_name, cache, mask, pos, ids=ids)
     for k in range(K + 1):  # k = 0: the bot position; k >= 1: latent k
         hs = out.hidden_states
         hiddens.append(torch.stack([hs[layer][:, -1] for layer in layer_idx], dim=1))
-        lens_logits.append(out.logits[:, -1])
-        final = hs[-1][:, -1:]
+        final = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
+        # Logit lens: the LM head on the final hidden state, as CODI decodes its latents.
+        probs, top = torch.softmax(model.lm_head(final[:, 0]).float(), dim=-1).topk(k_top)
+        lens_ids.append(top)
+        lens_probs.append(probs)
         if k == K:
             break
         x = model.project(final)  # [B, 1, D]
         inputs.append(x[:, 0])
         mask, last = torch.cat([mask, ones], dim=1), last + 1
-        out = _step(model, names, cache, mask, last, embeds=x)
+        out = _step(backbone, cache_name, cache, mask, last, embeds=x)
 
     # End of thought, then greedy decoding; every id but eot may be chosen.
     eos = tokenizer.eos_token_id
@@ -131,8 +141,8 @@ def run_batch(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         mask, last = torch.cat([mask, ones], dim=1), last + 1
-        out = _step(model, names, cache, mask, last, embeds=x, hidden=False)
-        logits = out.logits[:, -1].float()
+        out = _step(backbone, cache_name, cache, mask, last, embeds=x, hidden=False)
+        logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         logits[:, model.eot_id] = float("-inf")
         nxt = logits.argmax(-1)
         for i in torch.nonzero(~finished).flatten().tolist():
@@ -143,13 +153,11 @@ def run_batch(
             break
         x = model.embed(nxt[:, None])
 
-    lens = torch.softmax(torch.stack(lens_logits, dim=1).float(), dim=-1)  # [B, P, V+3]
-    probs, top = lens.topk(min(top_k, lens.shape[-1]), dim=-1)
     return LatentBatch(
         hidden=torch.stack(hiddens, dim=1).float().cpu(),
         latent_inputs=torch.stack(inputs, dim=1).float().cpu(),
-        lens_ids=top.cpu(),
-        lens_probs=probs.cpu(),
+        lens_ids=torch.stack(lens_ids, dim=1).cpu(),
+        lens_probs=torch.stack(lens_probs, dim=1).cpu(),
         answer_ids=answers,
     )
 
