@@ -167,3 +167,51 @@ def test_two_process_accelerate_launch(gsm8k_dir: Path, tiny_base: Path, tmp_pat
     state = torch.load(out / "last" / "training_state.pt", weights_only=False)
     assert state["world"] == 2 and state["step"] == 2
     assert (out / "last" / "rng-1.pt").is_file()
+
+
+def test_lora_on_a_pretrained_gpt2_base(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
+    """LoRA training leaves the base weights alone and saves a checkpoint the public loader
+    reads strictly against the same base."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from opcircuits.codi.checkpoint import load_codi
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
+    base = tmp_path / "gpt2"
+    gpt2.save_pretrained(base)
+    tok.save_pretrained(base)
+    out = train(
+        _options(
+            base,
+            gsm8k_dir,
+            tmp_path / "lora",
+            from_scratch=False,
+            lora_r=4,
+            lora_alpha=8,
+            max_steps=3,
+            lr=1e-2,
+        )
+    )
+    saved = load_file(str(out / "model.safetensors"))
+    lora_keys = [k for k in saved if "lora_" in k]
+    assert lora_keys and all(k.startswith("codi.base_model.model.") for k in lora_keys)
+    original = gpt2.state_dict()
+    wte = saved["codi.base_model.model.transformer.wte.weight"]
+    assert torch.equal(wte[: len(tok)], original["transformer.wte.weight"])  # frozen base
+    h0 = "codi.base_model.model.transformer.h.0.attn.c_attn.base_layer.weight"
+    assert torch.equal(saved[h0], original["transformer.h.0.attn.c_attn.weight"])
+    assert any(not torch.all(saved[k] == 0) for k in lora_keys if "lora_B" in k)  # trained
+    model, _ = load_codi(out, device="cpu", merge=False)
+    assert model.config.lora_r == 4 and model.config.base == str(base.resolve())
