@@ -75,6 +75,21 @@ def test_batch_of_one_and_batch_of_all_agree(name, request, questions):
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_prompts_prefilled_in_length_groups_equal_one_padded_group(name, request, questions):
+    tiny = request.getfixturevalue(name)
+    model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    one = run_batch(model, tok, questions, layers=LAYERS, max_new_tokens=6, prefill_tokens=10**9)
+    lengths = sorted(len(prompt_ids(model, tok, q)) for q in questions)
+    budget = 3 * lengths[len(lengths) // 2]  # several groups of different padded lengths
+    grouped = run_batch(
+        model, tok, questions, layers=LAYERS, max_new_tokens=6, prefill_tokens=budget
+    )
+    assert (one.hidden - grouped.hidden).abs().max() <= 1e-4
+    assert (one.latent_inputs - grouped.latent_inputs).abs().max() <= 1e-4
+    assert one.answer_ids == grouped.answer_ids
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
 def test_left_padded_batch_matches_a_naive_uncached_loop(name, request, questions):
     tiny = request.getfixturevalue(name)
     model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")

@@ -10,6 +10,7 @@ layer at once.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections.abc import Sequence
@@ -85,6 +86,66 @@ def _step(backbone, cache_name, cache, mask, positions, *, ids=None, embeds=None
     )
 
 
+def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [B, H, T, hd] of one layer of a DynamicCache (5.x and 4.x layouts)."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def _chunks(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Rows grouped by similar prompt length, each group padded to at most `token_budget`."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, token_budget):
+    """Run the prompts in groups of similar length (little padding), then write every group's
+    keys and values into the batch's cache, left-padded to the longest prompt. Returns the
+    chosen layers' hidden states and the final hidden state at the last (bot) position."""
+    from transformers import DynamicCache
+
+    B, T = ids.shape
+    lengths = mask.sum(-1).tolist()
+    hidden = final = None
+    kv: list[list[torch.Tensor]] = []
+    for rows in _chunks(lengths, token_budget):
+        t = lengths[rows[0]]
+        sub = DynamicCache()
+        r = torch.tensor(rows, device=ids.device)
+        out = _step(
+            backbone, cache_name, sub, mask[r, T - t :], pos[r, T - t :], ids=ids[r, T - t :]
+        )
+        hs = out.hidden_states
+        h = torch.stack([hs[layer][:, -1] for layer in layer_idx], dim=1)
+        f = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
+        if hidden is None:
+            hidden = h.new_zeros((B, *h.shape[1:]))
+            final = f.new_zeros((B, *f.shape[1:]))
+        hidden[r], final[r] = h, f
+        for layer in range(model.num_layers):
+            k, v = _layer_kv(sub, layer)
+            if len(kv) <= layer:
+                kv.append(
+                    [
+                        k.new_zeros((B, *k.shape[1:2], T, k.shape[3])),
+                        v.new_zeros((B, *v.shape[1:2], T, v.shape[3])),
+                    ]
+                )
+            kv[layer][0][r, :, T - t :] = k
+            kv[layer][1][r, :, T - t :] = v
+        del out, hs, sub
+    for layer, (k, v) in enumerate(kv):
+        cache.update(k, v, layer)
+    return hidden, final
+
+
 @torch.inference_mode()
 def run_batch(
     model: CodiModel,
@@ -94,8 +155,13 @@ def run_batch(
     layers: Sequence[int],
     max_new_tokens: int = 64,
     top_k: int = 5,
+    prefill_tokens: int = 4096,
 ) -> LatentBatch:
-    """Run the latent loop on a batch of questions; see the module docstring."""
+    """Run the latent loop on a batch of questions; see the module docstring.
+
+    Prompts are run in groups of similar length of at most `prefill_tokens` padded tokens (a
+    batch's prompts vary a lot in length; padding them all to the longest wasted up to half of
+    the prompt compute); the latent and answer steps then run on the whole batch."""
     device = model.prj[1].weight.device
     prompts = [prompt_ids(model, tokenizer, q) for q in questions]
     B, T = len(prompts), max(map(len, prompts))
@@ -108,21 +174,72 @@ def run_batch(
     # Left padding: real tokens count positions from 0; pads get 0 (they are masked anyway).
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     last = pos[:, -1:]
-    ones = torch.ones((B, 1), dtype=mask.dtype, device=device)
 
     K = model.config.num_latent
     layer_idx = list(layers)
     k_top = min(top_k, model.eot_id + 1)
-    hiddens, inputs, lens_ids, lens_probs = [], [], [], []
     backbone = model.lm.base_model  # the transformer without its LM head
     cache_name = _cache_name(backbone)
     cache = _new_cache(model, T + K + 1 + max_new_tokens)
 
-    out = _step(backbone, cache_name, cache, mask, pos, ids=ids)
+    hidden, final = _prefill(
+        model, backbone, cache_name, ids, mask, pos, layer_idx, cache, prefill_tokens
+    )
+    with _one_query_attention(model):
+        return _latents_and_answer(
+            model,
+            tokenizer,
+            backbone,
+            cache_name,
+            cache,
+            mask,
+            last,
+            hidden,
+            final,
+            layer_idx=layer_idx,
+            k_top=k_top,
+            max_new_tokens=max_new_tokens,
+        )
+
+
+@contextlib.contextmanager
+def _one_query_attention(model: CodiModel):
+    """On CPU, steps with one query per problem run attention as plain matmuls ("eager"):
+    reading the cache is the bottleneck there, and eager reads it once where torch's fused CPU
+    kernel took ~1.6x longer (measured). Restored afterwards."""
+    lm = model.lm
+    before = getattr(lm.config, "_attn_implementation", None)
+    switch = model.prj[1].weight.device.type == "cpu" and before == "sdpa"
+    if switch:
+        lm.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            lm.set_attn_implementation(before)
+
+
+def _latents_and_answer(
+    model,
+    tokenizer,
+    backbone,
+    cache_name,
+    cache,
+    mask,
+    last,
+    hidden,
+    final,
+    *,
+    layer_idx,
+    k_top,
+    max_new_tokens,
+) -> LatentBatch:
+    device = mask.device
+    B, K = mask.shape[0], model.config.num_latent
+    ones = torch.ones((B, 1), dtype=mask.dtype, device=device)
+    hiddens, inputs, lens_ids, lens_probs = [], [], [], []
     for k in range(K + 1):  # k = 0: the bot position; k >= 1: latent k
-        hs = out.hidden_states
-        hiddens.append(torch.stack([hs[layer][:, -1] for layer in layer_idx], dim=1))
-        final = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
+        hiddens.append(hidden)
         # Logit lens: the LM head on the final hidden state, as CODI decodes its latents.
         probs, top = torch.softmax(model.lm_head(final[:, 0]).float(), dim=-1).topk(k_top)
         lens_ids.append(top)
@@ -133,6 +250,8 @@ def run_batch(
         inputs.append(x[:, 0])
         mask, last = torch.cat([mask, ones], dim=1), last + 1
         out = _step(backbone, cache_name, cache, mask, last, embeds=x)
+        hidden = torch.stack([out.hidden_states[layer][:, -1] for layer in layer_idx], dim=1)
+        final = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
 
     # End of thought, then greedy decoding; every id but eot may be chosen.
     eos = tokenizer.eos_token_id
