@@ -24,9 +24,9 @@ LAYERS = [2, 5]
 N, D = 120, 48
 FILLER = ["Sam", "Ana", "has", "buys", "apples", "pens", "the", "store", "week", "then", "some",
           "boxes", "cups", "of", "tea", "on", "Monday", "gives", "friend", "book"]
-KEYWORDS = {0: ["more", "altogether"], 1: ["each", "times"], 2: ["left", "each"]}
+KEYWORDS = {0: ["more", "altogether"], 1: ["times", "double"], 2: ["left", "remaining"]}
 OPS = {0: ["+"], 1: ["*"], 2: ["+", "*", "-"]}
-FAST = dict(folds=3, repeats=2, permutations=30, seed=0, jobs=1)
+FAST = dict(folds=3, repeats=2, permutations=20, seed=0, jobs=1)
 
 
 def _questions(rng: np.random.Generator, y: np.ndarray, informative: float) -> list[str]:
@@ -61,7 +61,7 @@ def make_store(path: Path, kind: str, seed: int = 0) -> Path:
     y = np.arange(N) % 3
     rng.shuffle(y)
     hidden = rng.standard_normal((N, len(POSITIONS), len(LAYERS), D)).astype(np.float32)
-    questions = _questions(rng, y, informative=0.7 if kind == "text" else 0.0)
+    questions = _questions(rng, y, informative=0.8 if kind == "text" else 0.0)
     if kind == "planted":
         hidden[:, 1, 1, :6] += 4.0 * np.repeat(np.eye(3, dtype=np.float32), 2, axis=1)[y]
     if kind == "text":
@@ -104,7 +104,7 @@ def test_planted_signal_is_found_where_it_was_planted(planted: tuple[Path, Path,
     others = [c["accuracy"] for c in report["token_layer_map"] if c is not best]
     assert max(others) < 0.5
     first = _probe(report, "first", "logreg")
-    assert first["p_value"] == pytest.approx(1 / 31)
+    assert first["p_value"] == pytest.approx(1 / 21, abs=1e-6)
     assert first["selectivity"]["ci_low"] > 0.4
     assert first["selectivity_vs_pre_thought"]["ci_low"] > 0.4
     # The latent_1 step beats the pre-thought state; latent_2 (noise) does not.
@@ -217,7 +217,7 @@ def test_pure_noise_stays_at_chance(tmp_path: Path) -> None:
 
 def test_text_only_signal_has_no_selectivity_over_the_text_control(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", "text", seed=2)
-    report = analyze(store, tmp_path / "out", AnalyzeOptions(**FAST))
+    report = analyze(store, tmp_path / "out", AnalyzeOptions(**{**FAST, "permutations": 0}))
     text = next(c for c in report["controls"] if c["name"] == "question_text")
     assert text["accuracy"] > 0.6  # the text carries the category...
     lr = _probe(report, "mean", "logreg")

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from opcircuits.analysis import clustering, controls, logit_lens, model_accuracy, similarity
 from opcircuits.analysis.features import MAIN_VIEWS, View, build_views, view_matrix
-from opcircuits.analysis.probes import PROBES, FoldOutput, fit_fold
+from opcircuits.analysis.probes import PROBES, fit_fold
 from opcircuits.analysis.scoring import Fold, Scores, make_folds, paired_difference, score
 from opcircuits.analysis.stats import permutation_p_value
 from opcircuits.errors import OpcircuitsError
@@ -112,8 +112,8 @@ def _shared(hidden: np.ndarray, jobs: int) -> Iterator[np.ndarray]:
 
 @dataclass(frozen=True)
 class _Task:
-    kind: str  # "view" | "text" | "confound"
-    fold: Fold
+    kind: str  # "view" | "text" | "confound" | "cluster" | "similarity"
+    fold: Fold | None = None
     view: View | None = None
     probes: tuple[str, ...] = ()
     shuffled: bool = False
@@ -130,8 +130,14 @@ def _run_task(
     confound_x: np.ndarray | None,
     permuted_y: np.ndarray | None,
     seed: int,
-) -> FoldOutput | np.ndarray:
+    permutations: int,
+) -> Any:
     fold = task.fold
+    if task.kind == "cluster":
+        return clustering.cluster_view(view_matrix(source, task.view, positions, layers), y)
+    if task.kind == "similarity":
+        X = view_matrix(source, task.view, positions, layers)
+        return similarity.within_between(X, y, int(y.max()) + 1, permutations, seed)
     if task.kind == "text":
         return controls.text_fold(questions or [], y, fold.train, fold.test, seed)
     if task.kind == "confound":
@@ -256,18 +262,31 @@ def analyze(
         tasks += [_Task("text", f) for f in folds]
     if confound_x is not None:
         tasks += [_Task("confound", f) for f in folds]
+    # Descriptive analyses (all problems, no folds) share the worker pool.
+    desc_views = [v for v in views if v.kind == "main" or v.name == "bot"]
+    tasks += [_Task("cluster", view=v) for v in desc_views]
+    tasks += [_Task("similarity", view=v) for v in views if v.kind in ("main", "position")]
 
     with _shared(hidden, jobs) as source:
         results = _run_all(
             tasks, jobs, source=source, positions=positions, layers=layers, y=y,
             questions=questions, confound_x=confound_x, permuted_y=permuted_y, seed=options.seed,
+            permutations=options.permutations,
         )
 
     # Collect per-fold predictions.
     preds: dict[tuple[str, str], list[np.ndarray]] = {}
     perm_correct: dict[str, np.ndarray] = {}
     not_converged = 0
+    cluster_json, cluster_coords, sim_json = [], {}, []
     for task, res in zip(tasks, results, strict=True):
+        if task.kind == "cluster":
+            cluster_coords[task.view.name] = res.coords
+            cluster_json.append({"view": task.view.name, **res.summary()})
+            continue
+        if task.kind == "similarity":
+            sim_json.append({"view": task.view.name, **res})
+            continue
         if task.kind != "view":
             preds.setdefault(("control", task.kind), []).append(res)
             continue
@@ -370,20 +389,6 @@ def analyze(
                 "ci_high": s.interval.high,
                 "minus_pre_thought": paired_difference(s.fold_accuracy, pre.fold_accuracy, folds),
             })
-
-    # Descriptive: clustering and similarity (all problems, no folds).
-    log.info("clustering and similarity")
-    cluster_json, cluster_coords, sim_json = [], {}, []
-    desc_views = [v for v in views if v.kind == "main" or v.name == "bot"]
-    for view in desc_views:
-        X = view_matrix(hidden, view, positions, layers)
-        c = clustering.cluster_view(X, y)
-        cluster_coords[view.name] = c.coords
-        cluster_json.append({"view": view.name, **c.summary()})
-    for view in [v for v in views if v.kind in ("main", "position")]:
-        X = view_matrix(hidden, view, positions, layers)
-        sim = similarity.within_between(X, y, n_cls, options.permutations, options.seed)
-        sim_json.append({"view": view.name, **sim})
 
     # Logit lens.
     lens_tokens = _column(records, "lens_top_tokens")

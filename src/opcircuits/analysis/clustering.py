@@ -25,21 +25,25 @@ class Clustering:
         }
 
 
-def pca2(xs: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+def pca2(
+    xs: np.ndarray, gram: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Top-2 principal component scores of `xs` (rows = samples), computed exactly from the
-    smaller of the Gram and covariance matrices; signs fixed so runs are reproducible."""
-    xc = (xs - xs.mean(axis=0)).astype(np.float64)
+    smaller of the Gram and covariance matrices; signs fixed so runs are reproducible.
+    `gram` is xc @ xc.T of the centred rows when already computed."""
+    xc = xs - xs.mean(axis=0)
     n, d = xc.shape
     if n <= d:
-        w, u = np.linalg.eigh(xc @ xc.T)
+        g = gram if gram is not None else (xc @ xc.T).astype(np.float64)
+        w, u = np.linalg.eigh(g)
         order = np.argsort(w)[::-1]
         w, u = np.clip(w[order], 0, None), u[:, order]
         coords = u[:, :2] * np.sqrt(w[:2])
     else:
-        w, v = np.linalg.eigh(xc.T @ xc)
+        w, v = np.linalg.eigh((xc.T @ xc).astype(np.float64))
         order = np.argsort(w)[::-1]
         w, v = np.clip(w[order], 0, None), v[:, order]
-        coords = xc @ v[:, :2]
+        coords = (xc @ v[:, :2]).astype(np.float64)
     if coords.shape[1] < 2:
         coords = np.column_stack([coords, np.zeros(n)])
     # Fix each component's sign: the sample with the largest |score| is positive.
@@ -52,11 +56,16 @@ def pca2(xs: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
 
 
 def cluster_view(X: np.ndarray, y: np.ndarray) -> Clustering:
-    xs = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
-    coords, ratio = pca2(xs)
+    # Standardised columns are centred, so one Gram matrix gives both the PCA and the
+    # euclidean distances for the silhouette (float32 product, float64 after).
+    xs = StandardScaler().fit_transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
+    gram = (xs @ xs.T).astype(np.float64)
+    coords, ratio = pca2(xs, gram if xs.shape[0] <= xs.shape[1] else None)
     if len(np.unique(y)) < 2:
-        sil = sil2 = float("nan")
-    else:
-        sil = float(silhouette_score(xs, y))
-        sil2 = float(silhouette_score(coords, y))
+        return Clustering(coords, ratio, float("nan"), float("nan"))
+    sq = np.diag(gram)
+    dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * gram, 0, None))
+    np.fill_diagonal(dist, 0.0)
+    sil = float(silhouette_score(dist, y, metric="precomputed"))
+    sil2 = float(silhouette_score(coords, y))
     return Clustering(coords, ratio, sil, sil2)

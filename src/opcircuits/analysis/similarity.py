@@ -14,10 +14,10 @@ from opcircuits.analysis.stats import permutation_p_value
 
 
 def _cosine_matrix(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float32)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     Xn = X / np.where(norms == 0, 1.0, norms)
-    return Xn @ Xn.T
+    return (Xn @ Xn.T).astype(np.float64)
 
 
 def _within_sums(S: np.ndarray, onehots: np.ndarray) -> np.ndarray:
