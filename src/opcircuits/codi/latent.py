@@ -209,7 +209,11 @@ def _one_query_attention(model: CodiModel):
     kernel took ~1.6x longer (measured). Restored afterwards."""
     lm = model.lm
     before = getattr(lm.config, "_attn_implementation", None)
-    switch = model.prj[1].weight.device.type == "cpu" and before == "sdpa"
+    switch = (
+        model.prj[1].weight.device.type == "cpu"
+        and before == "sdpa"
+        and hasattr(lm, "set_attn_implementation")
+    )
     if switch:
         lm.set_attn_implementation("eager")
     try:
