@@ -217,7 +217,8 @@ def test_pure_noise_stays_at_chance(tmp_path: Path) -> None:
 
 def test_text_only_signal_has_no_selectivity_over_the_text_control(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", "text", seed=2)
-    report = analyze(store, tmp_path / "out", AnalyzeOptions(**{**FAST, "permutations": 0}))
+    opts = {**FAST, "permutations": 0, "repeats": 1}
+    report = analyze(store, tmp_path / "out", AnalyzeOptions(**opts))
     text = next(c for c in report["controls"] if c["name"] == "question_text")
     assert text["accuracy"] > 0.6  # the text carries the category...
     lr = _probe(report, "mean", "logreg")
@@ -230,11 +231,21 @@ def test_text_only_signal_has_no_selectivity_over_the_text_control(tmp_path: Pat
     assert "beyond what the question-text control already captures" in summary
 
 
-def test_legacy_store_without_text_answers_or_lens(tmp_path: Path) -> None:
+def test_legacy_store_without_text_answers_or_lens_through_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from opcircuits.cli import app
+
     store = make_store(tmp_path / "store", "legacy")
-    report = analyze(store, tmp_path / "out",
-                     AnalyzeOptions(folds=3, repeats=1, permutations=0, layers="5",
-                                    positions="bot,latent_1"))
+    result = CliRunner().invoke(app, [
+        "analyze", str(store), "--out", str(tmp_path / "out"), "--positions", "bot,latent_1",
+        "--layers", "5", "--folds", "3", "--repeats", "1", "--permutations", "0", "--seed", "3",
+        "--jobs", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "analysis_report.json").read_text())
+    assert report["options"] == {"positions": "bot,latent_1", "layers": "5", "folds": 3,
+                                 "repeats": 1, "permutations": 0, "seed": 3}
     names = {c["name"] for c in report["controls"]}
     assert names == {"majority", "shuffled_labels", "pre_thought"}
     assert not report["logit_lens"]["available"] and not report["model"]["available"]
@@ -256,3 +267,17 @@ def test_bad_options_are_user_errors(tmp_path: Path) -> None:
         analyze(store, tmp_path / "o", AnalyzeOptions(layers="3"))
     with pytest.raises(OpcircuitsError, match="unknown position"):
         analyze(store, tmp_path / "o", AnalyzeOptions(positions="latent_9"))
+
+
+def test_logit_lens_token_classes() -> None:
+    from opcircuits.analysis.logit_lens import classify
+
+    for tok in ["+", " +", "Ġ+", "▁*", "×", " ×", "÷", "−", " -", "/", " plus", "times"]:
+        assert classify(tok)[0] == "operator", tok
+    assert classify(" ×") == ("operator", "*") and classify("÷") == ("operator", "/")
+    assert classify("−") == ("operator", "-")
+    for tok in ["5", " 12", "3.5", "1,000", "Ġ42"]:
+        assert classify(tok) == ("number", None), tok
+    for tok in [" the", "x", "=", "<eot>", "", "+="]:
+        assert classify(tok)[0] == "other", tok
+

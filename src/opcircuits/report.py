@@ -81,16 +81,6 @@ def findings(report: dict) -> list[dict[str, Any]]:
         s = [f"The best probe on the continuous thoughts, {label} on the `{best['view']}` view, "
              f"reaches accuracy {num(best['accuracy'])} ({ci(best['ci_low'], best['ci_high'])}, "
              f"macro F1 {num(best['f1_macro'])})."]
-        lr = next((p for p in main if p["view"] == best["view"] and p["probe"] == "logreg"), None)
-        if lr is not None and lr["p_value"] is not None:
-            n_perm = report["options"]["permutations"]
-            alpha_ok = lr["p_value"] < 0.05
-            s.append(
-                f"The logistic-regression probe on `{best['view']}` "
-                + ("scores above" if alpha_ok else "is not distinguishable from")
-                + f" probes trained on permuted labels (p = {num(lr['p_value'], 3)}, "
-                f"{n_perm} permutations)."
-            )
         for name in ("question_text", "confound", "majority"):
             c = _control(report, name)
             if c is None:
@@ -104,6 +94,16 @@ def findings(report: dict) -> list[dict[str, Any]]:
             s.append(f"It {verdict(diff)} the pre-thought probe on `bot` (accuracy "
                      f"{num(pre['accuracy'])}; difference {num(diff['value'])}, "
                      f"{ci(diff['ci_low'], diff['ci_high'])}).")
+        lr = next((p for p in main if p["view"] == best["view"] and p["probe"] == "logreg"), None)
+        if lr is not None and lr["p_value"] is not None:
+            n_perm = report["options"]["permutations"]
+            alpha_ok = lr["p_value"] < 0.05
+            s.append(
+                f"The logistic-regression probe on `{best['view']}` "
+                + ("scores above" if alpha_ok else "is not distinguishable from")
+                + f" probes trained on permuted labels (p = {num(lr['p_value'], 3)}, "
+                f"{n_perm} permutations)."
+            )
         bc = report["best_control"]
         winners = [p for p in main if p["selectivity"]["ci_low"] is not None
                    and p["selectivity"]["ci_low"] > 0]

@@ -397,7 +397,10 @@ def analyze(
     if lens_tokens is None:
         notes.append("The store has no logit-lens columns: the logit-lens section is skipped.")
     else:
-        lens_json.update(logit_lens.analyse(lens_tokens, categories, names, ops_used, positions))
+        # The lens covers every stored position (not only the analysed ones).
+        lens_json.update(
+            logit_lens.analyse(lens_tokens, categories, names, ops_used, store.positions)
+        )
         if ops_used is None:
             notes.append("The store has no ops_used column: operator matches are not computed.")
 

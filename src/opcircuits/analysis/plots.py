@@ -195,13 +195,13 @@ def similarity(report: dict, out_dir: Path) -> dict:
     ax.set_ylabel("mean cosine similarity")
     ax.set_title("Within vs between categories")
     ax.axhline(0, color="black", lw=0.6)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
     main = next((r for r in rows if r["view"] == "mean"), rows[0])
     mat = np.array(main["centred"]["category_matrix"], dtype=float)
     lim = float(np.nanmax(np.abs(mat))) or 1.0
     im = ax2.imshow(mat, cmap="cividis", vmin=-lim, vmax=lim)
     for (i, j), v in np.ndenumerate(mat):
-        ax2.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+        ax2.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8,
                  color="black" if v > 0 else "white")
     ax2.set_xticks(range(len(names)), [_label(c) for c in names], rotation=30, ha="right",
                    fontsize=7)
@@ -238,7 +238,7 @@ def logit_lens(report: dict, out_dir: Path) -> dict | None:
         ax.set_xlabel("position")
         ax.set_title(_label(cat), fontsize=9)
     axes[0][0].set_ylabel("share of top-1 lens tokens")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Logit lens: what each thought's top-1 token is", fontsize=10)
     fig.tight_layout()
     return _save(fig, out_dir, "logit_lens.png", "Logit lens",
