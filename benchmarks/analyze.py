@@ -59,11 +59,15 @@ def main() -> None:
         store = base / "store"
         if not (store / "manifest.json").exists():
             build(store, args.problems, args.dim)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         analyze(store, base / "out", AnalyzeOptions(jobs=args.jobs))
         wall = time.perf_counter() - start
+        load_after = os.getloadavg()[0]
+    # Other processes on a shared machine slow this down: the load average says how much.
     print(f"analyze: {args.problems} problems × 7 positions × 3 layers × {args.dim}, "
-          f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall")
+          f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall "
+          f"(1-min load average {load_before:.1f} before, {load_after:.1f} after)")
 
 
 if __name__ == "__main__":
