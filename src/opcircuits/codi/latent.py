@@ -114,7 +114,7 @@ def _prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, toke
     B, T = ids.shape
     lengths = mask.sum(-1).tolist()
     hidden = final = None
-    kv: list[list[torch.Tensor]] = []
+    groups = []
     for rows in _chunks(lengths, token_budget):
         t = lengths[rows[0]]
         sub = DynamicCache()
@@ -129,21 +129,29 @@ def _prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, toke
             hidden = h.new_zeros((B, *h.shape[1:]))
             final = f.new_zeros((B, *f.shape[1:]))
         hidden[r], final[r] = h, f
-        for layer in range(model.num_layers):
-            k, v = _layer_kv(sub, layer)
-            if len(kv) <= layer:
-                kv.append(
-                    [
-                        k.new_zeros((B, *k.shape[1:2], T, k.shape[3])),
-                        v.new_zeros((B, *v.shape[1:2], T, v.shape[3])),
-                    ]
-                )
-            kv[layer][0][r, :, T - t :] = k
-            kv[layer][1][r, :, T - t :] = v
-        del out, hs, sub
-    for layer, (k, v) in enumerate(kv):
-        cache.update(k, v, layer)
+        groups.append((r, t, sub))
+        del out, hs
+    # One layer at a time, so only one left-padded copy of a layer exists besides the cache.
+    for layer in range(model.num_layers):
+        full = []
+        for kind in (0, 1):
+            first = _layer_kv(groups[0][2], layer)[kind]
+            x = first.new_zeros((B, first.shape[1], T, first.shape[3]))
+            for r, t, sub in groups:
+                x[r, :, T - t :] = _layer_kv(sub, layer)[kind]
+            full.append(x)
+        cache.update(full[0], full[1], layer)
+        for _, _, sub in groups:  # free this layer of the group caches
+            _drop_layer(sub, layer)
     return hidden, final
+
+
+def _drop_layer(cache, layer: int) -> None:
+    """Release one layer's tensors of a group cache once copied (memory only; best effort)."""
+    if hasattr(cache, "layers"):
+        cache.layers[layer].keys = cache.layers[layer].values = None
+    elif hasattr(cache, "key_cache"):
+        cache.key_cache[layer] = cache.value_cache[layer] = None
 
 
 @torch.inference_mode()
@@ -261,19 +269,20 @@ def _latents_and_answer(
     eos = tokenizer.eos_token_id
     x = model.embed(torch.full((B, 1), model.eot_id, dtype=torch.long, device=device))
     answers: list[list[int]] = [[] for _ in range(B)]
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    running = list(range(B))  # problems that have not produced EOS yet
     for _ in range(max_new_tokens):
         mask, last = torch.cat([mask, ones], dim=1), last + 1
         out = _step(backbone, cache_name, cache, mask, last, embeds=x, hidden=False)
         logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         logits[:, model.eot_id] = float("-inf")
         nxt = logits.argmax(-1)
-        for i in torch.nonzero(~finished).flatten().tolist():
-            answers[i].append(int(nxt[i]))
-        if eos is not None:
-            finished |= nxt == eos
-        if bool(finished.all()):
+        tokens = nxt.tolist()  # one device → host copy per step
+        for i in running:
+            answers[i].append(tokens[i])
+        running = [i for i in running if tokens[i] != eos]
+        if not running:
             break
+        # Finished problems keep decoding (their tokens are ignored): the batch stays whole.
         x = model.embed(nxt[:, None])
 
     return LatentBatch(
