@@ -3,9 +3,11 @@
 Problems are LEFT-padded; the attention mask and explicit position ids are carried through every
 step (prompt, latents, eot, each answer token), so a problem's numbers do not depend on which
 other problems share its batch. (The official batched evaluation drops the mask after the prompt,
-so padded problems attend to pads during the latent steps; we do not reproduce that.) One KV
-cache serves the whole loop, and one forward per step with `output_hidden_states` yields every
-layer at once.
+so padded problems attend to pads during the latent steps; we do not reproduce that.) Prompts
+are prefilled in groups of similar length and their keys/values written into one preallocated KV
+cache that then serves the latent and answer steps of the whole batch; one forward per step with
+`output_hidden_states` yields every layer at once, and the LM head runs only where its logits are
+used (the logit lens and each next answer token).
 """
 
 from __future__ import annotations
