@@ -101,8 +101,10 @@ def test_planted_signal_is_found_where_it_was_planted(planted: tuple[Path, Path,
     assert report["best_cell"]["layer"] == 5
     best = max(report["token_layer_map"], key=lambda c: c["accuracy"])
     assert (best["position"], best["layer"]) == ("latent_1", 5)
-    others = [c["accuracy"] for c in report["token_layer_map"] if c is not best]
-    assert max(others) < 0.5
+    others = [c for c in report["token_layer_map"] if c is not best]
+    assert max(c["accuracy"] for c in others) < 0.5
+    assert best["selectivity"]["ci_low"] > 0.4
+    assert all(c["selectivity"]["ci_low"] <= 0 for c in others)
     first = _probe(report, "first", "logreg")
     assert first["p_value"] == pytest.approx(1 / 21, abs=1e-6)
     assert first["selectivity"]["ci_low"] > 0.4

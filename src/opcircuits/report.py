@@ -129,6 +129,14 @@ def findings(report: dict) -> list[dict[str, Any]]:
         above = [c for c in cells if c["ci_low"] is not None and c["ci_low"] > d["majority_rate"]]
         s.append(f"{len(above)} of {len(cells)} cells have a lower CI bound above the majority "
                  f"rate {num(d['majority_rate'])}.")
+        sel = [c for c in cells if c.get("selectivity")
+               and c["selectivity"]["ci_low"] is not None and c["selectivity"]["ci_low"] > 0]
+        if cells[0].get("selectivity"):
+            bc = CONTROL_LABELS[cells[0]["selectivity"]["control"]]
+            named = ", ".join(f"`{c['position']}@{c['layer']}`" for c in sel[:8])
+            s.append(f"{len(sel)} of {len(cells)} cells beat the {bc} control (selectivity "
+                     "interval above 0, not corrected for comparing many cells)"
+                     + (f": {named}" + (" …" if len(sel) > 8 else "") if sel else "") + ".")
         out.append({"title": "Where: token × layer", "sentences": s})
 
     pre = _control(report, "pre_thought")

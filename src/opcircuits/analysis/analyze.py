@@ -375,6 +375,10 @@ def analyze(
             "position": view.positions[0], "layer": view.layers[0],
             "accuracy": s.interval.mean, "ci_low": s.interval.low, "ci_high": s.interval.high,
             "f1_macro": s.f1_macro,
+            "selectivity": {
+                "control": best_control,
+                **paired_difference(s.fold_accuracy, ctrl[best_control].fold_accuracy, folds),
+            },
         })
     best_cell = max(map_json, key=lambda c: c["accuracy"])
     sweep = len(layers) >= 3 and layers == list(range(layers[0], layers[0] + len(layers)))
