@@ -283,3 +283,29 @@ def test_logit_lens_token_classes() -> None:
     for tok in [" the", "x", "=", "<eot>", "", "+="]:
         assert classify(tok)[0] == "other", tok
 
+
+
+def test_span_pca_gives_the_same_logistic_regression_as_raw_features() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from opcircuits.analysis.probes import SpanPCA
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 400)).astype(np.float32)
+    y = np.arange(60) % 3
+    X[:, :4] += y[:, None]
+    tr, te = np.arange(45), np.arange(45, 60)
+    sc = StandardScaler().fit(X[tr])
+    raw = LogisticRegression(max_iter=5000, tol=1e-10).fit(sc.transform(X[tr]), y[tr])
+    span = SpanPCA().fit(sc.transform(X[tr]))
+    z = LogisticRegression(max_iter=5000, tol=1e-10).fit(span.transform(sc.transform(X[tr])),
+                                                         y[tr])
+    assert span.transform(sc.transform(X[tr])).shape == (45, 44)  # rank of the centred rows
+    p_raw = raw.predict_proba(sc.transform(X[te]))
+    p_span = z.predict_proba(span.transform(sc.transform(X[te])))
+    assert np.abs(p_raw - p_span).max() < 1e-3
+    # Identical rows (e.g. the bot token's embedding at layer 0): one zero column, no crash.
+    const = np.ones((10, 50), dtype=np.float32)
+    assert SpanPCA().fit_transform(const).shape == (10, 1)
+    assert not SpanPCA().fit(const).transform(const).any()

@@ -210,19 +210,16 @@ def findings(report: dict) -> list[dict[str, Any]]:
                      f"{pct(share['operator'])} of the time, a number {pct(share['number'])}, "
                      f"other {pct(share['other'])}; operators are most frequent at "
                      f"`{top['position']}` ({pct(top['operator'])}).")
-        match = [x for x in lens["operator_match"] if x["category"] == "all"
-                 and x["position"] in lat and x["n_operator_reads"]]
-        if match:
-            reads = sum(x["n_operator_reads"] for x in match)
-            hits = sum(x["matches"] for x in match)
-            base = sum(x["baseline_rate"] * x["n_operator_reads"] for x in match) / reads
-            rate = hits / reads
-            cmp = ("more often than" if rate > base + 0.05 else
-                   "less often than" if rate < base - 0.05 else "about as often as")
-            s.append(f"When an operator is read off a latent step ({reads} reads), the solution "
-                     f"uses it {pct(rate)} of the time, {cmp} the {pct(base)} expected if "
-                     "operators were unrelated to the problem.")
-        elif lens.get("operator_match") is not None and rows:
+        m = lens.get("operator_match_latent")
+        if m:
+            significant = m["p_value"] < 0.05
+            cmp = ("not distinguishable from" if not significant else
+                   "more often than" if m["match_rate"] > m["baseline_rate"] else "less often than")
+            s.append(f"When an operator is read off a latent step ({m['n_operator_reads']} reads), "
+                     f"the solution uses it {pct(m['match_rate'])} of the time, {cmp} the "
+                     f"{pct(m['baseline_rate'])} expected if operators were unrelated to the "
+                     f"problem (binomial p = {num(m['p_value'], 3)}).")
+        elif lens.get("operator_match") and rows:
             s.append("No operator symbol is read off any latent step.")
         out.append({"title": "Logit lens", "sentences": s})
 

@@ -207,6 +207,18 @@ def analyze(
     positions = [store.positions[i] for i in pos_idx]
     layers = [store.layers[i] for i in lay_idx]
     records = store.records
+    hidden = store.hidden(positions, layers)
+    notes: list[str] = []
+    # A stratified fold needs every category in every test fold: categories with fewer problems
+    # than folds (e.g. a stray "unclassified" one) are left out, and the report says so.
+    counts = records["category"].astype(str).value_counts()
+    small = sorted(c for c, k in counts.items() if k < options.folds)
+    if small and len(counts) - len(small) >= 2:
+        keep = ~records["category"].astype(str).isin(small).to_numpy()
+        records = records[keep].reset_index(drop=True)
+        hidden = hidden[keep]
+        notes.append("Left out categories with fewer problems than --folds: "
+                     + ", ".join(f"{c} ({counts[c]})" for c in small) + ".")
     categories = [str(c) for c in records["category"].tolist()]
     names, y = _encode(categories)
     if len(names) < 2:
@@ -218,10 +230,8 @@ def analyze(
     folds = make_folds(y, options.folds, options.repeats, options.seed)
     views = build_views(positions, layers)
     jobs = joblib.effective_n_jobs(options.jobs)
-    hidden = store.hidden(positions, layers)
     log.info("analysing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs",
              n, positions, layers, len(views), len(folds), jobs)
-    notes: list[str] = []
 
     questions = _column(records, "question")
     n_steps = _column(records, "n_steps")
@@ -503,7 +513,8 @@ def _examples(
         for i in [i for i, c in enumerate(categories) if c == cat][:per_category]:
             top1 = None
             if lens_tokens is not None and lens_tokens[i] is not None:
-                top1 = [str(list(t)[0]) if t is not None and len(t) else "" for t in lens_tokens[i]]
+                top1 = [logit_lens.printable(list(t)[0]) if t is not None and len(t) else ""
+                        for t in lens_tokens[i]]
             out.append({
                 "id": ids[i], "category": cat,
                 "question": questions[i] if questions is not None else None,

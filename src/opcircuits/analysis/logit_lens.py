@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 OPERATORS = {
     "+": "+", "plus": "+",
@@ -26,6 +27,11 @@ _MARKERS = re.compile(r"^[\sĠ▁Ċ]+|[\sĠ▁Ċ]+$")
 _NUMBER = re.compile(r"^[$]?[\d][\d.,]*%?$|^[.,]\d+$")
 CLASSES = ("operator", "number", "other")
 TOP_TOKENS = 8
+
+
+def printable(token: str) -> str:
+    """Token text safe to show: control and other unprintable characters as \\xNN escapes."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(token))
 
 
 def normalise(token: str) -> str:
@@ -98,7 +104,7 @@ def analyse(
             })
             top_tokens.append({
                 "category": cat, "position": pos,
-                "tokens": [{"token": t, "count": c}
+                "tokens": [{"token": printable(t), "count": c}
                            for t, c in sorted(Counter(toks).items(),
                                               key=lambda kv: (-kv[1], kv[0]))[:TOP_TOKENS]],
             })
@@ -117,5 +123,21 @@ def analyse(
         "shares": shares,
         "top_tokens": top_tokens,
         "operator_match": matches if have_ops else [],
+        "operator_match_latent": _latent_match(matches) if have_ops else None,
         "operator_base_rates": base if have_ops else {},
     }
+
+
+def _latent_match(matches: list[dict]) -> dict | None:
+    """All categories, latent positions pooled: match rate vs baseline with an exact binomial
+    test (two-sided; reads treated as independent trials at the mean baseline rate)."""
+    rows = [m for m in matches if m["category"] == "all" and m["position"].startswith("latent")
+            and m["n_operator_reads"]]
+    if not rows:
+        return None
+    reads = sum(m["n_operator_reads"] for m in rows)
+    hits = sum(m["matches"] for m in rows)
+    base = sum(m["baseline_rate"] * m["n_operator_reads"] for m in rows) / reads
+    p = float(stats.binomtest(hits, reads, min(max(base, 0.0), 1.0)).pvalue)
+    return {"n_operator_reads": reads, "matches": hits, "match_rate": hits / reads,
+            "baseline_rate": base, "p_value": p}

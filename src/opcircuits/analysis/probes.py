@@ -66,6 +66,11 @@ class SpanPCA(TransformerMixin, BaseEstimator):
         order = np.argsort(w)[::-1]
         w, u = w[order], u[:, order]
         keep = w > self.rtol * max(float(w[0]), 1e-30)
+        if not keep.any():
+            # Every training row is the same (e.g. the bot token's embedding at layer 0): one
+            # constant-zero coordinate, so a classifier falls back to its intercept.
+            self.train_, self.scale_ = xc, np.zeros((n, 1), dtype=np.float32)
+            return np.zeros((n, 1), dtype=np.float32)
         # Components are train_.T @ scale_ ([d, r], orthonormal); they are never formed:
         # projecting through the training rows costs n·d per row instead of r·d after an n·d·r
         # product.
