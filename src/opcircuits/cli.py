@@ -11,7 +11,8 @@ import typer
 from opcircuits.errors import OpcircuitsError
 
 app = typer.Typer(
-    help="Do a CODI model's continuous thoughts encode which arithmetic operations a problem needs?",
+    help="Do a CODI model's continuous thoughts encode which arithmetic operations a problem "
+    "needs?",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -574,5 +575,7 @@ def main() -> None:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            "interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True
+        )
         sys.exit(130)

@@ -1,1 +1,1 @@
-"""CODI models: configuration, checkpoint loading, the latent loop (the only torch code with extract.py)."""
+"""CODI models: config, checkpoint loading, the latent loop (torch lives here and in extract.py)."""
