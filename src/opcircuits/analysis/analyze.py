@@ -260,7 +260,14 @@ def analyze(
         else None
     )
     tasks: list[_Task] = []
+    # `first` and `last` hold exactly the features of the first and last latent positions' views,
+    # so those position views reuse their logistic-regression predictions instead of refitting.
+    same_as = {
+        v.positions[0]: v.name for v in main_views if v.name in ("first", "last")
+    }
     for view in sorted(views, key=lambda v: v.kind != "main"):  # heavy tasks first
+        if view.kind == "position" and view.name in same_as:
+            continue
         for fold in folds:
             tasks.append(_Task(
                 "view", fold, view,
@@ -309,6 +316,9 @@ def analyze(
     if not_converged:
         notes.append(f"{not_converged} logistic-regression or MLP fits stopped at their iteration "
                      "limit before converging.")
+
+    for pos, main_name in same_as.items():
+        preds[(pos, "logreg")] = preds[(main_name, "logreg")]
 
     def scores_of(key: tuple[str, str]) -> Scores:
         return score(y, folds, preds[key], n_cls)
