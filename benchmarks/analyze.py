@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 
 from opcircuits.analysis.analyze import AnalyzeOptions, analyze
 from opcircuits.store import write_store
@@ -60,14 +62,25 @@ def main() -> None:
         if not (store / "manifest.json").exists():
             build(store, args.problems, args.dim)
         load_before = os.getloadavg()[0]
+        cpu0 = _cpu_seconds()
         start = time.perf_counter()
         analyze(store, base / "out", AnalyzeOptions(jobs=args.jobs))
         wall = time.perf_counter() - start
+        # Stop the worker processes so their CPU time is counted (RUSAGE_CHILDREN).
+        get_reusable_executor().shutdown(wait=True)
+        cpu = _cpu_seconds() - cpu0
         load_after = os.getloadavg()[0]
     # Other processes on a shared machine slow this down: the load average says how much.
     print(f"analyze: {args.problems} problems × 7 positions × 3 layers × {args.dim}, "
           f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall "
-          f"(1-min load average {load_before:.1f} before, {load_after:.1f} after)")
+          f"(1-min load average {load_before:.1f} before, {load_after:.1f} after); "
+          f"{cpu:.1f} CPU-seconds in this process and its workers")
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 if __name__ == "__main__":
