@@ -158,9 +158,13 @@ def pca_scatter(report: dict, coords: dict[str, np.ndarray], y: np.ndarray,
                 out_dir: Path) -> dict:
     names = report["data"]["categories"]
     rows = report["clustering"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 3.6), squeeze=False)
+    ncols = min(3, len(rows))
+    nrows = -(-len(rows) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.9 * nrows), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    for ax, r in zip(axes[0], rows, strict=True):
+    for ax, r in zip(axes.flat, rows, strict=False):  # spare panels are hidden above
         xy = coords[r["view"]]
         for k, cat in enumerate(names):
             m = y == k
