@@ -18,6 +18,7 @@ Works under `accelerate launch` (data-parallel; every process sees a disjoint sl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -148,16 +149,11 @@ def batch_indices(
     return out
 
 
-_PERM_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=2)
 def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    key = (n, seed, epoch)
-    if key not in _PERM_CACHE:
-        _PERM_CACHE.clear()  # one epoch at a time is enough
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        _PERM_CACHE[key] = torch.randperm(n, generator=gen)
-    return _PERM_CACHE[key]
+    """The example order of one epoch (memoised: a step only ever needs this or the next one)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)
 
 
 # --- the objective -------------------------------------------------------------------------
