@@ -13,13 +13,13 @@ it works for any base tokenizer.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opcircuits.data.gsm8k import read_jsonl_objects
 from opcircuits.errors import OpcircuitsError
 
 log = logging.getLogger(__name__)
@@ -90,22 +90,13 @@ def read_train_problems(source: str | Path) -> list[TextExample]:
                 "training data not found (a GSM8K train.jsonl or 'hf')", path=path
             )
         rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
+        for lineno, row in read_jsonl_objects(path):
+            for field in ("question", "answer"):
+                if not isinstance(row.get(field), str):
                     raise OpcircuitsError(
-                        f"invalid JSON: {exc.msg}", path=path, line=lineno
-                    ) from exc
-                for field in ("question", "answer"):
-                    if not isinstance(row.get(field), str):
-                        raise OpcircuitsError(
-                            "missing or not a string", path=path, line=lineno, field=field
-                        )
-                rows.append(row)
+                        "missing or not a string", path=path, line=lineno, field=field
+                    )
+            rows.append(row)
     out = []
     for i, row in enumerate(rows):
         ex = format_problem(str(row.get("id", f"train_{i}")), row["question"], row["answer"])

@@ -80,7 +80,7 @@ def make_record(
     }
 
 
-def _read_jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; malformed lines name file and line."""
     with open(path, encoding="utf-8") as fh:
         for lineno, text in enumerate(fh, start=1):
@@ -134,7 +134,7 @@ def load_local(folder: str | Path) -> list[dict[str, Any]]:
     for split in SPLITS:
         jsonl = folder / f"{split}.jsonl"
         if jsonl.is_file():
-            sources = [(jsonl, _read_jsonl_rows(jsonl))]
+            sources = [(jsonl, read_jsonl_objects(jsonl))]
         else:
             shards = _find_parquet(folder, split)
             if not shards:

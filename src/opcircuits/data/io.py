@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from opcircuits.data.annotations import CATEGORIES, OPERATOR_SYMBOLS, UNCLASSIFIED, extract_steps
-from opcircuits.data.gsm8k import parse_final_answer
+from opcircuits.data.gsm8k import parse_final_answer, read_jsonl_objects
 from opcircuits.errors import OpcircuitsError
 
 # Field order of a record as written by every stage of the data package.
@@ -77,17 +77,8 @@ Item = tuple[str, "int | None", "str | None", Any]  # (where, line, category fro
 
 
 def _jsonl_items(path: Path) -> Iterator[Item]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise OpcircuitsError(
-                    f"malformed JSON: {exc.msg} (column {exc.colno})", path=path, line=lineno
-                ) from exc
-            yield "", lineno, None, obj
+    for lineno, obj in read_jsonl_objects(path):
+        yield "", lineno, None, obj
 
 
 def _legacy_items(path: Path) -> Iterator[Item]:
