@@ -39,12 +39,14 @@ def _root(
 @data_app.command("download")
 def data_download(
     source: str = typer.Option(
-        "hf", "--source",
+        "hf",
+        "--source",
         help="'hf' for the Hugging Face hub (openai/gsm8k, main), or a folder with GSM8K's "
         "train.jsonl and test.jsonl or the hub's parquet files (e.g. ../shared/data/gsm8k).",
     ),
     out: Path = typer.Option(
-        Path("data/gsm8k_full.jsonl"), "--out",
+        Path("data/gsm8k_full.jsonl"),
+        "--out",
         help="Output JSONL: all 8,792 problems, test split then train, ids test_N / train_N.",
     ),
 ) -> None:
@@ -72,19 +74,22 @@ def _print_distribution(manifest: dict) -> None:
         sampled = str(manifest["counts"].get(cat, "—"))
         table.add_row(cat, f"{n:,}", f"{n / max(dist['total'], 1):.1%}", sampled)
     for reason in UNCLASSIFIED_REASONS:
-        table.add_row(f"  unclassified: {reason}", f"{dist['unclassified_reasons'][reason]:,}",
-                      "", "")
+        table.add_row(
+            f"  unclassified: {reason}", f"{dist['unclassified_reasons'][reason]:,}", "", ""
+        )
     Console().print(table)
 
 
 @data_app.command("classify")
 def data_classify(
     in_path: Path = typer.Option(
-        Path("data/gsm8k_full.jsonl"), "--in",
+        Path("data/gsm8k_full.jsonl"),
+        "--in",
         help="Problems to label: JSONL from `data download`, or the earlier scripts' JSON.",
     ),
     out: Path | None = typer.Option(
-        None, "--out",
+        None,
+        "--out",
         help="Output JSONL (default: data/operation_samples_N.jsonl, N = --per-category); "
         "a manifest <name>.manifest.json is written beside it.",
     ),
@@ -93,12 +98,15 @@ def data_classify(
     ),
     seed: int = typer.Option(42, "--seed", help="Sampling seed (same seed → identical output)."),
     match_steps: bool = typer.Option(
-        False, "--match-steps",
+        False,
+        "--match-steps",
         help="Give every category the same histogram of n_steps (number of annotations), "
         "so step count cannot stand in for the operation.",
     ),
     allow_fewer: bool = typer.Option(
-        False, "--allow-fewer", help="Take what there is when a category has fewer than N.",
+        False,
+        "--allow-fewer",
+        help="Take what there is when a category has fewer than N.",
     ),
 ) -> None:
     """Label every problem by the operators its calculator annotations use; sample per category."""
@@ -107,8 +115,16 @@ def data_classify(
     from opcircuits.data.sampling import ClassifyOptions, classify
     from opcircuits.files import manifest_path
 
-    path = classify(ClassifyOptions(in_path=in_path, out=out, per_category=per_category,
-                                    seed=seed, match_steps=match_steps, allow_fewer=allow_fewer))
+    path = classify(
+        ClassifyOptions(
+            in_path=in_path,
+            out=out,
+            per_category=per_category,
+            seed=seed,
+            match_steps=match_steps,
+            allow_fewer=allow_fewer,
+        )
+    )
     _print_distribution(json.loads(manifest_path(path).read_text(encoding="utf-8")))
     typer.echo(f"wrote {path}")
 
@@ -116,11 +132,13 @@ def data_classify(
 @data_app.command("prototype")
 def data_prototype(
     in_path: Path = typer.Option(
-        Path("data/operation_samples_200.jsonl"), "--in",
+        Path("data/operation_samples_200.jsonl"),
+        "--in",
         help="A sampled set from `data classify` (or the earlier operation_samples_200.json).",
     ),
     out: Path | None = typer.Option(
-        None, "--out",
+        None,
+        "--out",
         help="Output JSONL (default: data/operation_samples_prototype_3K.jsonl), with manifest.",
     ),
     per_category: int = typer.Option(20, "--per-category", help="Problems per category (K)."),
@@ -129,8 +147,9 @@ def data_prototype(
     """A small set nested in the sampled one, for quick iteration."""
     from opcircuits.data.sampling import PrototypeOptions, prototype
 
-    path = prototype(PrototypeOptions(in_path=in_path, out=out, per_category=per_category,
-                                      seed=seed))
+    path = prototype(
+        PrototypeOptions(in_path=in_path, out=out, per_category=per_category, seed=seed)
+    )
     typer.echo(f"wrote {path}")
 
 
@@ -144,11 +163,13 @@ def extract_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="Problem file (JSONL, or legacy JSON)."),
     out: Path = typer.Option(..., "--out", help="Store directory to write (or resume)."),
     model: str = typer.Option(
-        "demo", "--model",
+        "demo",
+        "--model",
         help="Preset (demo, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint dir.",
     ),
     checkpoint: Path | None = typer.Option(
-        None, "--checkpoint",
+        None,
+        "--checkpoint",
         help="Local CODI checkpoint dir (model.safetensors or pytorch_model.bin); with a preset "
         "--model it replaces the preset's download and keeps its settings.",
     ),
@@ -156,7 +177,8 @@ def extract_cmd(
         None, "--base", help="Base model hub id or local dir (config + tokenizer)."
     ),
     layers: str | None = typer.Option(
-        None, "--layers",
+        None,
+        "--layers",
         help="Layers to record, e.g. 4,8,14 or all (0 = embeddings, l = output of block l). "
         "Default: the model's analysis layers.",
     ),
@@ -178,12 +200,26 @@ def extract_cmd(
     """Run a CODI model over problems; store its continuous thoughts, answers and logit lens."""
     from opcircuits.extract import ExtractOptions, extract
 
-    path = extract(ExtractOptions(
-        dataset=dataset, out=out, model=model, checkpoint=checkpoint, base=base, layers=layers,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-        store_dtype=store_dtype, shard_size=shard_size, merge=merge, top_k=top_k,
-    ))
+    path = extract(
+        ExtractOptions(
+            dataset=dataset,
+            out=out,
+            model=model,
+            checkpoint=checkpoint,
+            base=base,
+            layers=layers,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
+            device=device,
+            store_dtype=store_dtype,
+            shard_size=shard_size,
+            merge=merge,
+            top_k=top_k,
+        )
+    )
     typer.echo(f"wrote {path}")
+
 
 # end of extract
 
@@ -193,45 +229,64 @@ def extract_cmd(
 @store_app.command("import-legacy")
 def store_import_legacy(
     file: Path = typer.Argument(
-        ..., metavar="FILE.json",
+        ...,
+        metavar="FILE.json",
         help="The earlier scripts' continuous_thoughts_*.json: a list of {id, question, answer, "
         "operation_type, thoughts: {early|middle|late: 6 x D}}.",
     ),
     out: Path = typer.Option(..., "--out", help="Store directory to create."),
     layers: str = typer.Option(
-        "4,8,14", "--layers",
+        "4,8,14",
+        "--layers",
         help="HF hidden_states indices of the layers, in --layer-names order (not recorded in "
         "the legacy file; 4,8,14 were the earlier experiment's for CODI-LLaMA-3.2-1B).",
     ),
     layer_names: str = typer.Option(
-        "early,middle,late", "--layer-names",
+        "early,middle,late",
+        "--layer-names",
         help="The keys of each item's 'thoughts', comma-separated; kept as layer_names.",
     ),
-    model: str = typer.Option("codi-llama3.2-1b", "--model",
-                              help="Model name to record in the manifest."),
-    num_latent: int = typer.Option(6, "--num-latent",
-                                   help="The model's number of latent steps K (manifest)."),
-    store_dtype: str = typer.Option("float16", "--store-dtype",
-                                    help="float16 (half the size) or float32."),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Replace an existing store at --out."),
+    model: str = typer.Option(
+        "codi-llama3.2-1b", "--model", help="Model name to record in the manifest."
+    ),
+    num_latent: int = typer.Option(
+        6, "--num-latent", help="The model's number of latent steps K (manifest)."
+    ),
+    store_dtype: str = typer.Option(
+        "float16", "--store-dtype", help="float16 (half the size) or float32."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing store at --out."
+    ),
 ) -> None:
     """Convert a legacy thoughts JSON into a store (positions bot, latent_1..latent_5)."""
     from opcircuits.legacy import ImportLegacyOptions, import_legacy
 
-    store = import_legacy(ImportLegacyOptions(
-        file=file, out=out, layers=layers, layer_names=layer_names, model=model,
-        num_latent=num_latent, store_dtype=store_dtype, overwrite=overwrite,
-    ))
-    typer.echo(f"wrote {store.path}: {len(store)} problems, positions {store.positions}, "
-               f"layers {store.layers} ({', '.join(store.layer_names or [])})")
+    store = import_legacy(
+        ImportLegacyOptions(
+            file=file,
+            out=out,
+            layers=layers,
+            layer_names=layer_names,
+            model=model,
+            num_latent=num_latent,
+            store_dtype=store_dtype,
+            overwrite=overwrite,
+        )
+    )
+    typer.echo(
+        f"wrote {store.path}: {len(store)} problems, positions {store.positions}, "
+        f"layers {store.layers} ({', '.join(store.layer_names or [])})"
+    )
 
 
 @store_app.command("info")
 def store_info(
     store: Path = typer.Argument(..., metavar="STORE", help="Store directory."),
     allow_incomplete: bool = typer.Option(
-        False, "--allow-incomplete", help="Describe an unfinished store (the shards done so far).",
+        False,
+        "--allow-incomplete",
+        help="Describe an unfinished store (the shards done so far).",
     ),
 ) -> None:
     """Print a store's manifest and array shapes as JSON."""
@@ -242,6 +297,7 @@ def store_info(
     info = describe(open_store(store, allow_incomplete=allow_incomplete))
     typer.echo(json.dumps(info, indent=2, sort_keys=True))
 
+
 # end of store sub-commands
 
 # --- analyze (issue 4) -------------------------------------------------------
@@ -251,11 +307,13 @@ def store_info(
 def analyze_cmd(
     store: Path = typer.Argument(..., help="Thought store directory (from extract or import)."),
     out: Path = typer.Option(
-        ..., "--out",
+        ...,
+        "--out",
         help="Output directory: analysis_report.json, ANALYSIS_SUMMARY.md, report.html, PNGs.",
     ),
     positions: str | None = typer.Option(
-        None, "--positions",
+        None,
+        "--positions",
         help="Positions to analyse, e.g. bot,latent_1,latent_2 (default: all in the store). "
         "Keep bot for the pre-thought control.",
     ),
@@ -267,7 +325,8 @@ def analyze_cmd(
         3, "--repeats", help="Times the k-fold split is repeated with new shuffles."
     ),
     permutations: int = typer.Option(
-        200, "--permutations",
+        200,
+        "--permutations",
         help="Label permutations for the permutation tests (0 = no permutation tests).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for folds, permutations and every model."),
@@ -278,11 +337,21 @@ def analyze_cmd(
     """Probe the thoughts with honest controls; write numbers, figures and the report."""
     from opcircuits.analysis.analyze import AnalyzeOptions, analyze
 
-    analyze(store, out, AnalyzeOptions(
-        positions=positions, layers=layers, folds=folds, repeats=repeats,
-        permutations=permutations, seed=seed, jobs=jobs,
-    ))
+    analyze(
+        store,
+        out,
+        AnalyzeOptions(
+            positions=positions,
+            layers=layers,
+            folds=folds,
+            repeats=repeats,
+            permutations=permutations,
+            seed=seed,
+            jobs=jobs,
+        ),
+    )
     typer.echo(f"wrote {out / 'report.html'} and {out / 'ANALYSIS_SUMMARY.md'}")
+
 
 # end of analyze
 
@@ -296,13 +365,16 @@ _RUN_ANALYSIS = "Analysis"
 @app.command("run")
 def run_command(
     mode: str | None = typer.Option(
-        None, "--mode",
+        None,
+        "--mode",
         help="prototype: GSM8K → classify and sample → 60-problem subset → extract → analyze → "
         "report. full: the same on the 600 sampled problems. analysis_only: analyze --store "
         "(a store, or a legacy continuous_thoughts_*.json). Default: \\[run] mode, else prototype.",
     ),
     config: Path | None = typer.Option(
-        None, "--config", "-c",
+        None,
+        "--config",
+        "-c",
         help="Experiment TOML with tables \\[run], \\[data], \\[extract], \\[analyze] (see "
         "experiment.toml). Flags given here override it.",
     ),
@@ -310,7 +382,8 @@ def run_command(
         None, "--out", help="Run directory (default runs/<mode>). Rerun into it to resume."
     ),
     store: Path | None = typer.Option(
-        None, "--store",
+        None,
+        "--store",
         help="analysis_only: the store or legacy JSON to analyze. Otherwise: where to write the "
         "store (default <out>/store); an existing store there must come from the same model "
         "and data.",
@@ -319,32 +392,46 @@ def run_command(
         False, "--force", help="Recompute every stage, even up-to-date ones."
     ),
     source: str | None = typer.Option(
-        None, "--source", rich_help_panel=_RUN_DATA,
+        None,
+        "--source",
+        rich_help_panel=_RUN_DATA,
         help="GSM8K source: 'hf' (the hub; default) or a folder with train.jsonl and test.jsonl.",
     ),
     per_category: int | None = typer.Option(
-        None, "--per-category", rich_help_panel=_RUN_DATA,
+        None,
+        "--per-category",
+        rich_help_panel=_RUN_DATA,
         help="Problems sampled per category (default 200: the 600 of a full run).",
     ),
     prototype_per_category: int | None = typer.Option(
-        None, "--prototype-per-category", rich_help_panel=_RUN_DATA,
+        None,
+        "--prototype-per-category",
+        rich_help_panel=_RUN_DATA,
         help="Problems per category in the prototype subset (default 20: 60 problems).",
     ),
     seed: int | None = typer.Option(
-        None, "--seed", rich_help_panel=_RUN_DATA,
+        None,
+        "--seed",
+        rich_help_panel=_RUN_DATA,
         help="Sets both the sampling seed (\\[data] seed, default 42) and the analysis seed "
         "(\\[analyze] seed, default 0).",
     ),
     match_steps: bool | None = typer.Option(
-        None, "--match-steps/--no-match-steps", rich_help_panel=_RUN_DATA,
+        None,
+        "--match-steps/--no-match-steps",
+        rich_help_panel=_RUN_DATA,
         help="Sample every category with the same distribution of solution steps.",
     ),
     allow_fewer: bool | None = typer.Option(
-        None, "--allow-fewer/--no-allow-fewer", rich_help_panel=_RUN_DATA,
+        None,
+        "--allow-fewer/--no-allow-fewer",
+        rich_help_panel=_RUN_DATA,
         help="Take all problems of a category that has fewer than --per-category.",
     ),
     model: str | None = typer.Option(
-        None, "--model", rich_help_panel=_RUN_MODEL,
+        None,
+        "--model",
+        rich_help_panel=_RUN_MODEL,
         help="Preset (demo, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint folder. "
         "Default: demo.",
     ),
@@ -355,7 +442,9 @@ def run_command(
         None, "--base", rich_help_panel=_RUN_MODEL, help="Base model folder or hub id."
     ),
     layers: str | None = typer.Option(
-        None, "--layers", rich_help_panel=_RUN_MODEL,
+        None,
+        "--layers",
+        rich_help_panel=_RUN_MODEL,
         help="Layers to extract: '4,8,14' or 'all' (HF hidden_states index). Default: the model's.",
     ),
     batch_size: int | None = typer.Option(
@@ -374,7 +463,9 @@ def run_command(
         None, "--store-dtype", rich_help_panel=_RUN_MODEL, help="Dtype of stored hidden states."
     ),
     shard_size: int | None = typer.Option(
-        None, "--shard-size", rich_help_panel=_RUN_MODEL,
+        None,
+        "--shard-size",
+        rich_help_panel=_RUN_MODEL,
         help="Problems per store shard (the unit of resumption).",
     ),
     merge: bool | None = typer.Option(
@@ -384,11 +475,15 @@ def run_command(
         None, "--top-k", rich_help_panel=_RUN_MODEL, help="Logit-lens tokens kept per position."
     ),
     positions: str | None = typer.Option(
-        None, "--positions", rich_help_panel=_RUN_ANALYSIS,
+        None,
+        "--positions",
+        rich_help_panel=_RUN_ANALYSIS,
         help="Positions to analyze, e.g. 'bot,latent_1' (default: all in the store).",
     ),
     analyze_layers: str | None = typer.Option(
-        None, "--analyze-layers", rich_help_panel=_RUN_ANALYSIS,
+        None,
+        "--analyze-layers",
+        rich_help_panel=_RUN_ANALYSIS,
         help="Layers to analyze (default: all in the store). \\[analyze] layers in the config.",
     ),
     folds: int | None = typer.Option(
@@ -465,29 +560,42 @@ def run_command(
 
 @app.command("train")
 def train_cmd(
-    out: Path = typer.Option(..., "--out", help="Output dir: OUT/last/ (resumable checkpoint), "
-                             "OUT/ (final model, released layout), OUT/train_log.jsonl."),
-    base: str = typer.Option(..., "--base", help="Base model: hub id or local dir (config + "
-                             "tokenizer [+ weights])."),
-    data: str = typer.Option("data/gsm8k/train.jsonl", "--data",
-                             help="GSM8K train JSONL (original release or problem records), a "
-                             "folder holding train.jsonl, or 'hf' for the hub."),
-    from_scratch: bool = typer.Option(False, "--from-scratch",
-                                      help="Initialise the base randomly from its config "
-                                      "(checkpoint becomes self-contained, base '.')."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output dir: OUT/last/ (resumable checkpoint), "
+        "OUT/ (final model, released layout), OUT/train_log.jsonl.",
+    ),
+    base: str = typer.Option(
+        ..., "--base", help="Base model: hub id or local dir (config + tokenizer [+ weights])."
+    ),
+    data: str = typer.Option(
+        "data/gsm8k/train.jsonl",
+        "--data",
+        help="GSM8K train JSONL (original release or problem records), a "
+        "folder holding train.jsonl, or 'hf' for the hub.",
+    ),
+    from_scratch: bool = typer.Option(
+        False,
+        "--from-scratch",
+        help="Initialise the base randomly from its config "
+        "(checkpoint becomes self-contained, base '.').",
+    ),
     num_latent: int = typer.Option(6, "--num-latent", help="K continuous thoughts."),
     prj_dim: int = typer.Option(2048, "--prj-dim", help="Hidden width of the projection."),
     prj_dropout: float = typer.Option(0.0, "--prj-dropout", help="Projection dropout."),
     prj_no_ln: bool = typer.Option(False, "--prj-no-ln", help="No LayerNorm in the projection."),
     lora_r: int = typer.Option(128, "--lora-r", help="LoRA rank; 0 trains the whole base."),
     lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA alpha."),
-    remove_eos: bool = typer.Option(True, "--remove-eos/--keep-eos",
-                                    help="No EOS between question and thoughts (released)."),
-    layers: str | None = typer.Option(None, "--layers",
-                                      help="Default analysis layers saved in codi_config.json, "
-                                      "e.g. 2,4,6."),
-    max_tokens: int = typer.Option(256, "--max-tokens",
-                                   help="Drop examples whose teacher sequence is longer."),
+    remove_eos: bool = typer.Option(
+        True, "--remove-eos/--keep-eos", help="No EOS between question and thoughts (released)."
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
+    ),
+    max_tokens: int = typer.Option(
+        256, "--max-tokens", help="Drop examples whose teacher sequence is longer."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Use only the first N problems."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per process per micro-step."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
@@ -495,20 +603,26 @@ def train_cmd(
     max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps in total."),
     lr: float = typer.Option(8e-4, "--lr", help="Peak learning rate (AdamW)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
-    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio",
-                                       help="Linear warm-up share before the cosine decay."),
+    warmup_ratio: float = typer.Option(
+        0.03, "--warmup-ratio", help="Linear warm-up share before the cosine decay."
+    ),
     max_grad_norm: float = typer.Option(2.0, "--max-grad-norm", help="Gradient clipping."),
     distill_loss: str = typer.Option("smooth_l1", "--distill-loss", help="smooth_l1 or l2."),
-    distill_factor: float = typer.Option(20.0, "--distill-factor",
-                                         help="Multiplier of the distillation loss."),
-    teacher_factor: float = typer.Option(1.0, "--teacher-factor",
-                                         help="Multiplier of the teacher cross-entropy."),
-    teacher_only_steps: int = typer.Option(0, "--teacher-only-steps",
-                                           help="First N steps train the teacher task only."),
+    distill_factor: float = typer.Option(
+        20.0, "--distill-factor", help="Multiplier of the distillation loss."
+    ),
+    teacher_factor: float = typer.Option(
+        1.0, "--teacher-factor", help="Multiplier of the teacher cross-entropy."
+    ),
+    teacher_only_steps: int = typer.Option(
+        0, "--teacher-only-steps", help="First N steps train the teacher task only."
+    ),
     save_every: int = typer.Option(100, "--save-every", help="Checkpoint every N steps."),
-    stop_after: int | None = typer.Option(None, "--stop-after",
-                                          help="Stop (checkpointed) after N steps of this "
-                                          "invocation; rerun to continue."),
+    stop_after: int | None = typer.Option(
+        None,
+        "--stop-after",
+        help="Stop (checkpointed) after N steps of this invocation; rerun to continue.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -523,8 +637,11 @@ def train_cmd(
 @app.command("new-base")
 def new_base_cmd(
     out: Path = typer.Option(..., "--out", help="Dir for config.json + tokenizer (no weights)."),
-    data: str = typer.Option("data/gsm8k/train.jsonl", "--data",
-                             help="GSM8K train JSONL the tokenizer is trained on, or 'hf'."),
+    data: str = typer.Option(
+        "data/gsm8k/train.jsonl",
+        "--data",
+        help="GSM8K train JSONL the tokenizer is trained on, or 'hf'.",
+    ),
     vocab_size: int = typer.Option(2048, "--vocab-size", help="BPE vocabulary size."),
     hidden_size: int = typer.Option(256, "--hidden-size", help="Model width."),
     num_layers: int = typer.Option(6, "--num-layers", help="Transformer blocks."),
@@ -543,18 +660,24 @@ def new_base_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Option("demo", "--model", help="Preset, hub id or checkpoint dir."),
-    data: str = typer.Option("data/gsm8k/test.jsonl", "--data",
-                             help="GSM8K test JSONL (original release or problem records)."),
+    data: str = typer.Option(
+        "data/gsm8k/test.jsonl",
+        "--data",
+        help="GSM8K test JSONL (original release or problem records).",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write accuracies and answers (JSON)."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N problems."),
-    num_latent: str = typer.Option("6,0", "--num-latent",
-                                   help="Student settings: comma-separated K values."),
-    teacher: bool = typer.Option(True, "--teacher/--no-teacher",
-                                 help="Also measure the teacher (explicit CoT, greedy)."),
+    num_latent: str = typer.Option(
+        "6,0", "--num-latent", help="Student settings: comma-separated K values."
+    ),
+    teacher: bool = typer.Option(
+        True, "--teacher/--no-teacher", help="Also measure the teacher (explicit CoT, greedy)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Problems per batch."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Student answer tokens."),
-    max_cot_tokens: int = typer.Option(160, "--max-cot-tokens",
-                                       help="Teacher tokens (chain of thought + answer)."),
+    max_cot_tokens: int = typer.Option(
+        160, "--max-cot-tokens", help="Teacher tokens (chain of thought + answer)."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads."),
 ) -> None:
     """Accuracy of a CODI model: teacher (explicit CoT) and student with K thoughts."""
@@ -563,19 +686,36 @@ def evaluate_cmd(
 
     result = evaluate(EvaluateOptions(**kwargs))
     for name, acc in result["accuracy"].items():
-        typer.echo(f"{name}: {acc:.4f} ({result['n_problems']} problems, "
-                   f"{result['seconds'][name]}s)")
+        typer.echo(
+            f"{name}: {acc:.4f} ({result['n_problems']} problems, {result['seconds'][name]}s)"
+        )
+
+
+def _interrupted() -> None:
+    typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+    sys.exit(130)
 
 
 def main() -> None:
-    """Console entry point: user errors become one red line and exit code 2."""
+    """Console entry point: user errors become one red line and exit code 2.
+
+    Typer runs without standalone mode so that our own errors are not wrapped; its usage errors
+    (TyperException) and its Ctrl-C return code are therefore handled here as standalone mode
+    would.
+    """
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except OpcircuitsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except typer.Abort:
+        _interrupted()
+    except typer.TyperException as exc:  # usage errors: bad option, bad value
+        exc.show()
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        typer.secho(
-            "interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True
-        )
-        sys.exit(130)
+        _interrupted()
+    if rc == 130:
+        _interrupted()
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
