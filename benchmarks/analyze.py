@@ -38,12 +38,19 @@ def build(path: Path, n: int, dim: int, seed: int = 0) -> Path:
     for i in range(n):
         q = " ".join(rng.choice(words, size=25)) + f" {i}?"
         top = [[str(rng.choice([" +", " *", "5", " the"]))] for _ in positions]
-        records.append({
-            "id": f"test_{i}", "category": CATS[y[i]], "question": q, "gold": 1.0,
-            "predicted": 1.0, "correct": bool(rng.random() < 0.5),
-            "n_steps": int(rng.integers(2, 8)), "ops_used": ["+", "*"][: 1 + y[i] % 2],
-            "lens_top_tokens": top,
-        })
+        records.append(
+            {
+                "id": f"test_{i}",
+                "category": CATS[y[i]],
+                "question": q,
+                "gold": 1.0,
+                "predicted": 1.0,
+                "correct": bool(rng.random() < 0.5),
+                "n_steps": int(rng.integers(2, 8)),
+                "ops_used": ["+", "*"][: 1 + y[i] % 2],
+                "lens_top_tokens": top,
+            }
+        )
     write_store(path, hidden, records, layers, positions, model="benchmark-random")
     return path
 
@@ -71,10 +78,12 @@ def main() -> None:
         cpu = _cpu_seconds() - cpu0
         load_after = os.getloadavg()[0]
     # Other processes on a shared machine slow this down: the load average says how much.
-    print(f"analyze: {args.problems} problems × 7 positions × 3 layers × {args.dim}, "
-          f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall "
-          f"(1-min load average {load_before:.1f} before, {load_after:.1f} after); "
-          f"{cpu:.1f} CPU-seconds in this process and its workers")
+    print(
+        f"analyze: {args.problems} problems × 7 positions × 3 layers × {args.dim}, "
+        f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall "
+        f"(1-min load average {load_before:.1f} before, {load_after:.1f} after); "
+        f"{cpu:.1f} CPU-seconds in this process and its workers"
+    )
 
 
 def _cpu_seconds() -> float:

@@ -22,8 +22,28 @@ CATS = ["pure_addition", "pure_multiplication", "mixed"]
 POSITIONS = ["bot", "latent_1", "latent_2"]
 LAYERS = [2, 5]
 N, D = 120, 48
-FILLER = ["Sam", "Ana", "has", "buys", "apples", "pens", "the", "store", "week", "then", "some",
-          "boxes", "cups", "of", "tea", "on", "Monday", "gives", "friend", "book"]
+FILLER = [
+    "Sam",
+    "Ana",
+    "has",
+    "buys",
+    "apples",
+    "pens",
+    "the",
+    "store",
+    "week",
+    "then",
+    "some",
+    "boxes",
+    "cups",
+    "of",
+    "tea",
+    "on",
+    "Monday",
+    "gives",
+    "friend",
+    "book",
+]
 KEYWORDS = {0: ["more", "altogether"], 1: ["times", "double"], 2: ["left", "remaining"]}
 OPS = {0: ["+"], 1: ["*"], 2: ["+", "*", "-"]}
 FAST = dict(folds=3, repeats=2, permutations=20, seed=0, jobs=1)
@@ -45,12 +65,19 @@ def _records(y: np.ndarray, questions: list[str], rng: np.random.Generator) -> l
     recs = []
     for i, c in enumerate(y):
         toks = [[str(rng.choice(lens_vocab)), "a"] for _ in POSITIONS]
-        recs.append({
-            "id": f"test_{i}", "category": CATS[c], "question": questions[i], "gold": float(i),
-            "predicted": float(i) if rng.random() < 0.7 else float(i + 1),
-            "correct": None, "n_steps": int(rng.integers(2, 6)), "ops_used": OPS[int(c)],
-            "lens_top_tokens": toks,
-        })
+        recs.append(
+            {
+                "id": f"test_{i}",
+                "category": CATS[c],
+                "question": questions[i],
+                "gold": float(i),
+                "predicted": float(i) if rng.random() < 0.7 else float(i + 1),
+                "correct": None,
+                "n_steps": int(rng.integers(2, 6)),
+                "ops_used": OPS[int(c)],
+                "lens_top_tokens": toks,
+            }
+        )
         recs[-1]["correct"] = recs[-1]["predicted"] == recs[-1]["gold"]
     return recs
 
@@ -75,8 +102,9 @@ def make_store(path: Path, kind: str, seed: int = 0) -> Path:
     recs = _records(y, questions, rng)
     if kind == "legacy":
         recs = [{"id": r["id"], "category": r["category"]} for r in recs]
-    write_store(path, hidden, recs, LAYERS, POSITIONS, model=f"synthetic-{kind}",
-                store_dtype="float32")
+    write_store(
+        path, hidden, recs, LAYERS, POSITIONS, model=f"synthetic-{kind}", store_dtype="float32"
+    )
     return path
 
 
@@ -239,15 +267,39 @@ def test_legacy_store_without_text_answers_or_lens_through_the_cli(tmp_path: Pat
     from opcircuits.cli import app
 
     store = make_store(tmp_path / "store", "legacy")
-    result = CliRunner().invoke(app, [
-        "analyze", str(store), "--out", str(tmp_path / "out"), "--positions", "bot,latent_1",
-        "--layers", "5", "--folds", "3", "--repeats", "1", "--permutations", "0", "--seed", "3",
-        "--jobs", "1",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze",
+            str(store),
+            "--out",
+            str(tmp_path / "out"),
+            "--positions",
+            "bot,latent_1",
+            "--layers",
+            "5",
+            "--folds",
+            "3",
+            "--repeats",
+            "1",
+            "--permutations",
+            "0",
+            "--seed",
+            "3",
+            "--jobs",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "analysis_report.json").read_text())
-    assert report["options"] == {"positions": "bot,latent_1", "layers": "5", "folds": 3,
-                                 "repeats": 1, "permutations": 0, "seed": 3}
+    assert report["options"] == {
+        "positions": "bot,latent_1",
+        "layers": "5",
+        "folds": 3,
+        "repeats": 1,
+        "permutations": 0,
+        "seed": 3,
+    }
     names = {c["name"] for c in report["controls"]}
     assert names == {"majority", "shuffled_labels", "pre_thought"}
     assert not report["logit_lens"]["available"] and not report["model"]["available"]
@@ -284,7 +336,6 @@ def test_logit_lens_token_classes() -> None:
         assert classify(tok)[0] == "other", tok
 
 
-
 def test_span_pca_gives_the_same_logistic_regression_as_raw_features() -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -299,8 +350,7 @@ def test_span_pca_gives_the_same_logistic_regression_as_raw_features() -> None:
     sc = StandardScaler().fit(X[tr])
     raw = LogisticRegression(max_iter=5000, tol=1e-10).fit(sc.transform(X[tr]), y[tr])
     span = SpanPCA().fit(sc.transform(X[tr]))
-    z = LogisticRegression(max_iter=5000, tol=1e-10).fit(span.transform(sc.transform(X[tr])),
-                                                         y[tr])
+    z = LogisticRegression(max_iter=5000, tol=1e-10).fit(span.transform(sc.transform(X[tr])), y[tr])
     assert span.transform(sc.transform(X[tr])).shape == (45, 44)  # rank of the centred rows
     p_raw = raw.predict_proba(sc.transform(X[te]))
     p_span = z.predict_proba(span.transform(sc.transform(X[te])))

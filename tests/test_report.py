@@ -20,11 +20,27 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     n, cats = 60, ["pure_addition", "pure_multiplication", "mixed"]
     y = np.arange(n) % 3
     hidden = rng.standard_normal((n, 3, 1, 16)).astype(np.float32)
-    recs = [{"id": f"p{i}", "category": cats[y[i]], "question": f"Tom has {i} apples.",
-             "n_steps": int(rng.integers(2, 5)), "correct": bool(i % 2),
-             "ops_used": ["+"], "lens_top_tokens": [[" +"], ["7"], ["the"]]} for i in range(n)]
-    store = write_store(base / "store", hidden, recs, [3], ["bot", "latent_1", "latent_2"],
-                        model="tiny", store_dtype="float32").path
+    recs = [
+        {
+            "id": f"p{i}",
+            "category": cats[y[i]],
+            "question": f"Tom has {i} apples.",
+            "n_steps": int(rng.integers(2, 5)),
+            "correct": bool(i % 2),
+            "ops_used": ["+"],
+            "lens_top_tokens": [[" +"], ["7"], ["the"]],
+        }
+        for i in range(n)
+    ]
+    store = write_store(
+        base / "store",
+        hidden,
+        recs,
+        [3],
+        ["bot", "latent_1", "latent_2"],
+        model="tiny",
+        store_dtype="float32",
+    ).path
     out = base / "out"
     rep = analyze(store, out, AnalyzeOptions(folds=3, repeats=1, permutations=0, jobs=1))
     return rep, out
@@ -43,8 +59,7 @@ def test_verdict_against_text_control_follows_the_interval(report: tuple[dict, P
     rep = copy.deepcopy(report[0])
     best = _best_main(rep)
     best["selectivity_vs"]["question_text"] = {"value": 0.02, "ci_low": -0.03, "ci_high": 0.07}
-    assert ("does not beat the question-text control (accuracy "
-            in _text(rep))
+    assert "does not beat the question-text control (accuracy " in _text(rep)
     assert "selectivity 0.02, CI −0.03…0.07" in _text(rep)
     best["selectivity_vs"]["question_text"] = {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3}
     assert "It beats the question-text control" in _text(rep)

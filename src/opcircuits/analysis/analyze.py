@@ -148,8 +148,14 @@ def _run_task(
         rng = np.random.default_rng([seed, 2, fold.index])
         shuffled = rng.permutation(y[fold.train])
     return fit_fold(
-        X, y, fold.train, fold.test, probes=task.probes, seed=seed,
-        shuffled_train_y=shuffled, permuted_y=permuted_y if task.permute else None,
+        X,
+        y,
+        fold.train,
+        fold.test,
+        probes=task.probes,
+        seed=seed,
+        shuffled_train_y=shuffled,
+        permuted_y=permuted_y if task.permute else None,
     )
 
 
@@ -217,21 +223,32 @@ def analyze(
         keep = ~records["category"].astype(str).isin(small).to_numpy()
         records = records[keep].reset_index(drop=True)
         hidden = hidden[keep]
-        notes.append("Left out categories with fewer problems than --folds: "
-                     + ", ".join(f"{c} ({counts[c]})" for c in small) + ".")
+        notes.append(
+            "Left out categories with fewer problems than --folds: "
+            + ", ".join(f"{c} ({counts[c]})" for c in small)
+            + "."
+        )
     categories = [str(c) for c in records["category"].tolist()]
     names, y = _encode(categories)
     if len(names) < 2:
         raise OpcircuitsError(
-            f"need at least 2 categories to probe, found {names}", path=store_path,
+            f"need at least 2 categories to probe, found {names}",
+            path=store_path,
             field="category",
         )
     n, n_cls = len(y), len(names)
     folds = make_folds(y, options.folds, options.repeats, options.seed)
     views = build_views(positions, layers)
     jobs = joblib.effective_n_jobs(options.jobs)
-    log.info("analysing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs",
-             n, positions, layers, len(views), len(folds), jobs)
+    log.info(
+        "analysing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs",
+        n,
+        positions,
+        layers,
+        len(views),
+        len(folds),
+        jobs,
+    )
 
     questions = _column(records, "question")
     n_steps = _column(records, "n_steps")
@@ -262,19 +279,21 @@ def analyze(
     tasks: list[_Task] = []
     # `first` and `last` hold exactly the features of the first and last latent positions' views,
     # so those position views reuse their logistic-regression predictions instead of refitting.
-    same_as = {
-        v.positions[0]: v.name for v in main_views if v.name in ("first", "last")
-    }
+    same_as = {v.positions[0]: v.name for v in main_views if v.name in ("first", "last")}
     for view in sorted(views, key=lambda v: v.kind != "main"):  # heavy tasks first
         if view.kind == "position" and view.name in same_as:
             continue
         for fold in folds:
-            tasks.append(_Task(
-                "view", fold, view,
-                PROBES if view.kind == "main" else ("logreg",),
-                shuffled=view.name == shuffle_view,
-                permute=view.kind == "main" and fold.repeat == 0 and permuted_y is not None,
-            ))
+            tasks.append(
+                _Task(
+                    "view",
+                    fold,
+                    view,
+                    PROBES if view.kind == "main" else ("logreg",),
+                    shuffled=view.name == shuffle_view,
+                    permute=view.kind == "main" and fold.repeat == 0 and permuted_y is not None,
+                )
+            )
     if questions is not None:
         tasks += [_Task("text", f) for f in folds]
     if confound_x is not None:
@@ -286,8 +305,16 @@ def analyze(
 
     with _shared(hidden, jobs) as source:
         results = _run_all(
-            tasks, jobs, source=source, positions=positions, layers=layers, y=y,
-            questions=questions, confound_x=confound_x, permuted_y=permuted_y, seed=options.seed,
+            tasks,
+            jobs,
+            source=source,
+            positions=positions,
+            layers=layers,
+            y=y,
+            questions=questions,
+            confound_x=confound_x,
+            permuted_y=permuted_y,
+            seed=options.seed,
             permutations=options.permutations,
         )
 
@@ -314,8 +341,10 @@ def analyze(
             acc = perm_correct.setdefault(task.view.name, np.zeros(options.permutations))
             acc += res.permutation_correct
     if not_converged:
-        notes.append(f"{not_converged} logistic-regression or MLP fits stopped at their iteration "
-                     "limit before converging.")
+        notes.append(
+            f"{not_converged} logistic-regression or MLP fits stopped at their iteration "
+            "limit before converging."
+        )
 
     for pos, main_name in same_as.items():
         preds[(pos, "logreg")] = preds[(main_name, "logreg")]
@@ -338,11 +367,11 @@ def analyze(
     control_desc = {
         "majority": "always the training fold's most frequent category",
         "shuffled_labels": f"logistic regression on the `{shuffle_view}` view, trained on "
-                           "shuffled labels",
+        "shuffled labels",
         "question_text": "TF-IDF (word 1-2-grams) + logistic regression on the question text",
         "confound": "logistic regression on cubic terms of " + " and ".join(confound_names),
         "pre_thought": "logistic regression on the `bot` position (before any latent step), "
-                       "layers concatenated",
+        "layers concatenated",
     }
     controls_json = [
         {"name": k, "description": control_desc[k], **s.summary()} for k, s in ctrl.items()
@@ -364,25 +393,41 @@ def analyze(
             probe_scores[(view.name, probe)] = s
             p_value = None
             if probe == "logreg" and view.name in perm_correct:
-                observed = float(sum(
-                    np.sum(preds[(view.name, probe)][i] == y[folds[i].test]) for i in repeat0
-                )) / n
+                observed = (
+                    float(
+                        sum(
+                            np.sum(preds[(view.name, probe)][i] == y[folds[i].test])
+                            for i in repeat0
+                        )
+                    )
+                    / n
+                )
                 null = perm_correct[view.name] / n
                 p_value = permutation_p_value(observed, null)
-                permutation_json.append({
-                    "view": view.name, "probe": probe, "n_permutations": options.permutations,
-                    "observed_accuracy": observed, "null_mean": float(null.mean()),
-                    "null_q95": float(np.quantile(null, 0.95)), "p_value": p_value,
-                })
+                permutation_json.append(
+                    {
+                        "view": view.name,
+                        "probe": probe,
+                        "n_permutations": options.permutations,
+                        "observed_accuracy": observed,
+                        "null_mean": float(null.mean()),
+                        "null_q95": float(np.quantile(null, 0.95)),
+                        "p_value": p_value,
+                    }
+                )
             sel_all = _selectivity(s.fold_accuracy, ctrl, folds)
             entry = {
-                "view": view.name, "view_kind": view.kind, "probe": probe, **s.summary(),
+                "view": view.name,
+                "view_kind": view.kind,
+                "probe": probe,
+                **s.summary(),
                 "p_value": p_value,
                 "selectivity": {"control": best_control, **sel_all[best_control]},
                 "selectivity_vs": sel_all,
                 "selectivity_vs_pre_thought": (
                     paired_difference(s.fold_accuracy, pre.fold_accuracy, folds)
-                    if pre is not None and view.name != "bot" else None
+                    if pre is not None and view.name != "bot"
+                    else None
                 ),
             }
             probes_json.append(entry)
@@ -391,15 +436,20 @@ def analyze(
     map_json = []
     for view in [v for v in views if v.kind == "cell"]:
         s = scores_of((view.name, "logreg"))
-        map_json.append({
-            "position": view.positions[0], "layer": view.layers[0],
-            "accuracy": s.interval.mean, "ci_low": s.interval.low, "ci_high": s.interval.high,
-            "f1_macro": s.f1_macro,
-            "selectivity": {
-                "control": best_control,
-                **paired_difference(s.fold_accuracy, ctrl[best_control].fold_accuracy, folds),
-            },
-        })
+        map_json.append(
+            {
+                "position": view.positions[0],
+                "layer": view.layers[0],
+                "accuracy": s.interval.mean,
+                "ci_low": s.interval.low,
+                "ci_high": s.interval.high,
+                "f1_macro": s.f1_macro,
+                "selectivity": {
+                    "control": best_control,
+                    **paired_difference(s.fold_accuracy, ctrl[best_control].fold_accuracy, folds),
+                },
+            }
+        )
     best_cell = max(map_json, key=lambda c: c["accuracy"])
     sweep = len(layers) >= 3 and layers == list(range(layers[0], layers[0] + len(layers)))
 
@@ -408,11 +458,17 @@ def analyze(
     if pre is not None:
         for view in [v for v in views if v.kind == "position" and v.name != "bot"]:
             s = probe_scores[(view.name, "logreg")]
-            pre_json.append({
-                "position": view.name, "accuracy": s.interval.mean, "ci_low": s.interval.low,
-                "ci_high": s.interval.high,
-                "minus_pre_thought": paired_difference(s.fold_accuracy, pre.fold_accuracy, folds),
-            })
+            pre_json.append(
+                {
+                    "position": view.name,
+                    "accuracy": s.interval.mean,
+                    "ci_low": s.interval.low,
+                    "ci_high": s.interval.high,
+                    "minus_pre_thought": paired_difference(
+                        s.fold_accuracy, pre.fold_accuracy, folds
+                    ),
+                }
+            )
 
     # Logit lens.
     lens_tokens = _column(records, "lens_top_tokens")
@@ -438,12 +494,15 @@ def analyze(
         split = []
         for view in main_views:
             for probe in PROBES:
-                split.append({
-                    "view": view.name, "probe": probe,
-                    **model_accuracy.probe_by_correctness(
-                        y, folds, preds[(view.name, probe)], ok, options.repeats
-                    ),
-                })
+                split.append(
+                    {
+                        "view": view.name,
+                        "probe": probe,
+                        **model_accuracy.probe_by_correctness(
+                            y, folds, preds[(view.name, probe)], ok, options.repeats
+                        ),
+                    }
+                )
         model_json.update(
             answer_accuracy=model_accuracy.answer_accuracy(correct, categories, names),
             probe_by_correctness=split,
@@ -471,23 +530,26 @@ def analyze(
         },
         "methods": {
             "ci": "95% corrected resampled t-interval (Nadeau & Bengio 2003) over the "
-                  f"{len(folds)} fold scores: mean ± t(J-1) * sqrt((1/J + n_test/n_train) * s²)",
+            f"{len(folds)} fold scores: mean ± t(J-1) * sqrt((1/J + n_test/n_train) * s²)",
             "selectivity": "probe accuracy minus a control's accuracy on the same folds; the "
-                           "interval is the same corrected t-interval over per-fold differences. "
-                           "`selectivity` is against the best of " + ", ".join(BASELINE_CONTROLS),
+            "interval is the same corrected t-interval over per-fold differences. "
+            "`selectivity` is against the best of " + ", ".join(BASELINE_CONTROLS),
             "permutation": f"labels permuted {options.permutations} times; logistic regression "
-                           "refitted on the first repeat's folds; p = (1 + #null ≥ observed) / "
-                           "(1 + permutations)",
+            "refitted on the first repeat's folds; p = (1 + #null ≥ observed) / "
+            "(1 + permutations)",
             "similarity": "mean cosine within − between categories over distinct pairs; "
-                          "p from label permutations",
+            "p from label permutations",
         },
         "best_control": best_control,
         "controls": controls_json,
         "probes": probes_json,
         "permutation_tests": permutation_json,
         "token_layer_map": map_json,
-        "best_cell": {"position": best_cell["position"], "layer": best_cell["layer"],
-                      "accuracy": best_cell["accuracy"]},
+        "best_cell": {
+            "position": best_cell["position"],
+            "layer": best_cell["layer"],
+            "accuracy": best_cell["accuracy"],
+        },
         "layer_sweep": sweep,
         "pre_thought": pre_json,
         "clustering": cluster_json,
@@ -523,14 +585,19 @@ def _examples(
         for i in [i for i, c in enumerate(categories) if c == cat][:per_category]:
             top1 = None
             if lens_tokens is not None and lens_tokens[i] is not None:
-                top1 = [logit_lens.printable(list(t)[0]) if t is not None and len(t) else ""
-                        for t in lens_tokens[i]]
-            out.append({
-                "id": ids[i], "category": cat,
-                "question": questions[i] if questions is not None else None,
-                "correct": None if correct is None or correct[i] is None else bool(correct[i]),
-                "lens_top1": top1,
-            })
+                top1 = [
+                    logit_lens.printable(list(t)[0]) if t is not None and len(t) else ""
+                    for t in lens_tokens[i]
+                ]
+            out.append(
+                {
+                    "id": ids[i],
+                    "category": cat,
+                    "question": questions[i] if questions is not None else None,
+                    "correct": None if correct is None or correct[i] is None else bool(correct[i]),
+                    "lens_top1": top1,
+                }
+            )
     return out
 
 

@@ -25,9 +25,7 @@ class Clustering:
         }
 
 
-def pca2(
-    xs: np.ndarray, gram: np.ndarray | None = None
-) -> tuple[np.ndarray, tuple[float, float]]:
+def pca2(xs: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """Top-2 principal component scores of `xs` (rows = samples), computed exactly from the
     smaller of the Gram and covariance matrices; signs fixed so runs are reproducible.
     `gram` is xc @ xc.T of the centred rows when already computed."""

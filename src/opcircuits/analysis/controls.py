@@ -28,21 +28,31 @@ def text_pipeline(seed: int) -> Pipeline:
     return Pipeline(
         [
             ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
-            ("clf", LogisticRegressionCV(
-                Cs=list(TEXT_CS), cv=3, max_iter=1000, random_state=seed, l1_ratios=(0.0,),
-                scoring="accuracy", use_legacy_attributes=False,
-            )),
+            (
+                "clf",
+                LogisticRegressionCV(
+                    Cs=list(TEXT_CS),
+                    cv=3,
+                    max_iter=1000,
+                    random_state=seed,
+                    l1_ratios=(0.0,),
+                    scoring="accuracy",
+                    use_legacy_attributes=False,
+                ),
+            ),
         ]
     )
 
 
 def confound_pipeline(seed: int) -> Pipeline:
     # Cubic terms let a linear model draw non-linear boundaries in these two features.
-    return Pipeline([
-        ("poly", PolynomialFeatures(degree=3, include_bias=False)),
-        ("scale", StandardScaler()),
-        ("clf", LogisticRegression(C=1.0, max_iter=2000, random_state=seed)),
-    ])
+    return Pipeline(
+        [
+            ("poly", PolynomialFeatures(degree=3, include_bias=False)),
+            ("scale", StandardScaler()),
+            ("clf", LogisticRegression(C=1.0, max_iter=2000, random_state=seed)),
+        ]
+    )
 
 
 def confound_features(n_steps: np.ndarray, questions: list[str]) -> np.ndarray:

@@ -17,10 +17,19 @@ import numpy as np
 from scipy import stats
 
 OPERATORS = {
-    "+": "+", "plus": "+",
-    "-": "-", "−": "-", "–": "-", "minus": "-",
-    "*": "*", "×": "*", "·": "*", "times": "*",
-    "/": "/", "÷": "/", "∕": "/",
+    "+": "+",
+    "plus": "+",
+    "-": "-",
+    "−": "-",
+    "–": "-",
+    "minus": "-",
+    "*": "*",
+    "×": "*",
+    "·": "*",
+    "times": "*",
+    "/": "/",
+    "÷": "/",
+    "∕": "/",
 }
 # Tokenizer word-boundary markers (GPT-2 byte-level "Ġ", SentencePiece "▁") and whitespace.
 _MARKERS = re.compile(r"^[\sĠ▁Ċ]+|[\sĠ▁Ċ]+$")
@@ -86,38 +95,62 @@ def analyse(
         ops_sets.append(None if o is None else {str(s) for s in list(o)})
     have_ops = [s for s in ops_sets if s is not None]
     # Chance that an operator read at random is used by a problem: share of problems using it.
-    base = {op: float(np.mean([op in s for s in have_ops])) if have_ops else float("nan")
-            for op in "+-*/"}
+    base = {
+        op: float(np.mean([op in s for s in have_ops])) if have_ops else float("nan")
+        for op in "+-*/"
+    }
     shares, top_tokens, matches = [], [], []
     groups = [*category_names, "all"]
     for cat in groups:
-        rows = [i for i, c in enumerate(categories)
-                if (cat == "all" or c == cat) and top1[i] is not None]
+        rows = [
+            i
+            for i, c in enumerate(categories)
+            if (cat == "all" or c == cat) and top1[i] is not None
+        ]
         for j, pos in enumerate(names):
             toks = [top1[i][j] for i in rows if j < len(top1[i])]
             kinds = [classify(t) for t in toks]
             n = len(toks)
             counts = Counter(k for k, _ in kinds)
-            shares.append({
-                "category": cat, "position": pos, "n": n,
-                **{k: (counts[k] / n if n else None) for k in CLASSES},
-            })
-            top_tokens.append({
-                "category": cat, "position": pos,
-                "tokens": [{"token": printable(t), "count": c}
-                           for t, c in sorted(Counter(toks).items(),
-                                              key=lambda kv: (-kv[1], kv[0]))[:TOP_TOKENS]],
-            })
-            reads = [(i, op) for i, (kind, op) in zip(rows, kinds, strict=True)
-                     if kind == "operator" and ops_sets[i] is not None]
+            shares.append(
+                {
+                    "category": cat,
+                    "position": pos,
+                    "n": n,
+                    **{k: (counts[k] / n if n else None) for k in CLASSES},
+                }
+            )
+            top_tokens.append(
+                {
+                    "category": cat,
+                    "position": pos,
+                    "tokens": [
+                        {"token": printable(t), "count": c}
+                        for t, c in sorted(Counter(toks).items(), key=lambda kv: (-kv[1], kv[0]))[
+                            :TOP_TOKENS
+                        ]
+                    ],
+                }
+            )
+            reads = [
+                (i, op)
+                for i, (kind, op) in zip(rows, kinds, strict=True)
+                if kind == "operator" and ops_sets[i] is not None
+            ]
             hits = sum(op in ops_sets[i] for i, op in reads)
-            matches.append({
-                "category": cat, "position": pos, "n_operator_reads": len(reads),
-                "matches": hits,
-                "match_rate": hits / len(reads) if reads else None,
-                "baseline_rate": float(np.mean([base[op] for _, op in reads])) if reads else None,
-                "operators_read": dict(sorted(Counter(op for _, op in reads).items())),
-            })
+            matches.append(
+                {
+                    "category": cat,
+                    "position": pos,
+                    "n_operator_reads": len(reads),
+                    "matches": hits,
+                    "match_rate": hits / len(reads) if reads else None,
+                    "baseline_rate": float(np.mean([base[op] for _, op in reads]))
+                    if reads
+                    else None,
+                    "operators_read": dict(sorted(Counter(op for _, op in reads).items())),
+                }
+            )
     return {
         "positions": names,
         "shares": shares,
@@ -131,13 +164,21 @@ def analyse(
 def _latent_match(matches: list[dict]) -> dict | None:
     """All categories, latent positions pooled: match rate vs baseline with an exact binomial
     test (two-sided; reads treated as independent trials at the mean baseline rate)."""
-    rows = [m for m in matches if m["category"] == "all" and m["position"].startswith("latent")
-            and m["n_operator_reads"]]
+    rows = [
+        m
+        for m in matches
+        if m["category"] == "all" and m["position"].startswith("latent") and m["n_operator_reads"]
+    ]
     if not rows:
         return None
     reads = sum(m["n_operator_reads"] for m in rows)
     hits = sum(m["matches"] for m in rows)
     base = sum(m["baseline_rate"] * m["n_operator_reads"] for m in rows) / reads
     p = float(stats.binomtest(hits, reads, min(max(base, 0.0), 1.0)).pvalue)
-    return {"n_operator_reads": reads, "matches": hits, "match_rate": hits / reads,
-            "baseline_rate": base, "p_value": p}
+    return {
+        "n_operator_reads": reads,
+        "matches": hits,
+        "match_rate": hits / reads,
+        "baseline_rate": base,
+        "p_value": p,
+    }

@@ -23,8 +23,16 @@ def answer_accuracy(
         mask = known & ((cats == cat) if cat != "all" else True)
         n, k = int(mask.sum()), int(ok[mask].sum())
         iv = wilson_interval(k, n)
-        out.append({"category": cat, "n": n, "correct": k, "accuracy": iv.mean,
-                    "ci_low": iv.low, "ci_high": iv.high})
+        out.append(
+            {
+                "category": cat,
+                "n": n,
+                "correct": k,
+                "accuracy": iv.mean,
+                "ci_low": iv.low,
+                "ci_high": iv.high,
+            }
+        )
     return out
 
 
@@ -46,7 +54,11 @@ def probe_by_correctness(
     for flag, name in ((True, "correct"), (False, "incorrect")):
         k, n = hit[flag]
         iv = wilson_interval(k / repeats, n / repeats)
-        out[name] = {"n_problems": n // repeats, "n_predictions": n,
-                     "accuracy": iv.mean if n else None,
-                     "ci_low": iv.low if n else None, "ci_high": iv.high if n else None}
+        out[name] = {
+            "n_problems": n // repeats,
+            "n_predictions": n,
+            "accuracy": iv.mean if n else None,
+            "ci_low": iv.low if n else None,
+            "ci_high": iv.high if n else None,
+        }
     return out

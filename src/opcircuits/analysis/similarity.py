@@ -41,7 +41,9 @@ def within_between(
         eye = np.eye(n_classes)
 
         def stat(
-            within_sum: np.ndarray, n_within: int = n_within, n_between: int = n_between,
+            within_sum: np.ndarray,
+            n_within: int = n_within,
+            n_between: int = n_between,
             total: float = total,
         ) -> np.ndarray:
             return within_sum / n_within - (total - within_sum) / n_between
