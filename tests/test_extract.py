@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate_cmd import accelerate_launch
 from typer.testing import CliRunner
 
 from opcircuits.cli import app
@@ -224,22 +225,7 @@ def _free_port() -> int:
 def test_two_processes_equal_one(tiny_gpt2, tiny_problems, tmp_path):
     one = extract(_options(tiny_gpt2, tiny_problems, tmp_path / "one", shard_size=5))
     two = tmp_path / "two"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-    ]
+    launch = accelerate_launch(port=_free_port())
     cmd = [*launch, *_cli(tiny_gpt2, tiny_problems, two, "--batch-size", "4", "--shard-size", "5")]
     run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate_cmd import accelerate_launch
 from safetensors.torch import load_file
 
 from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
@@ -120,18 +120,7 @@ def test_resume_reproduces_uninterrupted_run(
 def test_two_process_accelerate_launch(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *accelerate_launch(),
         "-m",
         "opcircuits",
         "train",
