@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
@@ -146,27 +147,6 @@ class _Dist:
         if self.world > 1 and requested == "auto" and torch.cuda.is_available():
             return f"cuda:{self.local_rank}"
         return requested
-
-
-def _progress(description: str, enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def extract_shard(
@@ -333,7 +313,7 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
     todo = sum(w.shard_bounds(i)[1] - w.shard_bounds(i)[0] for i in pending)
     if dist.main and not pending:
         log.info("%s: nothing left to extract", options.out)
-    with _progress(f"extract (rank {dist.rank})", dist.main and todo > 0) as bar:
+    with stage_progress(f"extract (rank {dist.rank})", enabled=dist.main and todo > 0) as bar:
         task = bar.add_task("extract", total=todo)
         for index in pending:
             a, b = w.shard_bounds(index)

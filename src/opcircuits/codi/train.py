@@ -38,6 +38,7 @@ from opcircuits.codi.config import CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
 from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_problems
 from opcircuits.errors import OpcircuitsError
+from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
@@ -567,23 +568,7 @@ class _progress:
 
     def __enter__(self) -> Any:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.description}"),
-            )
+            self.bar = stage_progress("train", status=True)
             self.bar.start()
             self.task = self.bar.add_task("", total=self.total, completed=self.start)
 
