@@ -156,6 +156,8 @@ def test_store_made_with_other_settings_is_never_mixed(tiny_llama, tiny_problems
         extract(_options(tiny_llama, tiny_problems, out, layers="1,2", max_new_tokens=2))
     with pytest.raises(OpcircuitsError, match="max_new_tokens"):
         extract(_options(tiny_llama, tiny_problems, out, max_new_tokens=3))
+    with pytest.raises(OpcircuitsError, match="merge"):
+        extract(_options(tiny_llama, tiny_problems, out, max_new_tokens=2, merge=False))
 
 
 def _cli(tiny, problems, out, *extra) -> list[str]:

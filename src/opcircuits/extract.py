@@ -24,10 +24,8 @@ from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
+
 # Settings that change the records but that the store itself does not compare on resume.
-EXTRA_MATCH = ("max_new_tokens", "top_k", "merge")
-
-
 @dataclass
 class ExtractOptions:
     """Options of `opcircuits extract` (field names = CLI option names with - → _)."""
@@ -218,27 +216,6 @@ def extract_shard(
     return hidden, latent, records  # type: ignore[return-value]
 
 
-def _check_extra(out: Path, manifest: dict[str, Any]) -> None:
-    """Refuse to resume a store made with different decoding settings (never mixed records)."""
-    import json
-
-    path = out / "manifest.json"
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text(encoding="utf-8"))
-    diffs = [
-        f"{k}: store has {old.get(k)!r}, run has {manifest[k]!r}"
-        for k in EXTRA_MATCH
-        if k in old and old.get(k) != manifest[k]
-    ]
-    if diffs:
-        raise OpcircuitsError(
-            "an existing store was made with different settings; use another --out or delete "
-            "it. Differences: " + "; ".join(diffs),
-            path=out,
-        )
-
-
 def extract(options: ExtractOptions) -> Path:
     """Extract every problem of `options.dataset` into the store `options.out`; returns its path."""
     from opcircuits.data.io import read_problems
@@ -292,7 +269,6 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         "merge": options.merge,
         "codi_config": src.config.to_dict(),
     }
-    _check_extra(options.out, manifest)
 
     def writer() -> StoreWriter:
         return StoreWriter(

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from opcircuits.errors import OpcircuitsError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -65,3 +67,15 @@ def manifest_path(path: str | Path) -> Path:
     """`data/x.jsonl` → `data/x.manifest.json` (the manifest that sits beside an output file)."""
     path = Path(path)
     return path.with_name(f"{path.stem}.manifest.json")
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding one object (a manifest, a config); errors name the file and line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise OpcircuitsError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    if not isinstance(data, dict):
+        raise OpcircuitsError("must hold a JSON object", path=path)
+    return data

@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import atomic_path, sha256_file, write_json_atomic
+from opcircuits.files import atomic_path, read_json_object, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -268,16 +268,6 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise OpcircuitsError(f"not valid JSON ({exc.msg})", path=path, line=exc.lineno) from exc
-    if not isinstance(data, dict):
-        raise OpcircuitsError("manifest must be a JSON object", path=path)
-    return data
-
-
 def _shard_meta(path: Path) -> dict[str, Any]:
     """The opcircuits metadata and tensor shapes of one shard file (reads the header only)."""
     try:
@@ -457,7 +447,7 @@ def open_store(path: str | Path, *, allow_incomplete: bool = False) -> Store:
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise OpcircuitsError("not a thought store (no manifest.json)", path=path)
-    manifest = _read_json(mpath)
+    manifest = read_json_object(mpath)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise OpcircuitsError(
@@ -667,7 +657,7 @@ class StoreWriter:
                 except FileExistsError:
                     pass
             (self.path / f".{MANIFEST}.new").unlink(missing_ok=True)
-        existing = _read_json(mpath)
+        existing = read_json_object(mpath)
         diffs = manifest_differences(existing, wanted)
         if diffs:
             raise OpcircuitsError(

@@ -6,12 +6,12 @@ No torch here, so the CLI and pipeline can read configs without importing the mo
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.files import read_json_object
 
 CONFIG_NAME = "codi_config.json"
 
@@ -96,13 +96,7 @@ def read_config(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise OpcircuitsError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-    if not isinstance(data, dict):
-        raise OpcircuitsError("must hold a JSON object", path=path)
-    return data
+    return read_json_object(path)
 
 
 def lora_targets_for(model_type: str) -> list[str]:
