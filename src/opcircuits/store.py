@@ -91,6 +91,7 @@ MATCH_FIELDS = (
     # extraction settings that change the records (compared when the caller records them)
     "max_new_tokens",
     "top_k",
+    "merge",
 )
 
 _SHARD_RE = re.compile(r"^hidden-(\d{5,})\.safetensors$")
