@@ -9,7 +9,6 @@ shards r, r+W, …; the main process finalizes once all are done).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -311,12 +310,3 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         log.info("%s: %d problems, %d answered correctly", options.out, len(store), n_ok)
     dist.barrier()
     return options.out
-
-
-def options_from_dict(data: dict[str, Any]) -> ExtractOptions:
-    """ExtractOptions from a config table (unknown keys are errors)."""
-    known = {f.name for f in dataclasses.fields(ExtractOptions)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise OpcircuitsError(f"unknown extract options {unknown}; known: {sorted(known)}")
-    return ExtractOptions(**data)
