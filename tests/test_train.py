@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
 from opcircuits.codi.train import TrainOptions, train
-from opcircuits.codi.train_data import read_train_problems, tokenize_example
+from opcircuits.codi.train_data import read_train_problems, teacher_cot, tokenize_example
 from opcircuits.errors import OpcircuitsError
 
 
@@ -78,6 +78,58 @@ def test_training_examples_match_codi_format(gsm8k_dir: Path, tiny_base: Path) -
     assert tok.decode(t.decoder_ids[t.student_pos + 1]) == "7"
     assert t.teacher_ids[-len(t.decoder_ids) + 1 :] == t.decoder_ids[1:]
     assert all(x == -100 for x in t.teacher_labels[: len(t.encoder_ids) - 1])
+
+
+def _teacher_parts(tok, t) -> tuple[list[int], list[int], list[int]]:
+    """Split a teacher sequence into (prefix, chain of thought, answer + EOS) by the known
+    lengths of the encoder prefix and the decoder's answer."""
+    prefix = t.encoder_ids[:-1]  # [BOS] question (encoder minus bot)
+    answer = t.decoder_ids[1:]  # answer EOS (decoder minus eot)
+    assert t.teacher_ids[: len(prefix)] == prefix
+    assert t.teacher_ids[len(t.teacher_ids) - len(answer) :] == answer
+    return prefix, t.teacher_ids[len(prefix) : len(t.teacher_ids) - len(answer)], answer
+
+
+def test_teacher_drops_the_last_cot_step(gsm8k_dir: Path, tiny_base: Path) -> None:
+    """Official CODI (`include_last_cot=False`): the teacher sees every calculator step but the
+    last; a one-step problem has an empty chain of thought. `include_last_cot` keeps it."""
+    from transformers import AutoTokenizer
+
+    problems = read_train_problems(gsm8k_dir / "train.jsonl")
+    two, one = problems[0], problems[35]  # Natalia's clips (2 steps), Mr. Sanchez (1 step)
+    assert two.steps == ("<<48/2=24>>", "<<48+24=72>>") and two.answer == "The answer is: 72"
+    assert one.steps == ("<<60*60/100=36>>",) and one.answer == "The answer is: 36"
+    assert teacher_cot(two) == "<<48/2=24>>"
+    assert teacher_cot(two, include_last_cot=True) == "<<48/2=24>> <<48+24=72>>"
+    assert teacher_cot(one) == ""
+    assert teacher_cot(one, include_last_cot=True) == "<<60*60/100=36>>"
+    assert TrainOptions.__dataclass_fields__["include_last_cot"].default is False
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    v = len(tok)
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    for ex, dropped_cot, full_cot in (
+        (two, "<<48/2=24>>", "<<48/2=24>> <<48+24=72>>"),
+        (one, None, "<<60*60/100=36>>"),
+    ):
+        for include, cot_text in ((False, dropped_cot), (True, full_cot)):
+            t = tokenize_example(ex, tok, v + 1, v + 2, include_last_cot=include)
+            prefix, cot, answer = _teacher_parts(tok, t)
+            assert prefix == [bos] + ids(ex.question)
+            assert cot == (ids(cot_text) if cot_text else [])
+            assert answer == ids(ex.answer) + [eos]
+            # the question is never a target; everything after it is
+            assert t.teacher_labels == [-100] * len(prefix) + cot + answer
+            # the distillation position still predicts the answer's first digit
+            digit = ex.answer[len("The answer is: ")]
+            assert tok.decode(t.teacher_ids[t.teacher_pos + 1]).strip() == digit
+    # decoded text of the default teacher sequences, end to end
+    t2 = tokenize_example(two, tok, v + 1, v + 2)
+    assert tok.decode(_teacher_parts(tok, t2)[1]).replace(" ", "") == "<<48/2=24>>"
 
 
 def test_few_steps_lower_the_loss(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """CODI training: continuous chain of thought via self-distillation.
 
 One model plays two roles on every batch:
-- teacher: cross-entropy on question + explicit chain of thought + answer;
+- teacher: cross-entropy on question + explicit chain of thought (without its last step, as the
+  official training; `include_last_cot` keeps it) + answer;
 - student: question, bot, K latent steps (each the projected final hidden state of the previous
   step, fed back as the next input embedding), eot, then cross-entropy on the answer;
 - distillation: smooth-L1 (or L2) between the student's and the teacher's hidden states at the
@@ -26,7 +27,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,14 @@ class TrainOptions:
     lora_r: int = 128
     lora_alpha: int = 32
     remove_eos: bool = True
+    include_last_cot: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the last chain-of-thought step in the teacher sequence (the official "
+            "CODI training drops it, so the teacher computes the final result at the "
+            "distillation token instead of copying it)."
+        },
+    )
     layers: str | None = None
     max_tokens: int = 256
     limit: int | None = None
@@ -450,7 +459,13 @@ def train(options: TrainOptions) -> Path:
     if options.limit:
         problems = problems[: options.limit]
     examples = build_examples(
-        problems, tokenizer, model.bot_id, model.eot_id, options.max_tokens, options.remove_eos
+        problems,
+        tokenizer,
+        model.bot_id,
+        model.eot_id,
+        options.max_tokens,
+        options.remove_eos,
+        options.include_last_cot,
     )
     per_step = options.batch_size * options.grad_accum * acc.num_processes
     total = options.max_steps or math.ceil(options.epochs * len(examples) / per_step)

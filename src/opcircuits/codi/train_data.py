@@ -1,7 +1,11 @@
 """GSM8K train problems → CODI teacher/student training examples (the format CODI was trained on).
 
-Teacher sequence: question, chain of thought (the calculator annotations `<<16-3-4=9>> <<9*2=18>>`),
-answer (`The answer is: 18`), EOS — cross-entropy on everything after the question.
+Teacher sequence: question, chain of thought (the calculator annotations `<<16-3-4=9>> <<9*2=18>>`)
+without its last step, answer (`The answer is: 18`), EOS — cross-entropy on everything after the
+question. Dropping the last step is what the official training does (`include_last_cot=False` in
+every released script): the last step usually states the final result, so with it the teacher
+would copy a number it has just written instead of computing it at the distillation token; a
+one-step problem then has an empty chain of thought.
 Student sequences: question + bot (encoder), then after the K latent steps: eot, answer, EOS
 (decoder) — cross-entropy on the answer. Each piece is tokenized on its own and the ids are
 concatenated, so the question tokens are identical in both tasks and at inference.
@@ -31,12 +35,24 @@ _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 
 @dataclass(frozen=True)
 class TextExample:
-    """One training problem as text: the three pieces of the teacher sequence."""
+    """One training problem as text: question, every chain-of-thought step, answer."""
 
     id: str
     question: str
-    cot: str
+    steps: tuple[str, ...]  # calculator steps in order, e.g. ("<<48/2=24>>", "<<48+24=72>>")
     answer: str  # "The answer is: 18"
+
+    @property
+    def cot(self) -> str:
+        """The whole chain of thought as written (every step)."""
+        return " ".join(self.steps)
+
+
+def teacher_cot(ex: TextExample, include_last_cot: bool = False) -> str:
+    """The chain of thought the teacher is trained on: every step but the last (official CODI),
+    or all of them with `include_last_cot`."""
+    steps = ex.steps if include_last_cot else ex.steps[:-1]
+    return " ".join(steps)
 
 
 @dataclass(frozen=True)
@@ -67,9 +83,9 @@ def format_problem(pid: str, question: str, solution: str) -> TextExample | None
     final = solution.split("####")[-1].strip().replace(",", "")
     if not final:
         return None
-    steps = [f"<<{expr.strip()}={res.strip()}>>" for expr, res in _ANNOTATION.findall(solution)]
+    steps = tuple(f"<<{e.strip()}={r.strip()}>>" for e, r in _ANNOTATION.findall(solution))
     return TextExample(
-        id=pid, question=clean_question(question), cot=" ".join(steps), answer=ANSWER_PREFIX + final
+        id=pid, question=clean_question(question), steps=steps, answer=ANSWER_PREFIX + final
     )
 
 
@@ -127,14 +143,20 @@ def _value_token_index(tokenizer: Any, answer: str) -> tuple[list[int], int]:
 
 
 def tokenize_example(
-    ex: TextExample, tokenizer: Any, bot_id: int, eot_id: int, remove_eos: bool = True
+    ex: TextExample,
+    tokenizer: Any,
+    bot_id: int,
+    eot_id: int,
+    remove_eos: bool = True,
+    include_last_cot: bool = False,
 ) -> TokenExample:
     """Token ids of both tasks. With `remove_eos` False an EOS separates question and thoughts
     (CODI's option for bases trained that way); the released checkpoints use True."""
     bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
     eos = tokenizer.eos_token_id
     q, _ = _ids(tokenizer, ex.question)
-    cot, _ = _ids(tokenizer, ex.cot) if ex.cot else ([], [])
+    cot_text = teacher_cot(ex, include_last_cot)
+    cot, _ = _ids(tokenizer, cot_text) if cot_text else ([], [])
     ans, vi = _value_token_index(tokenizer, ex.answer)
     sep = [] if remove_eos else [eos]
     prefix = bos + q + sep
@@ -169,11 +191,12 @@ def build_examples(
     eot_id: int,
     max_tokens: int,
     remove_eos: bool = True,
+    include_last_cot: bool = False,
 ) -> list[TokenExample]:
     """Tokenize all examples; drop those whose teacher sequence exceeds `max_tokens`."""
     out = []
     for ex in examples:
-        tex = tokenize_example(ex, tokenizer, bot_id, eot_id, remove_eos)
+        tex = tokenize_example(ex, tokenizer, bot_id, eot_id, remove_eos, include_last_cot)
         if len(tex.teacher_ids) <= max_tokens:
             out.append(tex)
     dropped = len(examples) - len(out)
