@@ -25,7 +25,7 @@ from codi_factory import build_tiny_codi, sample_texts
 from opcircuits.cli import main
 from opcircuits.config import resolve
 from opcircuits.files import manifest_path, sha256_file
-from opcircuits.pipeline import Hasher
+from opcircuits.stages import Hasher
 from opcircuits.store import open_store
 
 STAGES = ["download", "classify", "prototype", "extract", "analyze"]

@@ -11,13 +11,13 @@ import pytest
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import sha256_file
-from opcircuits.pipeline import (
+from opcircuits.report import headline
+from opcircuits.stages import (
     Hasher,
     Stage,
     StageError,
     StageRunner,
-    _exclusive,
-    headline,
+    exclusive,
     prepare_run_dir,
 )
 
@@ -163,10 +163,10 @@ def test_run_dir_under_a_regular_file_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="advisory locks are POSIX-only")
 def test_one_run_per_directory(tmp_path):
-    with _exclusive(tmp_path), pytest.raises(OpcircuitsError, match="another `opcircuits run`"):
-        with _exclusive(tmp_path):
+    with exclusive(tmp_path), pytest.raises(OpcircuitsError, match="another `opcircuits run`"):
+        with exclusive(tmp_path):
             pass
-    with _exclusive(tmp_path):  # released afterwards
+    with exclusive(tmp_path):  # released afterwards
         pass
 
 

@@ -378,3 +378,56 @@ def write_reports(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     write_text_atomic(md, render_markdown(report))
     write_text_atomic(html, render_html(report, out_dir))
     return md, html
+
+
+# --- headline: the few numbers `opcircuits run` prints at the end -------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _with_ci(value: float, entry: dict[str, Any], sign: str = "") -> str:
+    text = f"{value:{sign}.3f}"
+    lo, hi = entry.get("ci_low"), entry.get("ci_high")
+    if _is_number(lo) and _is_number(hi):
+        text += f" (95% CI {lo:{sign}.3f} to {hi:{sign}.3f})"
+    return text
+
+
+def headline(report: dict[str, Any]) -> list[str]:
+    """The few numbers printed at the end of a run, read from analysis_report.json."""
+    lines: list[str] = []
+    probes = [p for p in report.get("probes", []) if _is_number(p.get("accuracy"))]
+    main = [p for p in probes if p.get("view_kind", "main") == "main"] or probes
+    if main:
+        best = max(main, key=lambda p: p["accuracy"])
+        text = f"best probe: {best.get('probe')} on {best.get('view')}: accuracy "
+        text += _with_ci(best["accuracy"], best)
+        if _is_number(best.get("p_value")):
+            text += f", permutation p = {best['p_value']:.3g}"
+        lines.append(text)
+        sel = best.get("selectivity")
+        if isinstance(sel, dict) and _is_number(sel.get("value")):
+            lines.append(
+                f"selectivity vs the best control ({sel.get('control')}): "
+                + _with_ci(sel["value"], sel, "+")
+            )
+    controls = [c for c in report.get("controls", []) if _is_number(c.get("accuracy"))]
+    if controls:
+        top = max(controls, key=lambda c: c["accuracy"])
+        lines.append(f"best control: {top.get('name')}: accuracy {_with_ci(top['accuracy'], top)}")
+    cells = [c for c in report.get("token_layer_map", []) if _is_number(c.get("accuracy"))]
+    if cells:
+        cell = max(cells, key=lambda c: c["accuracy"])
+        where = f"{cell.get('position')} @ layer {cell.get('layer')}"
+        lines.append(f"best token x layer cell: {where}: {_with_ci(cell['accuracy'], cell)}")
+    model = report.get("model")
+    if isinstance(model, dict):
+        overall = [a for a in model.get("answer_accuracy") or [] if a.get("category") == "all"]
+        if overall and _is_number(overall[0].get("accuracy")):
+            a = overall[0]
+            lines.append(
+                f"model answer accuracy: {a['accuracy']:.3f} ({a.get('correct')}/{a.get('n')})"
+            )
+    return lines

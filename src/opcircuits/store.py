@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from safetensors.numpy import save_file
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import atomic_path, read_json_object, sha256_file, write_json_atomic
+from opcircuits.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +103,6 @@ def shard_name(index: int) -> str:
 
 def part_name(index: int) -> str:
     return f"records-{index:05d}.parquet"
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of the packages that shape the numbers (read without importing torch)."""
-    out: dict[str, str | None] = {}
-    for name in ("opcircuits", "torch", "transformers"):
-        try:
-            out[name] = _metadata.version(name)
-        except _metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def default_positions(num_latent: int) -> list[str]:
