@@ -85,6 +85,20 @@ def base_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, layers:
     raise ValueError(arch)
 
 
+def write_tiny_base(directory: Path, arch: str, texts: list[str], *, layers: int = 2) -> Path:
+    """A base folder as `opcircuits train --from-scratch --base DIR` reads it: `config.json` and
+    the tokenizer, no weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(texts, add_bos=arch == "llama")
+    cfg = base_config(
+        arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, layers=layers
+    )
+    tokenizer.save_pretrained(directory)
+    cfg.save_pretrained(directory)
+    return directory
+
+
 def build_tiny_codi(
     root: Path,
     arch: str,

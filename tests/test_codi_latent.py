@@ -44,7 +44,9 @@ def naive_loop(model, tokenizer, question: str, *, max_new_tokens: int):
         x = model.project(out.hidden_states[-1][:, -1:])
         inputs.append(x[0, 0])
         seq = torch.cat([seq, x], dim=1)
-    seq = torch.cat([seq, model.embed(torch.tensor([[model.eot_id]]))], dim=1)
+    # eot, then EOS for models trained with EOS kept (official test.py)
+    start = [model.eot_id] + ([] if model.config.remove_eos else [tokenizer.eos_token_id])
+    seq = torch.cat([seq, model.embed(torch.tensor([start]))], dim=1)
     answer = []
     for _ in range(max_new_tokens):
         logits = model.lm(inputs_embeds=seq).logits[0, -1]
@@ -89,10 +91,12 @@ def test_prompts_prefilled_in_length_groups_equal_one_padded_group(name, request
     assert one.answer_ids == grouped.answer_ids
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
-def test_left_padded_batch_matches_a_naive_uncached_loop(name, request, questions):
+@pytest.mark.parametrize(
+    ("name", "remove_eos"), [("tiny_llama", True), ("tiny_gpt2", True), ("tiny_llama", False)]
+)
+def test_left_padded_batch_matches_a_naive_uncached_loop(name, remove_eos, request, questions):
     tiny = request.getfixturevalue(name)
-    model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu", remove_eos=remove_eos)
     n_layers = model.num_layers
     batch = run_batch(model, tok, questions[:5], layers=list(range(n_layers + 1)), max_new_tokens=8)
     for i, q in enumerate(questions[:5]):
@@ -137,3 +141,65 @@ def test_decoded_answer_drops_codi_ids(tiny_gpt2):
     model, tok = load_codi(tiny_gpt2.checkpoint, base=tiny_gpt2.base, device="cpu")
     ids = tok("The answer is 7")["input_ids"]
     assert decode_answer(model, tok, ids + [model.pad_id, tok.eos_token_id]) == "The answer is 7"
+
+
+def _embedding_spy(model):
+    """Record every batch of token ids the input embedding is called with."""
+    calls: list[list[list[int]]] = []
+    handle = model.lm.get_input_embeddings().register_forward_hook(
+        lambda _mod, args, _out: calls.append(args[0].tolist())
+    )
+    return calls, handle
+
+
+def _answer_starts(calls, eot_id):
+    """For each embedding call that feeds eot: the ids fed from eot on, per row."""
+    return [row[row.index(eot_id) :] for ids in calls for row in ids if eot_id in row]
+
+
+def test_a_model_trained_with_eos_kept_answers(gsm8k_dir, tiny_texts, tmp_path, questions):
+    """Trained with `remove_eos = false`, a CODI model's decoder input is `[eot, eos, answer…]`:
+    inference must feed `[eot, eos]` after the thoughts (and after bot for K = 0), or the model
+    predicts EOS first and answers nothing."""
+    from codi_factory import write_tiny_base
+
+    from opcircuits.codi.demo import student_answers
+    from opcircuits.codi.train import TrainOptions, train
+
+    base = write_tiny_base(tmp_path / "base", "llama", tiny_texts)
+    options = TrainOptions(
+        out=tmp_path / "run",
+        base=str(base),
+        data=str(gsm8k_dir / "train.jsonl"),
+        from_scratch=True,
+        remove_eos=False,  # `opcircuits train --keep-eos`
+        lora_r=0,
+        prj_dim=32,
+        num_latent=1,
+        limit=4,
+        batch_size=4,
+        max_steps=30,
+        lr=1e-2,
+        warmup_ratio=0.0,
+        max_tokens=200,
+        seed=0,
+        threads=1,
+    )
+    model, tok = load_codi(train(options), device="cpu")
+    assert model.config.remove_eos is False
+    eos = tok.eos_token_id
+    calls, handle = _embedding_spy(model)
+    try:
+        latent = run_batch(model, tok, questions[:4], layers=[0], max_new_tokens=12)
+        starts_latent = _answer_starts(calls, model.eot_id)
+        calls.clear()
+        no_thoughts = student_answers(model, tok, questions[:4], 0, 12)
+        starts_k0 = _answer_starts(calls, model.eot_id)
+    finally:
+        handle.remove()
+    # run_batch and the K = 0 path feed eot and EOS together, for every problem
+    assert len(starts_latent) == 4 and all(s[:2] == [model.eot_id, eos] for s in starts_latent)
+    assert len(starts_k0) == 4 and all(s[:2] == [model.eot_id, eos] for s in starts_k0)
+    texts = [decode_answer(model, tok, a) for a in latent.answer_ids]
+    assert all(t.strip() for t in texts), texts
+    assert all(t.strip() for t in no_thoughts), no_thoughts

@@ -195,23 +195,18 @@ def student_answers(
     model: Any, tokenizer: Any, questions: list[str], num_latent: int, max_new_tokens: int
 ) -> list[str]:
     """The student task: question, bot, K continuous thoughts, eot → answer, greedy.
-    K = 0 is question, bot, eot → answer (no thoughts)."""
-    import dataclasses
+    K = 0 is question, bot, eot → answer (no thoughts). Both go through the one latent loop, so
+    the answer starts as training taught (`[eot]`, or `[eot, eos]` when EOS was kept)."""
+    from opcircuits.codi.latent import decode_answer, run_batch
 
-    from opcircuits.codi.latent import decode_answer, prompt_ids, run_batch
-
-    if num_latent == 0:
-        prompts = [prompt_ids(model, tokenizer, q) + [model.eot_id] for q in questions]
-        answers = _greedy(model, tokenizer, prompts, max_new_tokens)
-    else:
-        saved = model.config
-        model.config = dataclasses.replace(saved, num_latent=num_latent)
-        try:
-            answers = run_batch(
-                model, tokenizer, questions, layers=[0], max_new_tokens=max_new_tokens
-            ).answer_ids
-        finally:
-            model.config = saved
+    answers = run_batch(
+        model,
+        tokenizer,
+        questions,
+        layers=[0],
+        max_new_tokens=max_new_tokens,
+        num_latent=num_latent,
+    ).answer_ids
     return [decode_answer(model, tokenizer, a) for a in answers]
 
 

@@ -1,4 +1,5 @@
-"""The CODI latent loop, batched: prompt → bot → K continuous thoughts → eot → greedy answer.
+"""The CODI latent loop, batched: prompt → bot → K continuous thoughts → eot → greedy answer
+(eot + EOS for checkpoints trained with EOS kept, `remove_eos = false`).
 
 Problems are LEFT-padded; the attention mask and explicit position ids are carried through every
 step (prompt, latents, eot, each answer token), so a problem's numbers do not depend on which
@@ -37,6 +38,15 @@ def prompt_ids(model: CodiModel, tokenizer, question: str) -> list[int]:
     if not model.config.remove_eos:
         ids.append(int(tokenizer.eos_token_id))
     return ids + [model.bot_id]
+
+
+def answer_start_ids(model: CodiModel, tokenizer) -> list[int]:
+    """What is fed after the thoughts, before the answer is decoded: eot, then EOS for checkpoints
+    trained without `remove_eos` (their decoder input is `[eot, eos, answer…]`, as in the
+    official `test.py`; fed only eot, such a model predicts EOS first and answers nothing)."""
+    if model.config.remove_eos:
+        return [model.eot_id]
+    return [model.eot_id, int(tokenizer.eos_token_id)]
 
 
 def extract_number(text: str) -> float | None:
@@ -166,8 +176,12 @@ def run_batch(
     max_new_tokens: int = 64,
     top_k: int = 5,
     prefill_tokens: int = 4096,
+    num_latent: int | None = None,
 ) -> LatentBatch:
     """Run the latent loop on a batch of questions; see the module docstring.
+
+    `num_latent` overrides the model's K (0 = question, bot, then straight to the answer: the
+    positions are `bot` alone and `latent_inputs` is empty).
 
     Prompts are run in groups of similar length of at most `prefill_tokens` padded tokens (a
     batch's prompts vary a lot in length; padding them all to the longest wasted up to half of
@@ -185,12 +199,15 @@ def run_batch(
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     last = pos[:, -1:]
 
-    K = model.config.num_latent
+    K = model.config.num_latent if num_latent is None else int(num_latent)
+    if K < 0:
+        raise ValueError(f"num_latent must be >= 0, got {K}")
+    start = answer_start_ids(model, tokenizer)
     layer_idx = list(layers)
     k_top = min(top_k, model.eot_id + 1)
     backbone = model.lm.base_model  # the transformer without its LM head
     cache_name = _cache_name(backbone)
-    cache = _new_cache(model, T + K + 1 + max_new_tokens)
+    cache = _new_cache(model, T + K + len(start) + max_new_tokens)
 
     hidden, final = _prefill(
         model, backbone, cache_name, ids, mask, pos, layer_idx, cache, prefill_tokens
@@ -206,6 +223,8 @@ def run_batch(
             last,
             hidden,
             final,
+            num_latent=K,
+            start=start,
             layer_idx=layer_idx,
             k_top=k_top,
             max_new_tokens=max_new_tokens,
@@ -244,12 +263,14 @@ def _latents_and_answer(
     hidden,
     final,
     *,
+    num_latent,
+    start,
     layer_idx,
     k_top,
     max_new_tokens,
 ) -> LatentBatch:
     device = mask.device
-    B, K = mask.shape[0], model.config.num_latent
+    B, K = mask.shape[0], num_latent
     ones = torch.ones((B, 1), dtype=mask.dtype, device=device)
     hiddens, inputs, lens_ids, lens_probs = [], [], [], []
     for k in range(K + 1):  # k = 0: the bot position; k >= 1: latent k
@@ -267,14 +288,17 @@ def _latents_and_answer(
         hidden = torch.stack([out.hidden_states[layer][:, -1] for layer in layer_idx], dim=1)
         final = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
 
-    # End of thought, then greedy decoding; every id but eot may be chosen.
+    # End of thought (eot, or eot + EOS), then greedy decoding; every id but eot may be chosen.
     eos = tokenizer.eos_token_id
-    x = model.embed(torch.full((B, 1), model.eot_id, dtype=torch.long, device=device))
+    n = len(start)
+    x = model.embed(torch.tensor([start] * B, dtype=torch.long, device=device))
     answers: list[list[int]] = [[] for _ in range(B)]
     running = list(range(B))  # problems that have not produced EOS yet
     for _ in range(max_new_tokens):
-        mask, last = torch.cat([mask, ones], dim=1), last + 1
-        out = _step(backbone, cache_name, cache, mask, last, embeds=x, hidden=False)
+        mask = torch.cat([mask, ones.expand(B, n)], dim=1)
+        positions = last + torch.arange(1, n + 1, device=device)
+        last = positions[:, -1:]
+        out = _step(backbone, cache_name, cache, mask, positions, embeds=x, hidden=False)
         logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         logits[:, model.eot_id] = float("-inf")
         nxt = logits.argmax(-1)
@@ -285,11 +309,14 @@ def _latents_and_answer(
         if not running:
             break
         # Finished problems keep decoding (their tokens are ignored): the batch stays whole.
-        x = model.embed(nxt[:, None])
+        x, n = model.embed(nxt[:, None]), 1
 
+    latent_inputs = (
+        torch.stack(inputs, dim=1) if inputs else hidden.new_zeros((B, 0, model.hidden_size))
+    )
     return LatentBatch(
         hidden=torch.stack(hiddens, dim=1).float().cpu(),
-        latent_inputs=torch.stack(inputs, dim=1).float().cpu(),
+        latent_inputs=latent_inputs.float().cpu(),
         lens_ids=torch.stack(lens_ids, dim=1).cpu(),
         lens_probs=torch.stack(lens_probs, dim=1).cpu(),
         answer_ids=answers,
