@@ -153,6 +153,42 @@ def data_prototype(
     typer.echo(f"wrote {path}")
 
 
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(
+        Path("data/synth.jsonl"),
+        "--out",
+        help="Output JSONL; <name>.manifest.json (and <name>.pairs.jsonl) are written beside it.",
+    ),
+    n: int = typer.Option(600, "--n", help="Problems in all (a multiple of 3: n/3 per category)."),
+    seed: int = typer.Option(0, "--seed", help="Seed (same seed and options → same bytes)."),
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="train: training frames and train computations only; test: also held-out frames.",
+    ),
+    steps: str = typer.Option(
+        "2,3", "--steps", help="Step counts (2..6), the same histogram in every category."
+    ),
+    min_operand: int = typer.Option(2, "--min-operand", help="Smallest number in a question."),
+    max_operand: int = typer.Option(20, "--max-operand", help="Largest number in a question."),
+    max_result: int = typer.Option(
+        100, "--max-result", help="Largest intermediate or final result (all are >= 1)."
+    ),
+    heldout_share: float = typer.Option(
+        0.5, "--heldout-share", help="test split: share of problems with a held-out frame."
+    ),
+    pairs: bool = typer.Option(
+        True, "--pairs/--no-pairs", help="Also write each problem's counterfactual partner."
+    ),
+) -> None:
+    """Synthetic arithmetic word problems with known operations (GSM8K's record format)."""
+    kwargs = dict(locals())
+    from opcircuits.data.synth import SynthOptions, synth
+
+    typer.echo(f"wrote {synth(SynthOptions(**kwargs))}")
+
+
 # --- extract and store commands (issue 3) ------------------------------------
 
 # extract (CODI helper)
