@@ -155,7 +155,9 @@ def test_resume_reproduces_uninterrupted_run(
     part = tmp_path / "part"
     train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1, stop_after=2))
     assert not (part / "model.safetensors").exists()  # not finished yet
-    assert (part / "last" / "training_state.pt").is_file()
+    assert {"training_state.json", "optimizer.safetensors", "rng-0.safetensors"} <= {
+        p.name for p in (part / "last").iterdir()
+    }
     torch.manual_seed(1234)  # a resumed run must not depend on the caller's RNG
     train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1))
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
@@ -167,6 +169,64 @@ def test_resume_reproduces_uninterrupted_run(
     # resuming with different options is refused, never mixed
     with pytest.raises(OpcircuitsError, match="different options"):
         train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1, lr=1e-2))
+
+
+class _Payload:
+    """Unpickling this writes a marker file: the attack a crafted checkpoint would carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "the payload ran"))
+
+
+def test_resume_never_unpickles(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
+    """A crafted file in OUT/last/ must not run code on resume: the earlier pickle format is
+    refused unopened, and pickle bytes in place of the safetensors/JSON state are an error."""
+    import pickle
+    import shutil
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"step": 1, "x": _Payload(marker)})
+    out = tmp_path / "run"
+    train(_options(tiny_base, gsm8k_dir, out, stop_after=1))
+    good = tmp_path / "good"
+    shutil.copytree(out / "last", good)
+
+    # the earlier format's files, crafted
+    for name in ("training_state.pt", "rng-0.pt"):
+        shutil.rmtree(out / "last")
+        shutil.copytree(good, out / "last")
+        (out / "last" / name).write_bytes(payload)
+        with pytest.raises(OpcircuitsError, match="pickle format") as err:
+            train(_options(tiny_base, gsm8k_dir, out))
+        assert Path(err.value.path) == out / "last" / name
+        assert not marker.exists()
+
+    # pickle bytes (or garbage JSON) where the state files belong
+    for name in ("optimizer.safetensors", "rng-0.safetensors", "training_state.json"):
+        shutil.rmtree(out / "last")
+        shutil.copytree(good, out / "last")
+        (out / "last" / name).write_bytes(payload)
+        with pytest.raises(OpcircuitsError) as err:
+            train(_options(tiny_base, gsm8k_dir, out))
+        assert Path(err.value.path) == out / "last" / name, err.value
+        assert not marker.exists()
+    # a well-formed JSON with the wrong types is an error naming the field
+    shutil.rmtree(out / "last")
+    shutil.copytree(good, out / "last")
+    state = json.loads((good / "training_state.json").read_text())
+    (out / "last" / "training_state.json").write_text(json.dumps({**state, "step": "1"}))
+    with pytest.raises(OpcircuitsError) as err:
+        train(_options(tiny_base, gsm8k_dir, out))
+    assert err.value.field == "step"
+    # the untouched checkpoint still resumes
+    shutil.rmtree(out / "last")
+    shutil.copytree(good, out / "last")
+    train(_options(tiny_base, gsm8k_dir, out))
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]
+    assert not marker.exists()
 
 
 def test_two_process_accelerate_launch(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
@@ -205,9 +265,9 @@ def test_two_process_accelerate_launch(gsm8k_dir: Path, tiny_base: Path, tmp_pat
     log = _log(out)
     assert [r["step"] for r in log] == [1, 2]
     assert (out / "model.safetensors").is_file()
-    state = torch.load(out / "last" / "training_state.pt", weights_only=False)
+    state = json.loads((out / "last" / "training_state.json").read_text())
     assert state["world"] == 2 and state["step"] == 2
-    assert (out / "last" / "rng-1.pt").is_file()
+    assert (out / "last" / "rng-1.safetensors").is_file()
 
 
 def test_lora_on_a_pretrained_gpt2_base(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ One model plays two roles on every batch:
 total = student CE + distillation + teacher CE × `teacher_factor`.
 
 Checkpoints: `OUT/last/` is a released-layout checkpoint (`model.safetensors` + `codi_config.json`
-[+ base config and tokenizer]) plus `training_state.pt` (optimizer, scheduler, step, RNG states), so
-rerunning the same command after a crash resumes exactly. The final model is also written to `OUT/`.
+[+ base config and tokenizer]) plus the training state (optimizer, scheduler, step, RNG states;
+safetensors + JSON, never pickle: `train_state.py`), so rerunning the same command after a crash
+resumes exactly. The final model is also written to `OUT/`.
 Works under `accelerate launch` (data-parallel; every process sees a disjoint slice of each batch).
 """
 
@@ -24,7 +25,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,12 +38,20 @@ from torch import nn
 from opcircuits.codi.config import CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
 from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_problems
+from opcircuits.codi.train_state import (
+    find_checkpoint,
+    load_optimizer,
+    load_scheduler,
+    read_state,
+    restore_rng,
+    save_rng,
+    save_state,
+)
 from opcircuits.errors import OpcircuitsError
 from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "training_state.pt"
 LOG_NAME = "train_log.jsonl"
 
 
@@ -275,20 +283,6 @@ def _shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 # --- checkpoints ---------------------------------------------------------------------------
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load a whole-module state dict strictly; keys missing only because they alias a stored
     tensor (tied embeddings) are fine."""
@@ -325,18 +319,9 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, tokenizer=tokenizer if model.config.base == "." else None)
     acc.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+    save_rng(tmp, acc.process_index)
     if acc.is_main_process:
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "options": options.fingerprint(),
-                "world": acc.num_processes,
-            },
-            tmp / STATE_NAME,
-        )
+        save_state(tmp, optimizer, scheduler, step, options.fingerprint(), acc.num_processes)
     acc.wait_for_everyone()
     if acc.is_main_process:
         if last.exists():
@@ -344,13 +329,6 @@ def _save_checkpoint(
         os.replace(tmp, last)
         shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
-
-
-def _find_checkpoint(out: Path) -> Path | None:
-    for name in ("last", "last.old"):  # last.old only survives a crash mid-swap
-        if (out / name / STATE_NAME).is_file():
-            return out / name
-    return None
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -429,10 +407,10 @@ def train(options: TrainOptions) -> Path:
     cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
     acc = Accelerator(mixed_precision=options.mixed_precision, cpu=cpu or None)
     out = Path(options.out)
-    resume = _find_checkpoint(out)
+    resume = find_checkpoint(out)
     state = None
     if resume is not None:
-        state = torch.load(resume / STATE_NAME, weights_only=False)
+        state = read_state(resume)
         if state["options"] != options.fingerprint():
             diff = sorted(
                 k
@@ -474,13 +452,13 @@ def train(options: TrainOptions) -> Path:
     scheduler = _cosine_with_warmup(optimizer, warmup, total)
     start = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+        load_optimizer(optimizer, resume, state)
+        load_scheduler(scheduler, resume, state)
+        start = state["step"]
     objective = CodiObjective(model, options)
     objective, optimizer = acc.prepare(objective, optimizer)
     if resume is not None:
-        _set_rng_state(torch.load(resume / f"rng-{acc.process_index}.pt", weights_only=False))
+        restore_rng(resume, acc.process_index)
     if acc.is_main_process:
         log.info(
             "training %d steps (%d examples, %d per step, warm-up %d, teacher-only %d), "
