@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -229,45 +230,38 @@ def test_resume_never_unpickles(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path
     assert not marker.exists()
 
 
-def test_two_process_accelerate_launch(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ddp"
-    cmd = [
-        *accelerate_launch(),
-        "-m",
-        "opcircuits",
-        "train",
-        "--out",
-        str(out),
-        "--base",
-        str(tiny_base),
-        "--data",
-        str(gsm8k_dir / "train.jsonl"),
-        "--from-scratch",
-        "--lora-r",
-        "0",
-        "--prj-dim",
-        "48",
-        "--num-latent",
-        "2",
-        "--limit",
-        "8",
-        "--batch-size",
-        "2",
-        "--max-steps",
-        "2",
-        "--threads",
-        "1",
-    ]
+@pytest.mark.multiproc
+def test_two_processes_train_like_one(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
+    """`accelerate launch` with 2 CPU processes × batch 2 reaches the parameters of 1 process ×
+    batch 4 (same examples per step, losses normalised over the global batch, gradients summed)
+    — through a teacher-only step and student steps, across an epoch boundary."""
+    common = dict(teacher_only_steps=1, max_steps=3, prj_dropout=0.0)  # dropout draws differ
+    one = train(_options(tiny_base, gsm8k_dir, tmp_path / "one", batch_size=4, **common))
+    opts = _options(tiny_base, gsm8k_dir, tmp_path / "two", batch_size=2, **common)
+    args: list[str] = []
+    for f in fields(opts):  # every option that differs from its default, as a flag
+        value, flag = getattr(opts, f.name), f"--{f.name.replace('_', '-')}"
+        if value == f.default:
+            continue
+        args += [flag] if value is True else [flag, str(value)]
     # torchrun-style launch; without CUDA the processes train on the CPU (gloo)
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [*accelerate_launch(), "-m", "opcircuits", "train", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    log = _log(out)
-    assert [r["step"] for r in log] == [1, 2]
-    assert (out / "model.safetensors").is_file()
-    state = json.loads((out / "last" / "training_state.json").read_text())
-    assert state["world"] == 2 and state["step"] == 2
-    assert (out / "last" / "rng-1.safetensors").is_file()
+    two = opts.out
+    state = json.loads((two / "last" / "training_state.json").read_text())
+    assert state["world"] == 2 and state["step"] == 3
+    assert (two / "last" / "rng-1.safetensors").is_file()
+    log_one, log_two = _log(one), _log(two)
+    assert [r["step"] for r in log_two] == [1, 2, 3]
+    for a, b in zip(log_one, log_two, strict=True):
+        for key in ("loss", "student_ce", "distill", "teacher_ce", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
 def test_lora_on_a_pretrained_gpt2_base(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ Works under `accelerate launch` (data-parallel; every process sees a disjoint sl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -249,13 +250,15 @@ class CodiObjective(nn.Module):
         )
         student_ce = _shifted_ce(out.logits, batch["decoder_labels"])
 
-        distill = zero
         rows = torch.arange(dec_mask.shape[0], device=dec_mask.device)
-        for s_h, t_h in zip(out.hidden_states, teacher.hidden_states, strict=True):
-            s = s_h[rows, batch["student_pos"]]
-            t = t_h[rows, batch["teacher_pos"]].detach()
-            distill = distill + self.distill_fn(s, t) / t.std()
-        distill = distill / len(out.hidden_states) * self.distill_factor
+        students = [h[rows, batch["student_pos"]] for h in out.hidden_states]
+        teachers = [h[rows, batch["teacher_pos"]].detach() for h in teacher.hidden_states]
+        stds = _global_std(teachers)
+        elements = _global_sum(teachers[0].new_tensor(float(teachers[0].numel())))
+        distill = zero
+        for s, t, std in zip(students, teachers, stds, strict=True):
+            distill = distill + self.distill_fn(s, t, reduction="sum") / elements / std
+        distill = distill / len(students) * self.distill_factor
         total = student_ce + distill + teacher_ce * self.teacher_factor
         return {
             "loss": total,
@@ -272,12 +275,49 @@ def _cache_kwarg(lm: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
-def _shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE,
+# Every loss is this process's share of the loss of the whole micro-batch (all processes' slices
+# together): local sums divided by global counts, and the distillation std taken over the global
+# batch. The shares of all processes add up to what one process holding the whole micro-batch
+# computes, so N processes × batch B train exactly like one process × batch N·B (the training
+# loop scales by N because data-parallel wrappers average gradients).
+
+
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    """`x` summed over the processes of a data-parallel run (itself in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.detach().clone()
+        dist.all_reduce(x)
+    return x
+
+
+def _global_std(states: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Unbiased std of each layer's states over the global micro-batch (one all-reduce of
+    count, sum and sum of squares per layer, in float64 against cancellation)."""
+    moments = torch.stack(
+        [
+            torch.stack([s.new_tensor(float(s.numel())), s.sum(), (s * s).sum()]).double()
+            for s in [t.detach().double() for t in states]
+        ]
     )
+    n, total, squares = _global_sum(moments).unbind(-1)
+    var = (squares - total * total / n) / (n - 1)
+    return [v.to(states[0].dtype) for v in var.clamp(min=0).sqrt()]
+
+
+def _shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: this process's token losses summed, divided by the number of
+    target tokens of the global micro-batch."""
+    target = labels[:, 1:].reshape(-1)
+    count = _global_sum((target != IGNORE).sum().to(torch.float32)).clamp(min=1)
+    total = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        target,
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+    return total / count
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -489,10 +529,12 @@ def train(options: TrainOptions) -> Path:
                     for k, v in collate([examples[i] for i in idx], model.pad_id).items()
                 }
                 sync = micro == options.grad_accum - 1
-                ctx = acc.no_sync(objective) if not sync else _nullcontext()
+                ctx = acc.no_sync(objective) if not sync else contextlib.nullcontext()
                 with ctx:
                     losses = objective(batch, student=student)
-                    acc.backward(losses["loss"] / options.grad_accum)
+                    # data-parallel wrappers average gradients over processes; the losses are
+                    # already shares of the global batch, so undo the average
+                    acc.backward(losses["loss"] * acc.num_processes / options.grad_accum)
                 sums += torch.stack(
                     [
                         losses[k].detach().float().cpu()
@@ -503,7 +545,7 @@ def train(options: TrainOptions) -> Path:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            means = acc.reduce(sums.to(acc.device) / options.grad_accum, "mean").cpu().tolist()
+            means = acc.reduce(sums.to(acc.device) / options.grad_accum, "sum").cpu().tolist()
             record = {
                 "step": step + 1,
                 "loss": means[0],
@@ -541,14 +583,6 @@ def train(options: TrainOptions) -> Path:
     elif acc.is_main_process:
         log.info("stopped after step %d of %d; rerun the same command to resume", end, total)
     return out
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _progress:
