@@ -293,8 +293,8 @@ def test_legacy_store_without_text_answers_or_lens_through_the_cli(tmp_path: Pat
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "analysis_report.json").read_text())
     assert report["options"] == {
-        "positions": "bot,latent_1",
-        "layers": "5",
+        "positions": ["bot", "latent_1"],  # lists whether given as "a,b" or a TOML list
+        "layers": [5],
         "folds": 3,
         "repeats": 1,
         "permutations": 0,

@@ -131,7 +131,7 @@ def test_gpt2_all_layers_float16(tiny_gpt2, tiny_problems, tmp_path):
 def test_option_errors(tiny_llama, tiny_problems, tmp_path):
     with pytest.raises(OpcircuitsError, match=r"out of range.*0 \(embeddings\) \.\. 4"):
         extract(_options(tiny_llama, tiny_problems, tmp_path / "a", layers="2,5"))
-    with pytest.raises(OpcircuitsError, match=">= 1") as err:
+    with pytest.raises(OpcircuitsError, match="at least 1") as err:
         _options(tiny_llama, tiny_problems, tmp_path / "b", batch_size=0)
     assert err.value.field == "batch_size"
     result = CliRunner().invoke(
@@ -178,6 +178,7 @@ def _cli(tiny, problems, out, *extra) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_an_uninterrupted_run(tiny_llama, tiny_problems, tmp_path):
     ref = extract(_options(tiny_llama, tiny_problems, tmp_path / "ref", batch_size=1, shard_size=2))
     out = tmp_path / "crash"
@@ -224,6 +225,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.multiproc
 def test_two_processes_equal_one(tiny_gpt2, tiny_problems, tmp_path):
     one = extract(_options(tiny_gpt2, tiny_problems, tmp_path / "one", shard_size=5))
     two = tmp_path / "two"

@@ -227,6 +227,7 @@ def _interrupt_after_a_new_shard(args: list[str], store: Path, sig: int) -> tupl
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_kill_9_mid_extraction_then_same_command_equals_an_uninterrupted_run(
     reference, gsm8k_dir, tiny, tmp_path
 ):

@@ -412,6 +412,7 @@ print(w.pending_shards(rank=0, world_size=1))
 """
 
 
+@pytest.mark.multiproc
 def test_two_real_processes_started_together_write_one_store(tmp_path, gsm8k_dir):
     n, size = 7, 2
     records = _records(gsm8k_dir, n)

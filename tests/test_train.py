@@ -230,6 +230,7 @@ def test_resume_never_unpickles(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_two_processes_train_like_one(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
     """`accelerate launch` with 2 CPU processes × batch 2 reaches the parameters of 1 process ×

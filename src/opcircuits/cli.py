@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.options import DEFAULT_MAX_NEW_TOKENS
 
 app = typer.Typer(
     help="Do a CODI model's continuous thoughts encode which arithmetic operations a problem "
@@ -112,8 +113,9 @@ def data_classify(
     """Label every problem by the operators its calculator annotations use; sample per category."""
     import json
 
-    from opcircuits.data.sampling import ClassifyOptions, classify
+    from opcircuits.data.sampling import classify
     from opcircuits.files import manifest_path
+    from opcircuits.options import ClassifyOptions
 
     path = classify(
         ClassifyOptions(
@@ -145,7 +147,8 @@ def data_prototype(
     seed: int = typer.Option(42, "--seed", help="Sampling seed."),
 ) -> None:
     """A small set nested in the sampled one, for quick iteration."""
-    from opcircuits.data.sampling import PrototypeOptions, prototype
+    from opcircuits.data.sampling import prototype
+    from opcircuits.options import PrototypeOptions
 
     path = prototype(
         PrototypeOptions(in_path=in_path, out=out, per_category=per_category, seed=seed)
@@ -219,7 +222,9 @@ def extract_cmd(
         "Default: the model's analysis layers.",
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Problems per forward pass."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Answer tokens at most."),
+    max_new_tokens: int = typer.Option(
+        DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Answer tokens at most."
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     store_dtype: str = typer.Option(
@@ -234,7 +239,8 @@ def extract_cmd(
     top_k: int = typer.Option(5, "--top-k", help="Logit-lens tokens kept per position."),
 ) -> None:
     """Run a CODI model over problems; store its continuous thoughts, answers and logit lens."""
-    from opcircuits.extract import ExtractOptions, extract
+    from opcircuits.extract import extract
+    from opcircuits.options import ExtractOptions
 
     path = extract(
         ExtractOptions(
@@ -296,7 +302,8 @@ def store_import_legacy(
     ),
 ) -> None:
     """Convert a legacy thoughts JSON into a store (positions bot, latent_1..latent_5)."""
-    from opcircuits.legacy import ImportLegacyOptions, import_legacy
+    from opcircuits.legacy import import_legacy
+    from opcircuits.options import ImportLegacyOptions
 
     store = import_legacy(
         ImportLegacyOptions(
@@ -371,7 +378,8 @@ def analyze_cmd(
     ),
 ) -> None:
     """Probe the thoughts with honest controls; write numbers, figures and the report."""
-    from opcircuits.analysis.analyze import AnalyzeOptions, analyze
+    from opcircuits.analysis.analyze import analyze
+    from opcircuits.options import AnalyzeOptions
 
     analyze(
         store,
@@ -626,6 +634,11 @@ def train_cmd(
     remove_eos: bool = typer.Option(
         True, "--remove-eos/--keep-eos", help="No EOS between question and thoughts (released)."
     ),
+    include_last_cot: bool = typer.Option(
+        False,
+        "--include-last-cot",
+        help="Keep the last chain-of-thought step in the teacher sequence.",
+    ),
     layers: str | None = typer.Option(
         None, "--layers", help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
     ),
@@ -665,7 +678,8 @@ def train_cmd(
 ) -> None:
     """Train a CODI model (teacher CE + student CE + distillation); rerun to resume."""
     kwargs = dict(locals())
-    from opcircuits.codi.train import TrainOptions, train
+    from opcircuits.codi.train import train
+    from opcircuits.options import TrainOptions
 
     typer.echo(str(train(TrainOptions(**kwargs))))
 
@@ -688,9 +702,10 @@ def new_base_cmd(
     """Build a small LLaMA-architecture base (BPE tokenizer trained on GSM8K, digits split) for
     `opcircuits train --from-scratch` — how the demo model's base was made."""
     kwargs = dict(locals())
-    from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
+    from opcircuits.codi.demo import build_demo_base
+    from opcircuits.options import NewBaseOptions
 
-    typer.echo(str(build_demo_base(DemoBaseOptions(**kwargs))))
+    typer.echo(str(build_demo_base(NewBaseOptions(**kwargs))))
 
 
 @app.command("evaluate")
@@ -710,7 +725,9 @@ def evaluate_cmd(
         True, "--teacher/--no-teacher", help="Also measure the teacher (explicit CoT, greedy)."
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Problems per batch."),
-    max_new_tokens: int = typer.Option(24, "--max-new-tokens", help="Student answer tokens."),
+    max_new_tokens: int = typer.Option(
+        DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Student answer tokens."
+    ),
     max_cot_tokens: int = typer.Option(
         160, "--max-cot-tokens", help="Teacher tokens (chain of thought + answer)."
     ),
@@ -718,7 +735,8 @@ def evaluate_cmd(
 ) -> None:
     """Accuracy of a CODI model: teacher (explicit CoT) and student with K thoughts."""
     kwargs = dict(locals())
-    from opcircuits.codi.demo import EvaluateOptions, evaluate
+    from opcircuits.codi.demo import evaluate
+    from opcircuits.options import EvaluateOptions
 
     result = evaluate(EvaluateOptions(**kwargs))
     for name, acc in result["accuracy"].items():

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import math
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.options import MODES
 
-MODES = ("prototype", "full", "analysis_only")
 TABLES = ("run", "data", "extract", "analyze")
 
 # Paths the run itself decides; setting them in a config would break the run directory's layout.
@@ -40,18 +39,6 @@ RUN_SET = {
     "data": {"in_path", "out"},
     "extract": {"dataset", "out"},
     "analyze": {"store_path", "out_dir", "out"},
-}
-# Smallest allowed value of integer options (0 would do nothing, divide by zero or hang).
-MINIMUM = {
-    "batch_size": 1,
-    "shard_size": 1,
-    "max_new_tokens": 1,
-    "per_category": 1,
-    "prototype_per_category": 1,
-    "folds": 2,
-    "repeats": 1,
-    "top_k": 1,
-    "permutations": 0,
 }
 
 
@@ -62,6 +49,7 @@ class Key:
     default: Any
     annotation: Any = Any
     help: str = ""
+    minimum: int | float | None = None  # the field's `min` metadata
 
 
 Schema = dict[str, dict[str, Key]]
@@ -98,7 +86,9 @@ def _dataclass_keys(cls: type, skip: set[str]) -> dict[str, Key]:
             default = f.default_factory()
         else:
             default = None  # required by the dataclass but set by the run
-        keys[f.name] = Key(default, hints.get(f.name, Any))
+        keys[f.name] = Key(
+            default, hints.get(f.name, Any), f.metadata.get("help", ""), f.metadata.get("min")
+        )
     return keys
 
 
@@ -115,24 +105,16 @@ def build_schema(
     prototype_options: type,
     extract_options: type,
     analyze_options: type,
-    download: Callable[..., Any] | None = None,
+    download_options: type,
+    run_options: type,
 ) -> Schema:
     """The keys each table accepts, derived from the stages' dataclasses (so they never drift)."""
-    source_default = "hf"
-    if download is not None:
-        param = inspect.signature(download).parameters.get("source")
-        if param is not None and param.default is not inspect.Parameter.empty:
-            source_default = param.default
-    data: dict[str, Key] = {"source": Key(source_default, str)}
+    data = _dataclass_keys(download_options, {"out"})
     data.update(_dataclass_keys(classify_options, RUN_SET["data"]))
     for name, key in _dataclass_keys(prototype_options, RUN_SET["data"] | {"seed"}).items():
         data[f"prototype_{name}"] = key
     return {
-        "run": {
-            "mode": Key("prototype", str),
-            "out": Key(None, Path | None),
-            "store": Key(None, Path | None),
-        },
+        "run": _dataclass_keys(run_options, {"force", "config"}),
         "data": data,
         "extract": _dataclass_keys(extract_options, RUN_SET["extract"]),
         "analyze": _dataclass_keys(analyze_options, RUN_SET["analyze"]),
@@ -140,18 +122,16 @@ def build_schema(
 
 
 def default_schema() -> Schema:
-    """The schema built from the installed stages (imports them: extraction pulls in torch)."""
-    from opcircuits.analysis.analyze import AnalyzeOptions
-    from opcircuits.data import gsm8k
-    from opcircuits.data.sampling import ClassifyOptions, PrototypeOptions
-    from opcircuits.extract import ExtractOptions
+    """The schema built from the option dataclasses of `opcircuits.options` (no torch)."""
+    from opcircuits import options
 
     return build_schema(
-        classify_options=ClassifyOptions,
-        prototype_options=PrototypeOptions,
-        extract_options=ExtractOptions,
-        analyze_options=AnalyzeOptions,
-        download=gsm8k.download,
+        classify_options=options.ClassifyOptions,
+        prototype_options=options.PrototypeOptions,
+        extract_options=options.ExtractOptions,
+        analyze_options=options.AnalyzeOptions,
+        download_options=options.DownloadOptions,
+        run_options=options.RunOptions,
     )
 
 
@@ -229,13 +209,11 @@ def _check_table(
                     f"unknown key '{key}' in [{table}]; {hint}valid keys: {', '.join(sorted(keys))}"
                 )
             raise OpcircuitsError(msg, path=path, line=line, field=f"{table}.{key}")
-        checked[key] = _coerce(table, key, value, keys[key].annotation, path, origin)
+        checked[key] = _coerce(table, key, value, keys[key], path, origin)
     return checked
 
 
-def _coerce(
-    table: str, key: str, value: Any, annotation: Any, path: Path | None, origin: str
-) -> Any:
+def _coerce(table: str, key: str, value: Any, spec: Key, path: Path | None, origin: str) -> Any:
     """Check `value` against `annotation`, converting the few TOML/CLI spellings that differ."""
 
     def fail(why: str) -> OpcircuitsError:
@@ -246,11 +224,11 @@ def _coerce(
             field=f"{table}.{key}",
         )
 
-    converted = _convert(value, annotation)
+    converted = _convert(value, spec.annotation)
     if converted is _MISMATCH:
-        raise fail(f"expected {_type_name(annotation)}, got {type(value).__name__}")
+        raise fail(f"expected {_type_name(spec.annotation)}, got {type(value).__name__}")
     value = converted
-    low = MINIMUM.get(key)
+    low = spec.minimum
     if low is not None and isinstance(value, int) and not isinstance(value, bool) and value < low:
         raise fail(f"must be at least {low}, got {value}")
     if isinstance(value, float) and not math.isfinite(value):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +18,10 @@ import numpy as np
 import torch
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.options import ExtractOptions, split_list
 from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
-
-
-# Settings that change the records but that the store itself does not compare on resume.
-@dataclass
-class ExtractOptions:
-    """Options of `opcircuits extract` (field names = CLI option names with - → _)."""
-
-    dataset: Path
-    out: Path
-    model: str = "demo"
-    checkpoint: Path | None = None
-    base: str | None = None
-    layers: str | list[int] | None = None  # "4,8,14", "all", or None = the model's default
-    batch_size: int = 32
-    max_new_tokens: int = 64
-    dtype: str = "float32"
-    device: str = "auto"
-    store_dtype: str = "float16"
-    shard_size: int = 256
-    merge: bool = True
-    top_k: int = 5
-
-    def __post_init__(self) -> None:
-        self.dataset, self.out = Path(self.dataset), Path(self.out)
-        if self.checkpoint is not None:
-            self.checkpoint = Path(self.checkpoint)
-        for name in ("batch_size", "max_new_tokens", "shard_size", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OpcircuitsError(f"must be an integer >= 1, got {value!r}", field=name)
 
 
 def parse_layers(
@@ -62,16 +32,9 @@ def parse_layers(
         if default is None:
             return list(range(n_layers + 1))
         spec = list(default)
-    if isinstance(spec, str):
-        if spec.strip() == "all":
-            return list(range(n_layers + 1))
-        try:
-            spec = [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise OpcircuitsError(
-                f"expected comma-separated integers or 'all', got {spec!r}", field="layers"
-            ) from None
-    layers = [int(x) for x in spec]
+    if isinstance(spec, str) and spec.strip().lower() == "all":
+        return list(range(n_layers + 1))
+    layers = split_list(spec, field="layers") or []
     if not layers:
         raise OpcircuitsError("no layers chosen", field="layers")
     bad = [x for x in layers if not 0 <= x <= n_layers]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +26,10 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from opcircuits.data.gsm8k import parse_final_answer
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import sha256_file
+from opcircuits.options import ImportLegacyOptions
 from opcircuits.store import Store, write_store
 
 log = logging.getLogger(__name__)
-
-LEGACY_LAYERS = "4,8,14"
-LEGACY_LAYER_NAMES = "early,middle,late"
-
-
-@dataclass
-class ImportLegacyOptions:
-    """Options of `opcircuits store import-legacy` (field names = option names)."""
-
-    file: Path
-    out: Path
-    layers: str = LEGACY_LAYERS
-    layer_names: str = LEGACY_LAYER_NAMES
-    model: str = "codi-llama3.2-1b"
-    num_latent: int = 6
-    store_dtype: str = "float16"
-    overwrite: bool = False
-
-
-def _int_list(text: str, field: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise OpcircuitsError(
-            f"expected comma-separated integers, got {text!r}", field=field
-        ) from exc
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -207,8 +181,7 @@ def import_legacy(options: ImportLegacyOptions) -> Store:
     path = Path(options.file)
     if not path.is_file():
         raise OpcircuitsError("no such file", path=path)
-    layers = _int_list(options.layers, "layers")
-    names = [x.strip() for x in options.layer_names.split(",") if x.strip()]
+    layers, names = list(options.layers), list(options.layer_names)
     if len(names) != len(layers):
         raise OpcircuitsError(
             f"{len(names)} layer names {names} for {len(layers)} layers {layers}", field="layers"
@@ -267,7 +240,8 @@ def import_legacy(options: ImportLegacyOptions) -> Store:
         source="legacy",
         note=(
             "imported from the earlier scripts' thoughts JSON: layer numbers assumed "
-            f"({options.layers}), positions bot, latent_1 … latent_{n_pos - 1} as recorded; "
+            f"({','.join(map(str, layers))}), positions bot, latent_1 … latent_{n_pos - 1} "
+            "as recorded; "
             "no model outputs, logit lens or latent inputs"
         ),
     )

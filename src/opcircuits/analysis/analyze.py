@@ -30,6 +30,7 @@ from opcircuits.analysis.scoring import Fold, Scores, make_folds, paired_differe
 from opcircuits.analysis.stats import permutation_p_value
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import write_json_atomic
+from opcircuits.options import AnalyzeOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,39 +40,7 @@ CATEGORY_ORDER = ("pure_addition", "pure_multiplication", "mixed")
 BASELINE_CONTROLS = ("majority", "shuffled_labels", "question_text", "confound")
 
 
-@dataclass
-class AnalyzeOptions:
-    """Options of `opcircuits analyze` (field names = CLI option names with - → _)."""
-
-    positions: str | list[str] | None = None  # "bot,latent_1,…" or "all"/None: every position
-    layers: str | list[int] | None = None  # "4,8,14" or "all"/None: every layer in the store
-    folds: int = 5
-    repeats: int = 3
-    permutations: int = 200
-    seed: int = 0
-    jobs: int = -1  # parallel worker processes; -1 = all cores
-
-
-# --- options and inputs ---------------------------------------------------------------------------
-
-
-def _split_list(value: str | Sequence[Any] | None) -> list[Any] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value.strip().lower() in ("", "all"):
-            return None
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
-
-
-def _check_options(options: AnalyzeOptions) -> None:
-    for name, low in (("folds", 2), ("repeats", 1), ("permutations", 0)):
-        value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise OpcircuitsError(f"must be an integer ≥ {low}, got {value!r}", field=name)
-    if not isinstance(options.jobs, int) or options.jobs == 0 or options.jobs < -1:
-        raise OpcircuitsError(f"must be ≥ 1 or -1 (all cores), got {options.jobs!r}", field="jobs")
+# --- inputs ---------------------------------------------------------------------------------------
 
 
 def _column(records: Any, name: str) -> list[Any] | None:
@@ -203,13 +172,12 @@ def analyze(
     from opcircuits.store import open_store
 
     options = options or AnalyzeOptions()
-    _check_options(options)
     started = time.perf_counter()
     store = open_store(store_path)
     if not store.complete:
         raise OpcircuitsError("store is incomplete; finish extraction first", path=store_path)
-    pos_idx = store.position_indices(_split_list(options.positions))
-    lay_idx = store.layer_indices(_split_list(options.layers))
+    pos_idx = store.position_indices(options.positions)
+    lay_idx = store.layer_indices(options.layers)
     positions = [store.positions[i] for i in pos_idx]
     layers = [store.layers[i] for i in lay_idx]
     records = store.records

@@ -8,29 +8,15 @@ split one per token, so numbers are spelled digit by digit) and a small LLaMA-ar
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opcircuits.codi.train_data import read_train_problems
+from opcircuits.options import DemoBaseOptions, EvaluateOptions
 
 log = logging.getLogger(__name__)
 
 BOS, EOS = "<s>", "</s>"
-
-
-@dataclass
-class DemoBaseOptions:
-    """Options of `opcircuits new-base` (names = CLI options with - → _)."""
-
-    out: Path
-    data: str = "data/gsm8k/train.jsonl"
-    vocab_size: int = 2048
-    hidden_size: int = 256
-    num_layers: int = 6
-    num_heads: int = 4
-    intermediate_size: int = 688
-    max_positions: int = 512
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
@@ -100,22 +86,6 @@ def build_demo_base(options: DemoBaseOptions) -> Path:
 
 
 # --- measuring a CODI model for its card ---------------------------------------------------
-
-
-@dataclass
-class EvaluateOptions:
-    """Options of `opcircuits evaluate` (names = CLI options with - → _)."""
-
-    model: str = "demo"
-    data: str = "data/gsm8k/test.jsonl"
-    out: Path | None = None
-    limit: int | None = None
-    num_latent: str = "6,0"
-    teacher: bool = True
-    batch_size: int = 64
-    max_new_tokens: int = 24
-    max_cot_tokens: int = 160
-    threads: int | None = None
 
 
 def read_test_problems(path: str | Path) -> list[dict[str, Any]]:
@@ -229,7 +199,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     if options.limit:
         problems = problems[: options.limit]
     settings: list[tuple[str, int | None]] = [("teacher", None)] if options.teacher else []
-    settings += [(f"student_k{k}", int(k)) for k in options.num_latent.split(",") if k.strip()]
+    settings += [(f"student_k{k}", k) for k in options.num_latent]
     result: dict[str, Any] = {
         "model": options.model,
         "data": str(options.data),

@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,77 +48,12 @@ from opcircuits.codi.train_state import (
     save_state,
 )
 from opcircuits.errors import OpcircuitsError
+from opcircuits.options import TrainOptions
 from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "train_log.jsonl"
-
-
-@dataclass
-class TrainOptions:
-    """Options of `opcircuits train` (field names = CLI option names with - → _)."""
-
-    out: Path
-    base: str
-    data: str = "data/gsm8k/train.jsonl"
-    from_scratch: bool = False
-    num_latent: int = 6
-    prj_dim: int = 2048
-    prj_dropout: float = 0.0
-    prj_no_ln: bool = False
-    lora_r: int = 128
-    lora_alpha: int = 32
-    remove_eos: bool = True
-    include_last_cot: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep the last chain-of-thought step in the teacher sequence (the official "
-            "CODI training drops it, so the teacher computes the final result at the "
-            "distillation token instead of copying it)."
-        },
-    )
-    layers: str | None = None
-    max_tokens: int = 256
-    limit: int | None = None
-    batch_size: int = 32
-    grad_accum: int = 1
-    epochs: float = 3.0
-    max_steps: int | None = None
-    lr: float = 8e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 2.0
-    distill_loss: str = "smooth_l1"
-    distill_factor: float = 20.0
-    teacher_factor: float = 1.0
-    teacher_only_steps: int = 0
-    save_every: int = 100
-    stop_after: int | None = None
-    seed: int = 0
-    mixed_precision: str = "no"
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.distill_loss not in ("smooth_l1", "l2"):
-            raise OpcircuitsError("must be 'smooth_l1' or 'l2'", field="distill_loss")
-        for name in ("batch_size", "grad_accum", "max_tokens", "save_every"):
-            if getattr(self, name) < 1:
-                raise OpcircuitsError("must be >= 1", field=name)
-        if self.max_steps is None and self.epochs <= 0:
-            raise OpcircuitsError("must be > 0 (or give max_steps)", field="epochs")
-        if self.num_latent < 1:
-            raise OpcircuitsError("must be >= 1", field="num_latent")
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The options a resumed run must share with the run that wrote the checkpoint."""
-        skip = {"out", "stop_after", "save_every", "threads", "data"}
-        return {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in asdict(self).items()
-            if k not in skip
-        }
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -393,9 +327,7 @@ def _build_model(options: TrainOptions) -> tuple[CodiModel, Any]:
         base_ref = str(Path(options.base).resolve())
     else:
         base_ref = options.base
-    layers = None
-    if options.layers:
-        layers = [int(x) for x in options.layers.split(",") if x.strip()]
+    layers = list(options.layers) if options.layers else None
     config = CodiConfig(
         base=base_ref,
         num_latent=options.num_latent,

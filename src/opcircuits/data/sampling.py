@@ -11,7 +11,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,34 +28,9 @@ from opcircuits.data.annotations import (
 from opcircuits.data.io import RECORD_FIELDS, read_problems
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import manifest_path, sha256_file, write_json_atomic, write_jsonl_atomic
+from opcircuits.options import ClassifyOptions, PrototypeOptions
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FULL = Path("data/gsm8k_full.jsonl")
-
-
-@dataclass
-class ClassifyOptions:
-    """Options of `opcircuits data classify` (field names = CLI option names)."""
-
-    in_path: Path = DEFAULT_FULL
-    # None → data/operation_samples_{per_category}.jsonl
-    out: Path | None = None
-    per_category: int = 200
-    seed: int = 42
-    match_steps: bool = False
-    allow_fewer: bool = False
-
-
-@dataclass
-class PrototypeOptions:
-    """Options of `opcircuits data prototype` (field names = CLI option names)."""
-
-    in_path: Path = Path("data/operation_samples_200.jsonl")
-    # None → data/operation_samples_prototype_{3 × per_category}.jsonl
-    out: Path | None = None
-    per_category: int = 20
-    seed: int = 42
 
 
 def classify_out(options: ClassifyOptions) -> Path:
