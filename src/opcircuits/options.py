@@ -396,6 +396,12 @@ class TrainOptions:
     lora_r: int = opt(128, min=0, help="LoRA rank; 0 trains the whole base.")
     lora_alpha: int = opt(32, help="LoRA alpha.")
     remove_eos: bool = opt(True, help="No EOS between the question and the thoughts (as released).")
+    include_last_cot: bool = opt(
+        False,
+        help="Keep the last chain-of-thought step in the teacher sequence (the official CODI "
+        "training drops it, so the teacher computes the final result at the distillation "
+        "token instead of copying it).",
+    )
     layers: str | list[int] | None = opt(
         None, list=int, help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
     )
