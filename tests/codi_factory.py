@@ -2,12 +2,16 @@
 
 A released CODI checkpoint is a dir with one weights file (`model.safetensors` or
 `pytorch_model.bin`) holding the whole module's state dict; the base model's dir supplies
-`config.json` and the tokenizer. Here the base is a tiny LLaMA or GPT-2 built from a transformers
-config and a byte-level BPE tokenizer trained on the given texts with `tokenizers`.
+`config.json` and the tokenizer. Beside the weights, `codi_config.json` states what the weights
+cannot tell (K, `remove_eos`, LoRA alpha: the loader requires them for a checkpoint that is not a
+preset) and nothing else, so the base is still passed separately as for a released one. Here the
+base is a tiny LLaMA or GPT-2 built from a transformers config and a byte-level BPE tokenizer
+trained on the given texts with `tokenizers`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,13 +165,13 @@ def build_tiny_codi(
         torch.save(state, ckpt_dir / "pytorch_model.bin")  # keeps both tied names, as released
     else:
         raise ValueError(fmt)
+    undeclared = {"num_latent": num_latent, "remove_eos": True, "lora_alpha": 32}
+    (ckpt_dir / "codi_config.json").write_text(json.dumps(undeclared))
     return TinyCodi(arch, ckpt_dir, base_dir, config, vocab)
 
 
 def sample_texts(gsm8k_dir: Path, n: int = 300) -> list[str]:
     """Questions and answers from GSM8K's train split (tokenizer training data)."""
-    import json
-
     out = []
     with open(Path(gsm8k_dir) / "train.jsonl", encoding="utf-8") as fh:
         for line in fh:

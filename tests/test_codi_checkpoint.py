@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -62,6 +63,7 @@ def test_safetensors_without_the_tied_alias_loads(tiny_gpt2, tmp_path):
     assert torch.equal(state[emb_key], state[head_key])
     emb = state.pop(emb_key)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    shutil.copy(tiny_gpt2.checkpoint / "codi_config.json", tmp_path)
     model, _ = load_codi(tmp_path, base=tiny_gpt2.base, device="cpu", merge=False)
     assert torch.equal(model.lm.get_input_embeddings().weight, emb)
 
@@ -71,6 +73,7 @@ def _write_variant(tiny, directory, edit):
     edit(state)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state, str(directory / "model.safetensors"))
+    shutil.copy(tiny.checkpoint / "codi_config.json", directory)
     return directory
 
 
@@ -162,7 +165,14 @@ def test_codi_config_json_supplies_defaults_and_flags_override(tiny_llama, tmp_p
     (ckpt / "model.safetensors").write_bytes(
         (tiny_llama.checkpoint / "model.safetensors").read_bytes()
     )
-    config = {"base": str(tiny_llama.base), "num_latent": 3, "layers": [1, 3], "lora_r": 4}
+    config = {
+        "base": str(tiny_llama.base),
+        "num_latent": 3,
+        "layers": [1, 3],
+        "lora_r": 4,
+        "lora_alpha": 32,
+        "remove_eos": True,
+    }
     (ckpt / "codi_config.json").write_text(json.dumps(config))
     model, _ = load_codi(ckpt, device="cpu")
     assert model.config.num_latent == 3 and model.config.layers == [1, 3]
@@ -195,3 +205,140 @@ def test_full_model_without_lora_round_trips_through_save_pretrained(tiny_llama,
     for k in want:
         assert torch.equal(got[k], want[k]), k
     assert tok2("3 + 4")["input_ids"] == tok("3 + 4")["input_ids"]
+
+
+# --- every parameter comes from a file (issue 9 item 3, issue 13 item 3) ----------------------
+
+
+def _weights_only(tiny, directory):
+    """The checkpoint's weights file alone, as released (no codi_config.json)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny.checkpoint / "model.safetensors", directory)
+    return directory
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_without_codi_rows_is_an_error_naming_them(tiny_texts, tmp_path):
+    """The resized embedding holds pad, bot and eot, which no base has: a checkpoint of LoRA and
+    projection only must not load with those rows left random (even with a base holding the
+    rest)."""
+    tiny = build_tiny_codi(tmp_path, "llama", tiny_texts, partial=True)
+    key = "codi.base_model.model.model.embed_tokens.weight"
+    ckpt = _write_variant(tiny, tmp_path / "c", lambda s: s.pop(key))
+    with pytest.raises(OpcircuitsError, match="CODI's own weights") as err:
+        load_codi(ckpt, base=tiny.base, device="cpu")
+    assert key in str(err.value) and "model.safetensors" in str(err.value)
+
+
+def test_base_weight_found_nowhere_is_an_error_naming_it(tiny_texts, tmp_path):
+    """A base weight the checkpoint lacks is taken from the base only when the base holds it."""
+    tiny = build_tiny_codi(tmp_path, "llama", tiny_texts, partial=True)
+    base = dict(load_file(str(tiny.base / "model.safetensors")))
+    del base["model.layers.1.mlp.up_proj.weight"]
+    save_file(base, str(tiny.base / "model.safetensors"))
+    with pytest.raises(OpcircuitsError, match="neither the checkpoint nor the base") as err:
+        load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    assert "model.layers.1.mlp.up_proj.base_layer.weight" in str(err.value)
+    assert "model.layers.0.mlp.up_proj" not in str(err.value)  # only the one found nowhere
+
+
+def test_base_without_weights_cannot_fill_a_partial_checkpoint(tiny_texts, tiny_llama, tmp_path):
+    tiny = build_tiny_codi(tmp_path, "llama", tiny_texts, partial=True)
+    # tiny_llama's base folder holds config and tokenizer only
+    with pytest.raises(OpcircuitsError, match="holds no weights") as err:
+        load_codi(tiny.checkpoint, base=tiny_llama.base, device="cpu")
+    assert "down_proj" in str(err.value)
+
+
+def test_two_loads_of_the_same_files_are_identical(tiny_texts, tmp_path, caplog):
+    tiny = build_tiny_codi(tmp_path, "llama", tiny_texts, partial=True)
+    with caplog.at_level("INFO", logger="opcircuits.codi.checkpoint"):
+        a, _ = load_codi(tiny.checkpoint, base=tiny.base, device="cpu", merge=False)
+    n_base = 4 * 9 + 1  # per block: 7 projections (LoRA base layers) + 2 norms; the final norm
+    assert f"{n_base} base weights taken from the pretrained base" in caplog.text
+    b, _ = load_codi(tiny.checkpoint, base=tiny.base, device="cpu", merge=False)
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_undeclared_settings_are_required(tiny_llama, tmp_path):
+    """Not a preset and no codi_config.json: K, remove_eos and alpha are not guessed."""
+    ckpt = _weights_only(tiny_llama, tmp_path / "c")
+    with pytest.raises(OpcircuitsError) as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    for name in ("num_latent", "remove_eos", "lora_alpha", "codi_config.json"):
+        assert name in str(err.value)
+    # the same checkpoint given to the demo preset's slot: the demo's settings live in its dir
+    with pytest.raises(OpcircuitsError, match="num_latent"):
+        load_codi("demo", checkpoint=ckpt, base=tiny_llama.base, device="cpu")
+    model, _ = load_codi(
+        ckpt, base=tiny_llama.base, device="cpu", num_latent=6, remove_eos=True, lora_alpha=32
+    )
+    assert model.config.num_latent == 6
+    (ckpt / "codi_config.json").write_text(json.dumps({"num_latent": 6, "remove_eos": True}))
+    with pytest.raises(OpcircuitsError, match="lora_alpha") as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    assert "num_latent" not in str(err.value)
+
+
+# --- refusals: non-finite weights, files of the wrong kind (issue 13 items 4, 9) ---------------
+
+
+def test_non_finite_weights_are_an_error_naming_the_tensor(tiny_llama, tiny_texts, tmp_path):
+    def poison(state):
+        state["prj.1.weight"][0, 0] = float("nan")
+
+    ckpt = _write_variant(tiny_llama, tmp_path / "c", poison)
+    with pytest.raises(OpcircuitsError, match="NaN or inf") as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    assert "prj.1.weight" in str(err.value) and "model.safetensors" in str(err.value)
+    # a base weight filled from the base is checked too
+    tiny = build_tiny_codi(tmp_path / "p", "llama", tiny_texts, partial=True)
+    base = dict(load_file(str(tiny.base / "model.safetensors")))
+    base["model.norm.weight"][3] = float("inf")
+    save_file(base, str(tiny.base / "model.safetensors"))
+    with pytest.raises(OpcircuitsError, match="model.norm.weight") as err:
+        load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    assert str(tiny.base) in str(err.value)
+
+
+def test_config_values_of_the_wrong_type_name_file_and_field(tiny_llama, tmp_path):
+    ckpt = _write_variant(tiny_llama, tmp_path / "c", lambda s: None)
+    config = json.loads((ckpt / "codi_config.json").read_text())
+    (ckpt / "codi_config.json").write_text(json.dumps({**config, "num_latent": "six"}))
+    with pytest.raises(OpcircuitsError) as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    assert err.value.field == "num_latent" and err.value.path.endswith("codi_config.json")
+    (ckpt / "codi_config.json").write_text(json.dumps({**config, "remove_eos": "yes"}))
+    with pytest.raises(OpcircuitsError, match="true or false") as err:
+        load_codi(ckpt, base=tiny_llama.base, device="cpu")
+    assert err.value.field == "remove_eos"
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama.base, base)
+    hf = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**hf, "hidden_size": "big"}))
+    with pytest.raises(OpcircuitsError) as err:
+        load_codi(tiny_llama.checkpoint, base=base, device="cpu")
+    assert err.value.field == "hidden_size" and err.value.path == str(base / "config.json")
+    assert "\n" not in str(err.value)
+
+
+def test_a_broken_tokenizer_or_a_folder_that_is_no_model_is_named(tiny_llama, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama.base, base)
+    (base / "tokenizer.json").write_text("")
+    with pytest.raises(OpcircuitsError, match="empty") as err:
+        load_codi(tiny_llama.checkpoint, base=base, device="cpu")
+    assert err.value.path == str(base / "tokenizer.json")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a model")
+    with pytest.raises(OpcircuitsError, match="not a model folder") as err:
+        load_codi(tiny_llama.checkpoint, base=notes, device="cpu")
+    assert err.value.path == str(notes) and err.value.field == "base"

@@ -1,8 +1,11 @@
 """Load a CODI checkpoint exactly: presets, hub ids or local dirs, strict key matching.
 
 The earlier scripts loaded with `strict=False`, which silently runs an unadapted model when key
-names drift. Here every LoRA and projection weight the module expects must come from the file and
-every key in the file must be used; otherwise the error lists the offending keys.
+names drift. Here every parameter of the loaded module comes from a file: CODI's own weights (LoRA,
+the projection, and the resized embedding / LM head whose last rows are pad, bot and eot) from the
+checkpoint, and the base model's own weights from the checkpoint or, only when it lacks them and
+the base really holds them, from the base (logged with the count). Every key in the file must be
+used, and every weight must be finite; otherwise the error lists the offending keys.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,10 @@ from typing import Any
 import torch
 
 from opcircuits.codi import hub
-from opcircuits.codi.config import PRESETS, CodiConfig, Preset, read_config
+from opcircuits.codi.config import CONFIG_NAME, PRESETS, CodiConfig, Preset, read_config
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
 from opcircuits.errors import OpcircuitsError
+from opcircuits.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_finite(tensors: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Every floating-point weight is finite (NaN/inf would flow silently into every thought)."""
+    bad = [
+        k
+        for k, t in tensors.items()
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise OpcircuitsError(
+            f"{len(bad)} weights hold NaN or inf values: {_listing(bad)}", path=path
+        )
+
+
 def infer_config(keys: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Projection/LoRA sizes the weights themselves reveal (used when nothing declares them)."""
     out: dict[str, Any] = {}
@@ -137,6 +155,29 @@ def _locate_base(base: str, checkpoint_dir: Path, relative: bool) -> Path:
     if hub.looks_like_repo_id(base):
         return hub.download(base, weights=False)
     raise OpcircuitsError(f"base model '{base}' is neither a directory nor a hub id", field="base")
+
+
+# What the weights cannot tell and inference depends on: no silent default for these. (The
+# released checkpoints use K = 6, remove_eos true, alpha 32; the official code's defaults are
+# K = 5, EOS kept, alpha 16: a guess would be wrong for one or the other.)
+MUST_DECLARE = ("num_latent", "remove_eos")
+
+
+def _require_declared(config: CodiConfig, declared: set[str], ckpt_dir: Path) -> None:
+    need = list(MUST_DECLARE) + (["lora_alpha"] if config.lora_r > 0 else [])
+    missing = [k for k in need if k not in declared]
+    if missing:
+        example = {"num_latent": 6, "remove_eos": True, "lora_alpha": 32}
+        shown = ", ".join(f'"{k}": {str(example[k]).lower()}' for k in missing)
+        file = ckpt_dir / CONFIG_NAME
+        where = f"its {CONFIG_NAME} does not give" if file.is_file() else f"no {CONFIG_NAME} gives"
+        raise OpcircuitsError(
+            f"{', '.join(missing)} unknown: this checkpoint is not a preset and {where} them; "
+            f"write them into {file} (e.g. {{{shown}}}, the released CODI checkpoints' values) "
+            "or pass them to load_codi",
+            path=ckpt_dir,
+            field=missing[0],
+        )
 
 
 def resolve(
@@ -200,7 +241,11 @@ def resolve(
             path=ckpt_dir,
             field="base",
         )
-    config = CodiConfig.from_dict(data, path=ckpt_dir / "codi_config.json").replace(**overrides)
+    config = CodiConfig.from_dict(data, path=ckpt_dir / CONFIG_NAME).replace(**overrides)
+    declared = set(file_config) | {k for k, v in overrides.items() if v is not None}
+    if preset is not None:
+        declared |= set(preset.config)
+    _require_declared(config, declared, ckpt_dir)
     base_dir = _locate_base(config.base, ckpt_dir, base_relative)
     resolved = Resolved(model, ckpt, ckpt_dir, weights_path, config.base, base_dir, config)
     return resolved, weights
@@ -218,35 +263,87 @@ def _no_init():
     return no_init_weights()
 
 
+def _has_weight_files(directory: Path) -> bool:
+    return any(directory.glob("*.safetensors")) or any(directory.glob("*.bin"))
+
+
 def _weights_source(resolved: Resolved) -> Path | str:
     """The base's local dir when it holds weights, else its hub id (from_pretrained fetches)."""
-    has = any(resolved.base_dir.glob("*.safetensors")) or any(resolved.base_dir.glob("*.bin"))
-    if has or not hub.looks_like_repo_id(resolved.base):
+    if _has_weight_files(resolved.base_dir) or not hub.looks_like_repo_id(resolved.base):
         return resolved.base_dir
     return resolved.base
 
 
-def _build(config: CodiConfig, base_dir: Path | str, pretrained: bool) -> CodiModel:
-    from transformers import AutoConfig, AutoModelForCausalLM
+def base_config(base_dir: Path) -> Any:
+    """The base's transformers config; a folder that is not a model, or a `config.json` with a
+    value of the wrong type, is an error naming the file and field."""
+    from transformers import AutoConfig
 
+    path = Path(base_dir) / "config.json"
+    if not path.is_file():
+        held = sorted(p.name for p in Path(base_dir).iterdir())[:10] if base_dir.is_dir() else []
+        raise OpcircuitsError(
+            f"not a model folder: no config.json (it holds {held})", path=base_dir, field="base"
+        )
+    raw = read_json_object(path)
+    if not isinstance(raw.get("model_type"), str):
+        raise OpcircuitsError(
+            "missing or not a string (the transformers architecture, e.g. llama)",
+            path=path,
+            field="model_type",
+        )
     try:
-        base_config = AutoConfig.from_pretrained(base_dir)
-        # GPT-2's "gelu_new" is the tanh-approximated GELU written as five separate tensor ops;
-        # torch's fused kernel computes the same function (equal to ~1e-7) several times faster.
-        if getattr(base_config, "activation_function", None) == "gelu_new":
-            base_config.activation_function = "gelu_pytorch_tanh"
-        if pretrained:
-            log.info("loading the base's pretrained weights from %s", base_dir)
-            base_model = AutoModelForCausalLM.from_pretrained(
-                base_dir, config=base_config, dtype=torch.float32
+        config = AutoConfig.from_pretrained(base_dir)
+    except Exception as exc:  # transformers' validation errors have no common base class
+        message = str(exc).splitlines()
+        field = re.search(r"field '(\w+)'", message[0]) if message else None
+        detail = " ".join(x.strip() for x in message[1:2]) or (message[0] if message else "")
+        raise OpcircuitsError(
+            f"not a valid model config: {detail or type(exc).__name__}",
+            path=path,
+            field=field.group(1) if field else None,
+        ) from exc
+    # GPT-2's "gelu_new" is the tanh-approximated GELU written as five separate tensor ops;
+    # torch's fused kernel computes the same function (equal to ~1e-7) several times faster.
+    if getattr(config, "activation_function", None) == "gelu_new":
+        config.activation_function = "gelu_pytorch_tanh"
+    return config
+
+
+def _build(
+    config: CodiConfig, base_dir: Path, weights_source: Path | str | None = None
+) -> tuple[CodiModel, set[int]]:
+    """The CODI module on the base's architecture. Without `weights_source` its weights are left
+    uninitialised (every one is then copied from a file); with it, the base's pretrained weights
+    are loaded from there. Also returns the storage pointers of the base parameters that source
+    did NOT hold (transformers initialises those randomly: they must not be used)."""
+    from transformers import AutoModelForCausalLM
+
+    hf_config = base_config(base_dir)
+    absent: set[int] = set()
+    try:
+        if weights_source is not None:
+            log.info("loading the base's pretrained weights from %s", weights_source)
+            base_model, info = AutoModelForCausalLM.from_pretrained(
+                weights_source, config=hf_config, dtype=torch.float32, output_loading_info=True
             )
+            state = base_model.state_dict()
+            not_loaded = set(info.get("missing_keys", ())) | {
+                m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", ())
+            }
+            absent = {state[k].data_ptr() for k in not_loaded if k in state}
         else:
             with _no_init():
-                base_model = AutoModelForCausalLM.from_config(base_config, dtype=torch.float32)
+                base_model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
             base_model.tie_weights()
     except OSError as exc:
         raise OpcircuitsError(f"cannot load the base model: {exc}; {hub.LOCAL_HINT}") from exc
-    return CodiModel.from_base(config, base_model, mean_resizing=False)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise OpcircuitsError(
+            f"cannot build the base model: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            path=Path(base_dir) / "config.json",
+        ) from exc
+    return CodiModel.from_base(config, base_model, mean_resizing=False), absent
 
 
 def _alias_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
@@ -263,8 +360,18 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_LISTED]) + more
 
 
-def _is_adapter(key: str) -> bool:
-    return ".lora_" in key or key.startswith("prj.")
+def own_keys(model: CodiModel) -> set[str]:
+    """Keys only a CODI checkpoint can supply: LoRA, the projection, and the resized input
+    embedding / LM head (their last three rows are pad, bot and eot, which no base holds)."""
+    resized = {model.lm.get_input_embeddings().weight.data_ptr()}
+    head = model.lm.get_output_embeddings()
+    if head is not None:
+        resized.add(head.weight.data_ptr())
+    return {
+        k
+        for k, t in model.state_dict().items()
+        if ".lora_" in k or k.startswith("prj.") or t.data_ptr() in resized
+    }
 
 
 def check_unexpected(state: dict[str, Any], weights: dict[str, torch.Tensor], path: Path) -> None:
@@ -277,19 +384,35 @@ def check_unexpected(state: dict[str, Any], weights: dict[str, torch.Tensor], pa
         )
 
 
+def lacking_keys(model: CodiModel, weights: dict[str, torch.Tensor]) -> list[str]:
+    """One key per parameter (tied aliases count once) that `weights` does not hold."""
+    return [g[0] for g in _alias_groups(model.state_dict()) if not any(k in weights for k in g)]
+
+
 def load_weights_strict(
-    model: CodiModel, weights: dict[str, torch.Tensor], *, path: Path, allow_missing_base: bool
-) -> list[str]:
-    """Copy `weights` into `model`. Returns the base keys the file lacks (kept as they are)."""
+    model: CodiModel,
+    weights: dict[str, torch.Tensor],
+    *,
+    path: Path,
+    from_base: Collection[str] = (),
+) -> None:
+    """Copy `weights` into `model`, strictly: every key of the file must be used, and every
+    parameter must come from it, except the base weights in `from_base` (already loaded from the
+    base). CODI's own weights (`own_keys`) always come from the file."""
     state = model.state_dict()
     check_unexpected(state, weights, path)
+    own = own_keys(model)
     filled: dict[str, torch.Tensor] = {}
-    missing_adapter: list[str] = []
+    missing_own: list[str] = []
     missing_base: list[str] = []
+    kept = set(from_base)
     for group in _alias_groups(state):
         present = [k for k in group if k in weights]
         if not present:
-            (missing_adapter if any(map(_is_adapter, group)) else missing_base).append(group[0])
+            if own.intersection(group):
+                missing_own.append(group[0])
+            elif not kept.intersection(group):
+                missing_base.append(group[0])
             continue
         value = weights[present[0]]
         for other in present[1:]:
@@ -299,15 +422,17 @@ def load_weights_strict(
                 )
         for key in group:
             filled[key] = value
-    if missing_adapter:
+    if missing_own:
         raise OpcircuitsError(
-            f"{len(missing_adapter)} LoRA/projection weights are missing from the checkpoint: "
-            f"{_listing(missing_adapter)}",
+            f"{len(missing_own)} of CODI's own weights (LoRA, projection, or the resized "
+            f"embedding / LM head holding the pad, bot and eot rows) are missing from the "
+            f"checkpoint: {_listing(missing_own)}",
             path=path,
         )
-    if missing_base and not allow_missing_base:
+    if missing_base:
+        where = "in neither the checkpoint nor the base" if kept else "missing from the checkpoint"
         raise OpcircuitsError(
-            f"{len(missing_base)} base weights missing: {_listing(missing_base)}", path=path
+            f"{len(missing_base)} base weights are {where}: {_listing(missing_base)}", path=path
         )
     wrong = [
         f"{k} {tuple(v.shape)} (expected {tuple(state[k].shape)})"
@@ -322,7 +447,23 @@ def load_weights_strict(
         )
     with torch.no_grad():
         model.load_state_dict(filled, strict=False)
-    return missing_base
+
+
+def _with_base_weights(resolved: Resolved, lacking: list[str]) -> tuple[CodiModel, list[str]]:
+    """Rebuild the module with the base's pretrained weights; returns it and the keys of
+    `lacking` the base really held (the others stay missing, and loading then fails)."""
+    source = _weights_source(resolved)
+    if isinstance(source, Path) and not _has_weight_files(source):
+        raise OpcircuitsError(
+            f"{len(lacking)} base weights are missing from the checkpoint, and the base "
+            f"{source} holds no weights to take them from: {_listing(lacking)}",
+            path=resolved.weights_path,
+        )
+    codi, absent = _build(resolved.config, resolved.base_dir, weights_source=source)
+    state = codi.state_dict()
+    held = [k for k in lacking if state[k].data_ptr() not in absent]
+    check_finite({k: state[k] for k in held}, source)
+    return codi, held
 
 
 def load_codi(
@@ -342,34 +483,44 @@ def load_codi(
     are loaded strictly in fp32, LoRA merged unless `merge=False`, then cast to `dtype`.
     The returned model carries `.source` (a `Resolved`) for provenance.
     """
-    from transformers import AutoTokenizer
-
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     resolved, weights = resolve(model, checkpoint=checkpoint, base=base, **config_overrides)
-    codi = _build(resolved.config, resolved.base_dir, pretrained=False)
+    check_finite(weights, resolved.weights_path)
+    codi, _ = _build(resolved.config, resolved.base_dir)
     check_unexpected(codi.state_dict(), weights, resolved.weights_path)
+    own = own_keys(codi)
     # A checkpoint holding every base weight needs only the base's config and tokenizer.
-    pretrained = any(
-        not any(k in weights for k in group) and not any(map(_is_adapter, group))
-        for group in _alias_groups(codi.state_dict())
-    )
-    if pretrained:
-        log.info("the checkpoint lacks some base weights; loading them from %s", resolved.base)
-        codi = _build(resolved.config, _weights_source(resolved), pretrained=True)
-    lacking = load_weights_strict(
-        codi, weights, path=resolved.weights_path, allow_missing_base=pretrained
-    )
+    lacking = [k for k in lacking_keys(codi, weights) if k not in own]
+    from_base: list[str] = []
     if lacking:
-        log.info("%d base weights taken from the pretrained base %s", len(lacking), resolved.base)
+        log.info("the checkpoint lacks %d base weights; looking in %s", len(lacking), resolved.base)
+        codi, from_base = _with_base_weights(resolved, lacking)
+    load_weights_strict(codi, weights, path=resolved.weights_path, from_base=from_base)
+    if from_base:
+        log.info("%d base weights taken from the pretrained base %s", len(from_base), resolved.base)
     del weights
     codi.eval()
     if merge:
         codi.merge_lora()
     codi.to(device=torch_device, dtype=torch_dtype)
     codi.source = resolved
+    return codi, load_tokenizer(resolved.base_dir)
+
+
+def load_tokenizer(base_dir: Path) -> Any:
+    """The base's tokenizer; an empty or broken `tokenizer.json` is an error naming the file."""
+    from transformers import AutoTokenizer
+
+    path = Path(base_dir) / "tokenizer.json"
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise OpcircuitsError("empty file: the tokenizer is missing", path=path)
+        read_json_object(path)  # not JSON → an error naming the line
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.base_dir)
-    except (OSError, ValueError) as exc:
-        raise OpcircuitsError(f"cannot load the tokenizer: {exc}", path=resolved.base_dir) from exc
-    return codi, tokenizer
+        return AutoTokenizer.from_pretrained(base_dir)
+    except Exception as exc:  # tokenizers raises plain Exceptions for malformed files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise OpcircuitsError(
+            f"cannot load the tokenizer: {type(exc).__name__}: {first}", path=base_dir
+        ) from exc

@@ -47,7 +47,8 @@ class CodiConfig:
     layers: list[int] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base, str) or not self.base:
+        _check_types(self)
+        if not self.base:
             raise OpcircuitsError("base must be a non-empty hub id or directory", field="base")
         if self.num_latent < 1:
             raise OpcircuitsError(f"must be >= 1, got {self.num_latent}", field="num_latent")
@@ -56,9 +57,9 @@ class CodiConfig:
         if self.lora_r < 0:
             raise OpcircuitsError(f"must be >= 0 (0 = no LoRA), got {self.lora_r}", field="lora_r")
         if self.layers is not None:
-            self.layers = [int(x) for x in self.layers]
+            self.layers = list(self.layers)
         if self.lora_targets is not None:
-            self.lora_targets = [str(x) for x in self.lora_targets]
+            self.lora_targets = list(self.lora_targets)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,7 +74,12 @@ class CodiConfig:
             )
         if "base" not in data:
             raise OpcircuitsError("missing the base model (hub id or dir)", path=path, field="base")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except OpcircuitsError as exc:
+            if exc.path is None and path is not None:
+                raise OpcircuitsError(exc.message, path=path, field=exc.field) from None
+            raise
 
     def replace(self, **overrides: Any) -> CodiConfig:
         """A copy with the non-None overrides applied (flags override `codi_config.json`)."""
@@ -89,6 +95,41 @@ class CodiConfig:
         out = Path(directory) / CONFIG_NAME
         write_json_atomic(out, self.to_dict())
         return out
+
+
+# The JSON kinds each field accepts (a config file is JSON: bools are not numbers, "six" is no int).
+_KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "base": ("a string", (str,)),
+    "num_latent": ("an integer", (int,)),
+    "prj_dim": ("an integer", (int,)),
+    "prj_no_ln": ("true or false", (bool,)),
+    "prj_dropout": ("a number", (int, float)),
+    "lora_r": ("an integer", (int,)),
+    "lora_alpha": ("a number", (int, float)),
+    "lora_dropout": ("a number", (int, float)),
+    "remove_eos": ("true or false", (bool,)),
+}
+_LISTS: dict[str, tuple[str, type]] = {
+    "lora_targets": ("a list of module names", str),
+    "layers": ("a list of integers", int),
+}
+
+
+def _check_types(config: CodiConfig) -> None:
+    for name, (kind, types) in _KINDS.items():
+        value = getattr(config, name)
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            raise OpcircuitsError(f"must be {kind}, got {value!r}", field=name)
+    for name, (kind, item) in _LISTS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(x, item) and not isinstance(x, bool) for x in value
+        )
+        if not ok:
+            raise OpcircuitsError(f"must be {kind} (or null), got {value!r}", field=name)
 
 
 def read_config(directory: str | Path) -> dict[str, Any] | None:
@@ -124,18 +165,28 @@ class Preset:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+# The released checkpoints' settings (the official scripts/test_*.sh).
+RELEASED: dict[str, Any] = {
+    "num_latent": 6,
+    "lora_r": 128,
+    "lora_alpha": 32,
+    "remove_eos": True,
+    "prj_no_ln": False,
+    "prj_dropout": 0.0,
+}
+
 PRESETS: dict[str, Preset] = {
     "codi-llama3.2-1b": Preset(
         checkpoint="zen-E/CODI-llama3.2-1b-Instruct",
         base="meta-llama/Llama-3.2-1B-Instruct",
         layers=(4, 8, 14),
-        config={"prj_dim": 2048, "lora_r": 128, "lora_alpha": 32, "num_latent": 6},
+        config={**RELEASED, "prj_dim": 2048},
     ),
     "codi-gpt2": Preset(
         checkpoint="zen-E/CODI-gpt2",
         base="gpt2",
         layers=(3, 6, 10),
-        config={"prj_dim": 768, "lora_r": 128, "lora_alpha": 32, "num_latent": 6},
+        config={**RELEASED, "prj_dim": 768},
     ),
     # Layers and the rest come from the demo dir's own codi_config.json.
     "demo": Preset(checkpoint=str(demo_dir()), base="."),
