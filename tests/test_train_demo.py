@@ -4,6 +4,7 @@ reproduces the answers recorded when it was built."""
 from __future__ import annotations
 
 import json
+import re
 
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.config import demo_dir
@@ -33,11 +34,30 @@ def test_shipped_demo_reproduces_recorded_answers() -> None:
     assert single == texts[:1]
 
 
+# The demo teacher's greedy outputs (fp32, CPU, 96 new tokens) for the 8 reference problems, as
+# recorded from the shipped weights: the exact text is the test, so any change to decoding, the
+# prompt or the weights shows here. (The pieces are tokenized separately in training, so no space
+# separates the last `>>` from "The answer is".) Problem 3 loops on a long number.
+DEMO_TEACHER_TEXTS = [
+    "<<12*2=12>> <<12+12=12>> <<12+12=12>>The answer is: 12",
+    "<<2*2=12>> <<12+12=12>>The answer is: 12",
+    "<<4" + "0" * 94,
+    "<<3*3=12>> <<12+12=12>>The answer is: 12",
+    "<<10*2=10>> <<10*2=10>> <<10+10=10>> <<10+10=10>> <<10+10=10>>The answer is: 10",
+    "<<60*6=160>> <<160-160=12>>The answer is: 12",
+    "<<40*4=10>> <<10*2=10>> <<10+10=10>>The answer is: 10",
+    "<<20*2=10>> <<10*2=10>> <<10+10=10>> <<10+10=10>>The answer is: 10",
+]
+_STEP = r"<<\d+[-+*/]\d+=\d+>>"
+_FINISHED = re.compile(rf"(?:{_STEP} )*{_STEP}The answer is: (\d+)")
+
+
 def test_demo_teacher_writes_a_chain_of_thought() -> None:
+    """The teacher writes calculator steps, then the answer sentence, in the trained format."""
     model, tokenizer = load_codi("demo", device="cpu")
     ref = json.loads((demo_dir() / REFERENCE_NAME).read_text())
-    texts = teacher_answers(model, tokenizer, [p["question"] for p in ref["problems"][:4]], 96)
-    # trained on `<<expr=result>> ... The answer is: N`: every output starts a calculator step,
-    # and most finish with the answer sentence (this small model can loop on long numbers)
-    assert all(t.startswith("<<") for t in texts), texts
-    assert sum("=" in t and ">> " in t and "The answer is: " in t for t in texts) >= 3, texts
+    texts = teacher_answers(model, tokenizer, [p["question"] for p in ref["problems"]], 96)
+    assert texts == DEMO_TEACHER_TEXTS
+    finished = [m for t in texts if (m := _FINISHED.fullmatch(t))]
+    assert len(finished) == 7  # all but the looping one: steps, then "The answer is: N"
+    assert all(extract_number(m.group(0)) == float(m.group(1)) for m in finished)
