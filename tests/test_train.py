@@ -149,6 +149,24 @@ def test_few_steps_lower_the_loss(gsm8k_dir: Path, tiny_base: Path, tmp_path: Pa
     assert cfg["base"] == "." and cfg["lora_r"] == 0 and cfg["num_latent"] == 2
 
 
+def test_records_left_out_are_reported(
+    gsm8k_dir: Path, tiny_base: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records without a final answer or too long are counted per reason in OUT/train_data.json
+    and the log, never dropped silently."""
+    rows = [json.loads(x) for x in (gsm8k_dir / "train.jsonl").read_text().splitlines()[:6]]
+    rows.insert(2, {"question": "No final answer here.", "answer": "It is 4."})
+    rows.insert(4, {"question": "Long " * 300 + "question?", "answer": "<<1+1=2>>\n#### 2"})
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("INFO"):
+        out = train(_options(tiny_base, gsm8k_dir, tmp_path / "run", data=str(data), max_steps=1))
+    summary = json.loads((out / "train_data.json").read_text())
+    assert summary["rows"] == 8 and summary["examples"] == 6
+    assert summary["dropped"] == {"no_final_answer": 1, "no_answer_token": 0, "too_long": 1}
+    assert "1 no_final_answer, 0 no_answer_token, 1 too_long" in caplog.text
+
+
 def test_resume_reproduces_uninterrupted_run(
     gsm8k_dir: Path, tiny_base: Path, tmp_path: Path
 ) -> None:

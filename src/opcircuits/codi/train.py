@@ -37,7 +37,7 @@ from torch import nn
 
 from opcircuits.codi.config import CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
-from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_problems
+from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_data
 from opcircuits.codi.train_state import (
     find_checkpoint,
     load_optimizer,
@@ -48,12 +48,14 @@ from opcircuits.codi.train_state import (
     save_state,
 )
 from opcircuits.errors import OpcircuitsError
+from opcircuits.files import write_json_atomic
 from opcircuits.options import TrainOptions
 from opcircuits.progress import stage_progress
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "train_log.jsonl"
+DATA_SUMMARY_NAME = "train_data.json"
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -342,6 +344,49 @@ def _build_model(options: TrainOptions) -> tuple[CodiModel, Any]:
     return CodiModel.from_base(config, base), tokenizer
 
 
+def _training_examples(
+    options: TrainOptions, tokenizer: Any, model: CodiModel, main: bool
+) -> list[TokenExample]:
+    """The tokenized training examples; what was left out, and why, is logged and written to
+    OUT/train_data.json (never dropped silently)."""
+    data = read_train_data(options.data)
+    problems = data.examples[: options.limit] if options.limit else data.examples
+    examples, dropped = build_examples(
+        problems,
+        tokenizer,
+        model.bot_id,
+        model.eot_id,
+        options.max_tokens,
+        options.remove_eos,
+        options.include_last_cot,
+    )
+    data.dropped.update(dropped)
+    summary = {
+        "source": data.source,
+        "split": data.split,
+        "rows": data.rows,
+        "other_splits_skipped": data.other_splits,
+        "limit": options.limit,
+        "problems": len(problems),
+        "examples": len(examples),
+        "dropped": data.dropped,
+        "max_tokens": options.max_tokens,
+        "include_last_cot": options.include_last_cot,
+    }
+    if main:
+        write_json_atomic(Path(options.out) / DATA_SUMMARY_NAME, summary)
+        left_out = sum(data.dropped.values())
+        (log.warning if left_out else log.info)(
+            "training data %s: %d rows of split %r, %d used; left out: %s",
+            data.source,
+            data.rows,
+            data.split,
+            len(examples),
+            ", ".join(f"{n} {reason}" for reason, n in data.dropped.items()),
+        )
+    return examples
+
+
 def _optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for _, p in model.named_parameters():
@@ -405,18 +450,7 @@ def train(options: TrainOptions) -> Path:
     model, tokenizer = _build_model(options)
     if resume is not None:
         load_weights(model, resume / WEIGHTS_NAME)
-    problems = read_train_problems(options.data)
-    if options.limit:
-        problems = problems[: options.limit]
-    examples = build_examples(
-        problems,
-        tokenizer,
-        model.bot_id,
-        model.eot_id,
-        options.max_tokens,
-        options.remove_eos,
-        options.include_last_cot,
-    )
+    examples = _training_examples(options, tokenizer, model, acc.is_main_process)
     per_step = options.batch_size * options.grad_accum * acc.num_processes
     total = options.max_steps or math.ceil(options.epochs * len(examples) / per_step)
     warmup = round(options.warmup_ratio * total)

@@ -1,4 +1,4 @@
-"""GSM8K train problems → CODI teacher/student training examples (the format CODI was trained on).
+"""Training problems (GSM8K or GSM8k-Aug rows) → CODI teacher/student training examples.
 
 Teacher sequence: question, chain of thought (the calculator annotations `<<16-3-4=9>> <<9*2=18>>`)
 without its last step, answer (`The answer is: 18`), EOS — cross-entropy on everything after the
@@ -12,14 +12,16 @@ concatenated, so the question tokens are identical in both tasks and at inferenc
 
 The distillation position is the token whose next-token prediction is the answer value's first
 token (the space/colon after "The answer is:"), found from the tokenizer's character offsets so
-it works for any base tokenizer.
+it works for any base tokenizer. A record without such a token, without a final answer, or too
+long is left out and counted per reason (`DROP_REASONS`); the caller reports the counts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,32 @@ def clean_question(question: str) -> str:
     return question.strip().replace("  ", " ")
 
 
+# Why a record is left out of training (counted and reported, never silently).
+NO_FINAL_ANSWER = "no_final_answer"  # GSM8K: no `#### N`; GSM8k-Aug: `answer` is not a number
+NO_ANSWER_TOKEN = "no_answer_token"  # no token of the tokenized answer covers the value
+TOO_LONG = "too_long"  # teacher sequence longer than max_tokens
+DROP_REASONS = (NO_FINAL_ANSWER, NO_ANSWER_TOKEN, TOO_LONG)
+
+GSM8K_HUB = ("openai/gsm8k", "main")  # the source "hf"
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+class NoAnswerToken(ValueError):
+    """The tokenized answer has no token covering the answer value (no distillation target)."""
+
+
+@dataclass
+class TrainData:
+    """Training problems of one source and what was left out of it, and why."""
+
+    source: str
+    split: str
+    examples: list[TextExample]
+    rows: int  # rows of `split` read
+    other_splits: int = 0  # rows of other splits skipped (problem files with a `split` field)
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+
 def format_problem(pid: str, question: str, solution: str) -> TextExample | None:
     """Turn one GSM8K record (original `answer` field with `#### N`) into a CODI example.
 
@@ -81,7 +109,7 @@ def format_problem(pid: str, question: str, solution: str) -> TextExample | None
     if "####" not in solution:
         return None
     final = solution.split("####")[-1].strip().replace(",", "")
-    if not final:
+    if not _NUMBER.fullmatch(final):
         return None
     steps = tuple(f"<<{e.strip()}={r.strip()}>>" for e, r in _ANNOTATION.findall(solution))
     return TextExample(
@@ -89,38 +117,150 @@ def format_problem(pid: str, question: str, solution: str) -> TextExample | None
     )
 
 
-def read_train_problems(source: str | Path) -> list[TextExample]:
-    """GSM8K train as CODI examples: a local JSONL (original release or problem records with
-    `question` and `answer` fields), or "hf" for the hub's `openai/gsm8k` train split."""
-    rows: list[dict[str, Any]]
-    if str(source) == "hf":
+def format_aug_problem(pid: str, question: str, cot: str, answer: str) -> TextExample | None:
+    """One GSM8k-Aug record (`cot` = calculator steps separated by spaces, `answer` = the value)
+    as a CODI example, read as the official training does: the steps are `cot` split on spaces
+    and the value is the last word of `answer`, with `####` and commas removed. None if that is
+    not a number."""
+    words = answer.replace("####", " ").split()
+    final = words[-1].replace(",", "") if words else ""
+    if not _NUMBER.fullmatch(final):
+        return None
+    return TextExample(
+        id=pid,
+        question=clean_question(question),
+        steps=tuple(cot.split()),
+        answer=ANSWER_PREFIX + final,
+    )
+
+
+Row = tuple[str, "int | None", dict[str, Any]]  # (file or hub address, line/row number, row)
+
+
+def read_problem_rows(source: str | Path, split: str) -> tuple[list[Row], int]:
+    """The raw rows of one split of a problem source, each with where it came from (for error
+    messages), and the number of rows of other splits skipped.
+
+    Sources: "hf" (GSM8K on the hub); a hub dataset id such as `zen-E/GSM8k-Aug` (through
+    `datasets`); a folder holding `<split>.jsonl` or `<split>-*.parquet` (GSM8K's release); a
+    JSONL, JSON (a list of objects) or parquet file. Rows that carry a `split` field (the problem
+    records `opcircuits data download` writes hold test and train) are kept only for `split`.
+    """
+    text = str(source)
+    path = Path(source)
+    if text == "hf" or (not path.exists() and _is_hub_id(text)):
+        rows = _hub_rows(*(GSM8K_HUB if text == "hf" else (text, None)), split=split)
+    elif path.is_dir():
+        files = [path / f"{split}.jsonl"] if (path / f"{split}.jsonl").is_file() else []
+        files = files or sorted(path.rglob(f"{split}-*.parquet"))
+        if not files:
+            raise OpcircuitsError(f"no {split}.jsonl or {split}-*.parquet in the folder", path=path)
+        rows = [row for f in files for row in _file_rows(f)]
+    elif path.is_file():
+        rows = _file_rows(path)
+    else:
+        raise OpcircuitsError(
+            "training data not found: a JSONL/JSON/parquet file, a GSM8K folder, 'hf' or a hub "
+            "dataset id",
+            path=path,
+        )
+    kept = [r for r in rows if r[2].get("split", split) == split]
+    other = len(rows) - len(kept)
+    if other:
+        log.info(
+            "%s: kept the %d rows of split %r, skipped %d of other splits",
+            text,
+            len(kept),
+            split,
+            other,
+        )
+    if not kept:
+        raise OpcircuitsError(f"no rows of split {split!r}", path=text)
+    return kept, other
+
+
+def _is_hub_id(text: str) -> bool:
+    """`owner/name` with no file suffix: how a hub dataset id differs from a missing path."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith(".")
+
+
+def _hub_rows(name: str, config: str | None, split: str) -> list[Row]:
+    try:
         import datasets  # only on the hub path; local files need no network
 
-        rows = [dict(r) for r in datasets.load_dataset("openai/gsm8k", "main", split="train")]
-    else:
-        path = Path(source)
-        if path.is_dir():
-            path = path / "train.jsonl"
-        if not path.is_file():
-            raise OpcircuitsError(
-                "training data not found (a GSM8K train.jsonl or 'hf')", path=path
-            )
-        rows = []
-        for lineno, row in read_jsonl_objects(path):
-            for field in ("question", "answer"):
-                if not isinstance(row.get(field), str):
-                    raise OpcircuitsError(
-                        "missing or not a string", path=path, line=lineno, field=field
-                    )
-            rows.append(row)
-    out = []
-    for i, row in enumerate(rows):
-        ex = format_problem(str(row.get("id", f"train_{i}")), row["question"], row["answer"])
-        if ex is not None:
-            out.append(ex)
-    if not out:
-        raise OpcircuitsError("no usable training problems", path=str(source))
-    return out
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # offline, no such dataset or split: all mean "use a local copy"
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise OpcircuitsError(
+            f"could not load split {split!r} of {name} from the hub ({reason}); give a local file"
+        ) from exc
+    return [(f"hf://{name}/{split}", i + 1, dict(r)) for i, r in enumerate(rows)]
+
+
+def _file_rows(path: Path) -> list[Row]:
+    """Rows of a JSONL, JSON (list of objects, or JSON lines) or parquet file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise OpcircuitsError(f"cannot read parquet: {exc}", path=path) from exc
+        return [(str(path), i + 1, r) for i, r in enumerate(table)]
+    if path.suffix == ".json" and _first_char(path) == "[":
+        try:
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise OpcircuitsError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+        if not isinstance(items, list):
+            raise OpcircuitsError("must hold a list of objects", path=path)
+        bad = next((i for i, r in enumerate(items) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise OpcircuitsError(f"item {bad} is not a JSON object", path=path)
+        return [(str(path), None, r) for r in items]
+    return [(str(path), line, r) for line, r in read_jsonl_objects(path)]
+
+
+def _first_char(path: Path) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read(4096).lstrip()[:1]
+
+
+def read_train_data(source: str | Path, split: str = "train") -> TrainData:
+    """Training problems as CODI examples, from GSM8K (`question`, `answer` with the solution and
+    `#### N`) or GSM8k-Aug (`question`, `cot`, `answer`) rows; records without a usable final
+    answer are counted in `dropped`."""
+    rows, other = read_problem_rows(source, split)
+    data = TrainData(
+        source=str(source), split=split, examples=[], rows=len(rows), other_splits=other
+    )
+    for i, (where, line, row) in enumerate(rows):
+        aug = "cot" in row  # GSM8k-Aug: the steps in `cot`, the bare value in `answer`
+        for name in ("question", "cot", "answer") if aug else ("question", "answer"):
+            value = row.get(name)
+            numeric = aug and name == "answer" and isinstance(value, (int, float))
+            if not isinstance(value, str) and not numeric:
+                raise OpcircuitsError("missing or not a string", path=where, line=line, field=name)
+        pid = str(row.get("id", f"{split}_{i}"))
+        if aug:
+            ex = format_aug_problem(pid, row["question"], row["cot"], str(row["answer"]))
+        else:
+            ex = format_problem(pid, row["question"], row["answer"])
+        if ex is None:
+            data.dropped[NO_FINAL_ANSWER] += 1
+        else:
+            data.examples.append(ex)
+    if not data.examples:
+        raise OpcircuitsError(
+            "no usable training problems (none has a final answer)", path=str(source)
+        )
+    return data
+
+
+def read_train_problems(source: str | Path) -> list[TextExample]:
+    """The usable training problems of a source (see `read_train_data`)."""
+    return read_train_data(source).examples
 
 
 def _ids(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -139,7 +279,7 @@ def _value_token_index(tokenizer: Any, answer: str) -> tuple[list[int], int]:
     for i, (a, b) in enumerate(offsets):
         if b > start and answer[max(a, start) : b].strip():
             return ids, i
-    return ids, len(ids) - 1
+    raise NoAnswerToken(f"no token of {answer!r} covers its value")
 
 
 def tokenize_example(
@@ -192,20 +332,25 @@ def build_examples(
     max_tokens: int,
     remove_eos: bool = True,
     include_last_cot: bool = False,
-) -> list[TokenExample]:
-    """Tokenize all examples; drop those whose teacher sequence exceeds `max_tokens`."""
+) -> tuple[list[TokenExample], dict[str, int]]:
+    """Tokenize all examples. Those with no token covering the answer value, or whose teacher
+    sequence exceeds `max_tokens`, are left out and counted per reason (`dropped`)."""
     out = []
+    dropped = {NO_ANSWER_TOKEN: 0, TOO_LONG: 0}
     for ex in examples:
-        tex = tokenize_example(ex, tokenizer, bot_id, eot_id, remove_eos, include_last_cot)
-        if len(tex.teacher_ids) <= max_tokens:
-            out.append(tex)
-    dropped = len(examples) - len(out)
-    if dropped:
-        log.info(
-            "dropped %d of %d examples longer than %d tokens", dropped, len(examples), max_tokens
-        )
+        try:
+            tex = tokenize_example(ex, tokenizer, bot_id, eot_id, remove_eos, include_last_cot)
+        except NoAnswerToken:
+            dropped[NO_ANSWER_TOKEN] += 1
+            continue
+        if len(tex.teacher_ids) > max_tokens:
+            dropped[TOO_LONG] += 1
+            continue
+        out.append(tex)
     if not out:
         raise OpcircuitsError(
-            f"every example is longer than max_tokens={max_tokens}", field="max_tokens"
+            f"no example left to train on of {len(examples)} ({dropped[NO_ANSWER_TOKEN]} without "
+            f"an answer-value token, {dropped[TOO_LONG]} longer than max_tokens={max_tokens})",
+            field="max_tokens",
         )
-    return out
+    return out, dropped
