@@ -260,7 +260,7 @@ def test_two_processes_train_like_one(gsm8k_dir: Path, tiny_base: Path, tmp_path
     args: list[str] = []
     for f in fields(opts):  # every option that differs from its default, as a flag
         value, flag = getattr(opts, f.name), f"--{f.name.replace('_', '-')}"
-        if value == f.default:
+        if value == f.metadata.get("fallback", f.default):
             continue
         args += [flag] if value is True else [flag, str(value)]
     # torchrun-style launch; without CUDA the processes train on the CPU (gloo)

@@ -370,33 +370,103 @@ class RunOptions:
 # --- training and evaluating CODI models --------------------------------------------------------
 
 
+# The official CODI training settings of the two released models (zhenyi4/codi,
+# scripts/train_gpt2_gsm8k-aug.sh and scripts/train_llama1b_gsm8k-aug.sh; values the scripts leave
+# unset are the defaults of the official train.py / src/model.py). Effective batch 128 =
+# per-device batch × gradient accumulation on one process. Official LoRA dropout is 0.1, as
+# CodiConfig's default; the official run holds the whole model in bf16, here bf16 is autocast
+# over fp32 weights.
+_OFFICIAL_COMMON: dict[str, Any] = {
+    "data": "zen-E/GSM8k-Aug",
+    "seed": 11,
+    "mixed_precision": "bf16",
+    "max_grad_norm": 2.0,
+    "lora_r": 128,
+    "lora_alpha": 32,
+    "weight_decay": 0.1,
+    "warmup_ratio": 0.03,
+    "num_latent": 6,
+    "prj_dropout": 0.0,
+    "prj_no_ln": False,
+    "remove_eos": True,
+    "include_last_cot": False,
+    "distill_loss": "smooth_l1",
+    "teacher_factor": 1.0,  # ref_loss_factor's default
+}
+TRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "codi-gpt2": {
+        **_OFFICIAL_COMMON,
+        "base": "gpt2",
+        "batch_size": 64,
+        "grad_accum": 2,
+        "epochs": 40.0,
+        "lr": 3e-3,
+        "prj_dim": 768,
+        "distill_factor": 1.0,  # not set by the script: distill_loss_factor's default
+        "max_tokens": 1000,  # not set by the script: max_token_num's default
+    },
+    "codi-llama3.2-1b": {
+        **_OFFICIAL_COMMON,
+        "base": "meta-llama/Llama-3.2-1B-Instruct",
+        "batch_size": 32,
+        "grad_accum": 4,
+        "epochs": 10.0,
+        "lr": 8e-4,
+        "prj_dim": 2048,
+        "distill_factor": 20.0,
+        "max_tokens": 200,
+    },
+}
+
+
+def recipe_opt(fallback: Any, *, help: str, **meta: Any) -> Any:
+    """A training option a `--recipe` may set. Its field default is None, meaning "not given":
+    `TrainOptions` fills it from the recipe, else from `fallback`, so an explicit value (even one
+    equal to the fallback) always wins over the recipe."""
+    shown = "none" if fallback is None else str(fallback)
+    return opt(None, help=f"{help} (default {shown}, or the recipe's)", fallback=fallback, **meta)
+
+
 @dataclass
 class TrainOptions:
-    """`opcircuits train`."""
+    """`opcircuits train`. Fields declared with `recipe_opt` are None until `__post_init__`
+    resolves them: the given value, else the recipe's, else the field's fallback."""
 
     out: Path = opt(
         help="Output folder: OUT/last/ (resumable checkpoint), OUT/ (final model, released "
-        "layout), OUT/train_log.jsonl."
+        "layout), OUT/train_log.jsonl, OUT/train_data.json (what was read and left out)."
     )
-    base: str = opt(help="Base model: hub id or local folder (config + tokenizer [+ weights]).")
-    data: str = opt(
+    recipe: str | None = opt(
+        None,
+        choices=tuple(TRAIN_RECIPES),
+        help="Official CODI settings of a released model (learning rate, epochs, batch, LoRA, "
+        "projection, distillation factor, bf16, seed, base, GSM8k-Aug data); options given "
+        "explicitly override them.",
+    )
+    base: str | None = recipe_opt(
+        None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
+    )
+    data: str | None = recipe_opt(
         "data/gsm8k/train.jsonl",
-        help="GSM8K train JSONL (original release or problem records), a folder holding "
-        "train.jsonl, or 'hf' for the hub.",
+        help="Training problems: GSM8K or GSM8k-Aug rows in a JSONL/JSON/parquet file (of "
+        "problem records only the split=train rows), a folder holding train.jsonl, 'hf' (GSM8K "
+        "on the hub) or a hub dataset id (zen-E/GSM8k-Aug).",
     )
     from_scratch: bool = opt(
         False,
         help="Initialize the base randomly from its config (the checkpoint becomes "
         "self-contained, base '.').",
     )
-    num_latent: int = opt(6, min=1, help="K continuous thoughts.")
-    prj_dim: int = opt(2048, min=1, help="Hidden width of the projection.")
-    prj_dropout: float = opt(0.0, min=0, help="Projection dropout.")
-    prj_no_ln: bool = opt(False, help="No LayerNorm in the projection.")
-    lora_r: int = opt(128, min=0, help="LoRA rank; 0 trains the whole base.")
-    lora_alpha: int = opt(32, help="LoRA alpha.")
-    remove_eos: bool = opt(True, help="No EOS between the question and the thoughts (as released).")
-    include_last_cot: bool = opt(
+    num_latent: int | None = recipe_opt(6, min=1, help="K continuous thoughts.")
+    prj_dim: int | None = recipe_opt(2048, min=1, help="Hidden width of the projection.")
+    prj_dropout: float | None = recipe_opt(0.0, min=0, help="Projection dropout.")
+    prj_no_ln: bool | None = recipe_opt(False, help="No LayerNorm in the projection.")
+    lora_r: int | None = recipe_opt(128, min=0, help="LoRA rank; 0 trains the whole base.")
+    lora_alpha: int | None = recipe_opt(32, help="LoRA alpha.")
+    remove_eos: bool | None = recipe_opt(
+        True, help="No EOS between the question and the thoughts (as released)."
+    )
+    include_last_cot: bool | None = recipe_opt(
         False,
         help="Keep the last chain-of-thought step in the teacher sequence (the official CODI "
         "training drops it, so the teacher computes the final result at the distillation "
@@ -405,36 +475,55 @@ class TrainOptions:
     layers: str | list[int] | None = opt(
         None, list=int, help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
     )
-    max_tokens: int = opt(256, min=1, help="Drop examples whose teacher sequence is longer.")
+    max_tokens: int | None = recipe_opt(
+        256, min=1, help="Leave out (and count) examples whose teacher sequence is longer."
+    )
     limit: int | None = opt(None, min=1, help="Use only the first N problems.")
-    batch_size: int = opt(32, min=1, help="Examples per process per micro-step.")
-    grad_accum: int = opt(1, min=1, help="Micro-steps per optimizer step.")
-    epochs: float = opt(3.0, help="Epochs (ignored with --max-steps).")
+    batch_size: int | None = recipe_opt(32, min=1, help="Examples per process per micro-step.")
+    grad_accum: int | None = recipe_opt(1, min=1, help="Micro-steps per optimizer step.")
+    epochs: float | None = recipe_opt(3.0, help="Epochs (ignored with --max-steps).")
     max_steps: int | None = opt(None, min=1, help="Optimizer steps in total.")
-    lr: float = opt(8e-4, help="Peak learning rate (AdamW).")
-    weight_decay: float = opt(0.01, help="AdamW weight decay.")
-    warmup_ratio: float = opt(0.03, help="Linear warm-up share before the cosine decay.")
-    max_grad_norm: float = opt(2.0, help="Gradient clipping.")
-    distill_loss: str = opt("smooth_l1", choices=("smooth_l1", "l2"), help="smooth_l1 or l2.")
-    distill_factor: float = opt(20.0, help="Multiplier of the distillation loss.")
-    teacher_factor: float = opt(1.0, help="Multiplier of the teacher cross-entropy.")
+    lr: float | None = recipe_opt(8e-4, help="Peak learning rate (AdamW).")
+    weight_decay: float | None = recipe_opt(0.01, help="AdamW weight decay.")
+    warmup_ratio: float | None = recipe_opt(
+        0.03, help="Linear warm-up share before the cosine decay."
+    )
+    max_grad_norm: float | None = recipe_opt(2.0, help="Gradient clipping.")
+    distill_loss: str | None = recipe_opt(
+        "smooth_l1", choices=("smooth_l1", "l2"), help="smooth_l1 or l2."
+    )
+    distill_factor: float | None = recipe_opt(20.0, help="Multiplier of the distillation loss.")
+    teacher_factor: float | None = recipe_opt(1.0, help="Multiplier of the teacher cross-entropy.")
     teacher_only_steps: int = opt(0, min=0, help="First N steps train the teacher task only.")
     save_every: int = opt(100, min=1, help="Checkpoint every N steps.")
     stop_after: int | None = opt(
         None, help="Stop (checkpointed) after N steps of this invocation; rerun to continue."
     )
-    seed: int = opt(0, help="Seed of initialization and data order.")
-    mixed_precision: str = opt("no", choices=("no", "fp16", "bf16"), help="no, fp16 or bf16.")
+    seed: int | None = recipe_opt(0, help="Seed of initialization and data order.")
+    mixed_precision: str | None = recipe_opt(
+        "no", choices=("no", "fp16", "bf16"), help="no, fp16 or bf16."
+    )
     threads: int | None = opt(None, min=1, help="torch CPU threads.")
 
     def __post_init__(self) -> None:
+        if self.recipe is not None and self.recipe not in TRAIN_RECIPES:
+            raise OpcircuitsError(
+                f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.recipe!r}", field="recipe"
+            )
+        recipe = TRAIN_RECIPES[self.recipe] if self.recipe else {}
+        for f in dataclasses.fields(self):
+            if "fallback" in f.metadata and getattr(self, f.name) is None:
+                setattr(self, f.name, recipe.get(f.name, f.metadata["fallback"]))
         check_fields(self)
+        if self.base is None:
+            raise OpcircuitsError("give a base model (or a --recipe that names one)", field="base")
         if self.max_steps is None and self.epochs <= 0:
             raise OpcircuitsError("must be > 0 (or give max_steps)", field="epochs")
 
     def fingerprint(self) -> dict[str, Any]:
-        """The options a resumed run must share with the run that wrote the checkpoint."""
-        skip = {"out", "stop_after", "save_every", "threads", "data"}
+        """The options a resumed run must share with the run that wrote the checkpoint (the
+        resolved values: a recipe and the same values given one by one are the same run)."""
+        skip = {"out", "stop_after", "save_every", "threads", "data", "recipe"}
         out = {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in dataclasses.asdict(self).items()
@@ -511,6 +600,7 @@ __all__ = [
     "PrototypeOptions",
     "RunOptions",
     "StoreInfoOptions",
+    "TRAIN_RECIPES",
     "TrainOptions",
     "check_fields",
     "split_list",
