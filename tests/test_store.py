@@ -1,4 +1,4 @@
-"""The thought store: round trips, resumable sharded writing, sharding, legacy import."""
+"""The thought store: round trips, resumable sharded writing, sharding (no GSM8K needed)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from opcircuits.cli import app
 from opcircuits.errors import OpcircuitsError
-from opcircuits.legacy import ImportLegacyOptions, import_legacy, parse_gold
 from opcircuits.store import (
     RECORD_COLUMNS,
     StoreWriter,
@@ -28,29 +25,24 @@ LAYERS = [2, 5, 7]
 POSITIONS = ["bot", "latent_1", "latent_2", "latent_3"]
 
 
-def _gsm8k(gsm8k_dir: Path, n: int) -> list[dict]:
-    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as fh:
-        return [json.loads(next(fh)) for _ in range(n)]
-
-
-def _records(gsm8k_dir: Path, n: int) -> list[dict]:
-    """Records shaped like extraction's, built from real GSM8K problems."""
+def _records(n: int) -> list[dict]:
+    """Records shaped like extraction's (every column filled, some nulls, non-ASCII text)."""
     rng = np.random.default_rng(1)
     out = []
-    for i, row in enumerate(_gsm8k(gsm8k_dir, n)):
-        gold = float(row["answer"].split("####")[1].strip().replace(",", ""))
+    for i in range(n):
+        gold = float(3 * i + 2)
         predicted = None if i % 4 == 3 else gold + (i % 2)
         probs = rng.dirichlet(np.ones(3), size=P).astype(np.float32)
         out.append(
             {
                 "id": f"test_{i}",
                 "category": ["pure_addition", "pure_multiplication", "mixed"][i % 3],
-                "question": row["question"],
+                "question": f"Zoë has {i} apples and buys {2 * i + 2} more. How many now? ✓",
                 "gold": gold,
                 "answer_text": None if predicted is None else f"The answer is {predicted}",
                 "predicted": predicted,
                 "correct": predicted == gold,
-                "n_steps": row["answer"].count("<<"),
+                "n_steps": 1 + i % 3,
                 "ops_used": ["+", "*"][: 1 + i % 2],
                 "lens_top_ids": rng.integers(0, 100, size=(P, 3)).tolist(),
                 "lens_top_tokens": [[f"t{j}" for j in range(3)] for _ in range(P)],
@@ -99,8 +91,8 @@ def _files(path: Path) -> dict[str, bytes]:
 # --- round trip -----------------------------------------------------------------------------------
 
 
-def test_round_trip_values_records_and_selection(tmp_path, gsm8k_dir):
-    records = _records(gsm8k_dir, 11)
+def test_round_trip_values_records_and_selection(tmp_path):
+    records = _records(11)
     hidden, lat = _arrays(11)
     store = write_store(
         tmp_path / "s",
@@ -162,12 +154,12 @@ def test_round_trip_values_records_and_selection(tmp_path, gsm8k_dir):
     )
 
 
-def test_float32_store_is_exact_and_dataframe_records_round_trip(tmp_path, gsm8k_dir):
+def test_float32_store_is_exact_and_dataframe_records_round_trip(tmp_path):
     hidden, lat = _arrays(5)
     first = write_store(
         tmp_path / "a",
         hidden,
-        _records(gsm8k_dir, 5),
+        _records(5),
         LAYERS,
         POSITIONS,
         lat,
@@ -262,9 +254,9 @@ def _write(writer: StoreWriter, shards, hidden, lat, records) -> None:
         writer.write_shard(i, hidden[a:b], lat[a:b], records[a:b])
 
 
-def test_writer_resumes_after_a_crash_and_equals_an_uninterrupted_run(tmp_path, gsm8k_dir):
+def test_writer_resumes_after_a_crash_and_equals_an_uninterrupted_run(tmp_path):
     n, size = 13, 3  # 5 shards, the last one short
-    records = _records(gsm8k_dir, n)
+    records = _records(n)
     hidden, lat = _arrays(n)
 
     whole = StoreWriter(tmp_path / "whole", _manifest(), n, size)
@@ -313,8 +305,8 @@ def test_incomplete_store_without_hidden_size_learns_it_from_its_shards(tmp_path
     assert partial.manifest["complete"] is False
 
 
-def test_a_shard_whose_records_do_not_match_its_hidden_file_is_redone(tmp_path, gsm8k_dir):
-    records = _records(gsm8k_dir, 4)
+def test_a_shard_whose_records_do_not_match_its_hidden_file_is_redone(tmp_path):
+    records = _records(4)
     hidden, lat = _arrays(4)
     w = StoreWriter(tmp_path / "s", _manifest(), 4, 2)
     _write(w, [0, 1], hidden, lat, records)
@@ -377,9 +369,9 @@ def test_write_shard_checks_shapes_and_counts(tmp_path):
     assert w.pending_shards() == [0, 1, 2]
 
 
-def test_two_processes_write_the_same_bytes_as_one(tmp_path, gsm8k_dir):
+def test_two_processes_write_the_same_bytes_as_one(tmp_path):
     n, size = 10, 3  # 4 shards: rank 0 takes 0 and 2, rank 1 takes 1 and 3
-    records = _records(gsm8k_dir, n)
+    records = _records(n)
     hidden, lat = _arrays(n)
     one = StoreWriter(tmp_path / "one", _manifest(), n, size)
     _write(one, one.pending_shards(), hidden, lat, records)
@@ -395,6 +387,18 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path, gsm8k_dir):
     ranks[0].finalize()
     assert _files(path) == _files(tmp_path / "one")
     assert open_store(path).records.equals(open_store(tmp_path / "one").records)
+
+
+def test_a_rank_creating_the_store_does_not_make_its_sibling_refuse_it(tmp_path):
+    """Ranks started together race to create the store: one may list the directory while the
+    other's manifest is still a temporary file (the once-flaky two-process test). Only files
+    that are not the store's own make a directory "not empty"."""
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / ".manifest.json.k2x9q1.tmp").write_text("{")  # another rank's, half-written
+    w = StoreWriter(path, _manifest(), 4, 2, rank=1, world_size=2)
+    assert w.pending_shards() == [1]
+    assert json.loads((path / "manifest.json").read_text())["n_problems"] == 4
 
 
 _RANK_SCRIPT = """
@@ -413,9 +417,9 @@ print(w.pending_shards(rank=0, world_size=1))
 
 
 @pytest.mark.multiproc
-def test_two_real_processes_started_together_write_one_store(tmp_path, gsm8k_dir):
+def test_two_real_processes_started_together_write_one_store(tmp_path):
     n, size = 7, 2
-    records = _records(gsm8k_dir, n)
+    records = _records(n)
     hidden, lat = _arrays(n)
     one = StoreWriter(tmp_path / "one", _manifest(), n, size)
     _write(one, one.pending_shards(), hidden, lat, records)
@@ -466,156 +470,7 @@ def test_open_store_errors(tmp_path):
         open_store(store.path)
 
 
-# --- legacy import --------------------------------------------------------------------------------
-
-
-def _legacy_items(gsm8k_dir: Path, n: int, d: int = 8) -> list[dict]:
-    rng = np.random.default_rng(3)
-    items = []
-    for i, row in enumerate(_gsm8k(gsm8k_dir, n)):
-        items.append(
-            {
-                "id": i,
-                "question": row["question"],
-                "answer": row["answer"],
-                "operation_type": ["pure_addition", "mixed"][i % 2],
-                "thoughts": {
-                    name: rng.normal(size=(6, d)).round(4).tolist()
-                    for name in ("early", "middle", "late")
-                },
-            }
-        )
-    return items
-
-
-def test_import_legacy(tmp_path, gsm8k_dir):
-    items = _legacy_items(gsm8k_dir, 7)
-    src = tmp_path / "continuous_thoughts_test.json"
-    src.write_text(json.dumps(items, indent=1))
-    store = import_legacy(ImportLegacyOptions(file=src, out=tmp_path / "s", layers="3,6,10"))
-    assert store.layers == [3, 6, 10] and store.layer_names == ["early", "middle", "late"]
-    assert store.positions == ["bot", "latent_1", "latent_2", "latent_3", "latent_4", "latent_5"]
-    assert store.manifest["dataset_sha256"] and store.manifest["source"] == "legacy"
-    want = np.array([[it["thoughts"][k] for k in ("early", "middle", "late")] for it in items])
-    np.testing.assert_allclose(store.hidden(), want.transpose(0, 2, 1, 3), atol=2e-3)
-    np.testing.assert_array_equal(store.hidden(layers=["late"])[:, :, 0], store.hidden()[:, :, 2])
-    df = store.records
-    assert df["id"].tolist() == [str(i) for i in range(7)]
-    assert df["category"].tolist() == [it["operation_type"] for it in items]
-    golds = [float(it["answer"].split("####")[1].replace(",", "")) for it in items]
-    assert df["gold"].tolist() == golds
-    assert df["n_steps"].tolist() == [it["answer"].count("<<") for it in items]
-    # first GSM8K test problem (Janet's ducks): 16-3-4=9, 9*2=18
-    assert list(df["ops_used"][0]) == ["-", "*"]
-    assert df["predicted"].isna().all() and df["answer_text"].isna().all()
-
-
-def test_parse_gold():
-    assert parse_gold("so 5+5=10\n#### 1,234") == 1234.0
-    assert parse_gold("#### -3.5") == -3.5
-    with pytest.raises(OpcircuitsError, match="x.json:3: field 'answer': final answer '\\$12'"):
-        parse_gold("#### $12", path=Path("x.json"), line=3)
-    assert parse_gold("no marker 12") is None
-
-
-@pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda items: {"x": items}, r"expected a JSON list"),
-        (lambda items: [*items[:2], 5], r"item 2: expected an object, got int"),
-        (
-            lambda items: [items[0], {**items[1], "question": None}],
-            r"field 'question': item 1: has type NoneType",
-        ),
-        (
-            lambda items: [items[0], {k: v for k, v in items[1].items() if k != "thoughts"}],
-            r"field 'thoughts': item 1: missing",
-        ),
-        (
-            lambda items: [items[0], {**items[1], "thoughts": {"early": [], "late": []}}],
-            r"field 'thoughts': item 1: layers \['early', 'late'\] do not match",
-        ),
-        (
-            lambda items: [
-                items[0],
-                {**items[1], "thoughts": {**items[1]["thoughts"], "middle": [[1.0] * 8] * 5}},
-            ],
-            r"field 'thoughts.middle': item 1: shape \[5, 8\] differs from the first item's",
-        ),
-        (
-            lambda items: [
-                items[0],
-                {**items[1], "thoughts": {**items[1]["thoughts"], "late": [[1.0] * 8, [1.0] * 7]}},
-            ],
-            r"field 'thoughts.late': item 1: not a list of equal-length number lists",
-        ),
-        (lambda items: [items[0], {**items[1], "id": 0}], r"ids repeat: \['0'\]"),
-        (lambda items: [], "the list holds no items"),
-        (
-            lambda items: [items[0], {**items[1], "answer": "so #### ten"}],
-            r"field 'answer': item 1: final answer 'ten' after '####' is not a number",
-        ),
-    ],
-)
-def test_import_legacy_rejects_malformed_input(tmp_path, gsm8k_dir, mutate, message):
-    src = tmp_path / "bad.json"
-    src.write_text(json.dumps(mutate(_legacy_items(gsm8k_dir, 3)), indent=1))
-    with pytest.raises(OpcircuitsError, match=message) as info:
-        import_legacy(ImportLegacyOptions(file=src, out=tmp_path / "s"))
-    assert str(src) in str(info.value)
-    assert not (tmp_path / "s").exists()
-
-
-def test_import_legacy_reports_the_line_of_broken_json(tmp_path, gsm8k_dir):
-    text = json.dumps(_legacy_items(gsm8k_dir, 3), indent=1)
-    cut = text.index('"operation_type"', text.index('"id": 2'))
-    src = tmp_path / "broken.json"
-    src.write_text(text[:cut] + "oops" + text[cut:])
-    line = text[:cut].count("\n") + 1
-    with pytest.raises(OpcircuitsError, match=rf"broken.json:{line}: item 2: not valid JSON"):
-        import_legacy(ImportLegacyOptions(file=src, out=tmp_path / "s"))
-    with pytest.raises(OpcircuitsError, match="3 layer names"):
-        import_legacy(ImportLegacyOptions(file=src, out=tmp_path / "s", layers="1,2"))
-
-
 # --- CLI ------------------------------------------------------------------------------------------
-
-
-def test_cli_import_legacy_and_info(tmp_path, gsm8k_dir):
-    src = tmp_path / "continuous_thoughts.json"
-    src.write_text(json.dumps(_legacy_items(gsm8k_dir, 4)))
-    runner = CliRunner()
-    out = tmp_path / "store"
-    result = runner.invoke(
-        app,
-        [
-            "store",
-            "import-legacy",
-            str(src),
-            "--out",
-            str(out),
-            "--layers",
-            "1,2,3",
-            "--store-dtype",
-            "float32",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "4 problems" in result.output
-    result = runner.invoke(app, ["store", "info", str(out)])
-    assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
-    assert info["shapes"] == {"hidden": [4, 6, 3, 8]}
-    assert info["manifest"]["layers"] == [1, 2, 3]
-    assert info["manifest"]["store_dtype"] == "float32"
-    # a second import onto the same store needs --overwrite
-    result = runner.invoke(app, ["store", "import-legacy", str(src), "--out", str(out)])
-    assert isinstance(result.exception, OpcircuitsError)
-    result = runner.invoke(
-        app, ["store", "import-legacy", str(src), "--out", str(out), "--overwrite"]
-    )
-    assert result.exit_code == 0, result.output
-    assert open_store(out).layers == [4, 8, 14]
 
 
 def test_cli_store_info_error_is_one_line_and_exit_2(tmp_path):

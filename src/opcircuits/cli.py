@@ -302,8 +302,8 @@ def store_import_legacy(
     ),
 ) -> None:
     """Convert a legacy thoughts JSON into a store (positions bot, latent_1..latent_5)."""
-    from opcircuits.legacy import import_legacy
     from opcircuits.options import ImportLegacyOptions
+    from opcircuits.store.legacy import import_legacy
 
     store = import_legacy(
         ImportLegacyOptions(

@@ -257,7 +257,8 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
 
 
 def _import_stage(legacy: Path, store: Path) -> Stage:
-    from opcircuits.legacy import ImportLegacyOptions, import_legacy
+    from opcircuits.options import ImportLegacyOptions
+    from opcircuits.store.legacy import import_legacy
 
     def action() -> None:
         # An import is quick: always from scratch, never merged with a partial one.

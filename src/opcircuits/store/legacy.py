@@ -27,7 +27,8 @@ from opcircuits.data.gsm8k import parse_final_answer
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import sha256_file
 from opcircuits.options import ImportLegacyOptions
-from opcircuits.store import Store, write_store
+from opcircuits.store.reader import Store
+from opcircuits.store.writer import write_store
 
 log = logging.getLogger(__name__)
 
