@@ -1,0 +1,180 @@
+"""Causal-test statistics: what each intervention did, per category, paired with the clean run.
+
+Input: the intervention table, one row per problem × intervention (`interventions.parquet`),
+with at least the columns `id`, `category`, `intervention`, `kind`, `correct`, `logp_gold`,
+`changed` (and `follows_source`, `logp_source` for patching). Each problem's clean run is its
+row with kind `none`.
+
+Every effect is a mean over problems of a *paired* difference — the clean run's value minus the
+intervened one on the same problem: the accuracy drop (clean correct − correct), the log-prob
+drop of the gold answer (clean − intervened), the share of answers that changed, and for
+patching the share that became the source's answer. Intervals are percentile bootstrap intervals
+over problems, resampled within each category; the same resamples serve every intervention
+(common random numbers), so two interventions, or two categories, are compared on equal terms.
+
+The operation-specific claim is an *interaction*: the effect on one category minus the effect on
+another (e.g. the drop on pure multiplication minus the drop on pure addition), with the interval
+of that difference (the categories are resampled independently).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from opcircuits.errors import OpcircuitsError
+
+ALL = "all"  # the pooled category
+MEASURES = ("drop", "logp_drop", "changed", "follows_source", "accuracy")
+REQUIRED = ("id", "category", "intervention", "kind", "correct", "logp_gold", "changed")
+# What describes an intervention (copied to every aggregate row when present in the table).
+DESCRIBE = ("kind", "sites", "position", "layer", "alpha", "direction", "thoughts")
+
+
+@dataclass(frozen=True)
+class Boot:
+    """Bootstrap resampling weights per category: counts [R, n] over that category's problems."""
+
+    ids: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+
+
+def _weights(ids: dict[str, np.ndarray], n_boot: int, seed: int) -> Boot:
+    out = {}
+    for k, (cat, members) in enumerate(sorted(ids.items())):
+        rng = np.random.default_rng([seed, k])
+        n = len(members)
+        out[cat] = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    return Boot(ids, out)
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float | None, float | None]:
+    """Percentile interval of bootstrap means [..., R] (None where a mean is undefined)."""
+    if boot.size == 0 or np.isnan(boot).all():
+        return None, None
+    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=-1)
+    return float(lo), float(hi)
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+
+
+def check_table(table: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise OpcircuitsError(f"intervention table lacks columns {missing}", field="interventions")
+    if not (table["kind"] == "none").any():
+        raise OpcircuitsError("intervention table has no clean run (kind 'none')")
+
+
+def effects(
+    table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per intervention × category (and `all`): the paired effects with intervals; and per
+    intervention × pair of categories: the interaction (effect on a − effect on b) with its
+    interval. Returns (effects, interactions), plain JSON-ready rows."""
+    check_table(table)
+    table = table.copy()
+    table["category"] = table["category"].fillna("unknown").astype(str)
+    clean = table[table["kind"] == "none"].drop_duplicates("id").set_index("id")
+    cats = sorted(clean["category"].unique())
+    # Problems in id order, so the resamples do not depend on the table's row order.
+    ids = {c: np.sort(clean.index[clean["category"] == c].to_numpy()) for c in cats}
+    boot = _weights(ids, n_boot, seed)
+    # `all`: the categories' resamples together (a stratified bootstrap of the pooled mean).
+    all_ids = np.concatenate([ids[c] for c in cats])
+
+    labels = [x for x in dict.fromkeys(table["intervention"]) if x != "none"]
+    rows = table[table["kind"] != "none"]
+    describe = [c for c in DESCRIBE if c in table.columns]
+    info = rows.drop_duplicates("intervention").set_index("intervention")[describe]
+
+    pivots: dict[str, pd.DataFrame] = {}
+
+    def matrix(column: str, cat_ids: np.ndarray, clean_minus: bool) -> np.ndarray:
+        """[I, n]: per intervention and problem, the paired value (NaN where absent)."""
+        if column not in rows.columns:
+            return np.full((len(labels), len(cat_ids)), np.nan)
+        if column not in pivots:
+            values = pd.to_numeric(rows[column].astype(object).where(rows[column].notna()))
+            frame = pd.DataFrame(
+                {"intervention": rows["intervention"], "id": rows["id"], "v": values}
+            )
+            pivots[column] = frame.pivot_table(
+                index="intervention", columns="id", values="v", aggfunc="first", dropna=False
+            ).reindex(index=labels, columns=all_ids)
+        piv = pivots[column].reindex(columns=cat_ids).to_numpy(dtype=np.float64)
+        if clean_minus:
+            base = pd.to_numeric(clean[column].reindex(cat_ids)).to_numpy(dtype=np.float64)
+            piv = base[None, :] - piv
+        return piv
+
+    measures = {
+        "accuracy": ("correct", False),
+        "drop": ("correct", True),
+        "logp_drop": ("logp_gold", True),
+        "changed": ("changed", False),
+        "follows_source": ("follows_source", False),
+    }
+    per_cat: dict[str, dict[str, np.ndarray]] = {}  # category → measure → [I, R]
+    means: dict[str, dict[str, np.ndarray]] = {}  # category → measure → [I]
+    counts: dict[str, np.ndarray] = {}
+    for cat in [*cats, ALL]:
+        cat_ids = all_ids if cat == ALL else ids[cat]
+        W = np.concatenate([boot.weights[c] for c in cats], 1) if cat == ALL else boot.weights[cat]
+        per_cat[cat], means[cat] = {}, {}
+        for name, (column, paired) in measures.items():
+            X = matrix(column, cat_ids, paired)
+            present = ~np.isnan(X)
+            counts.setdefault(cat, present.sum(1))
+            Xz = np.where(present, X, 0.0)
+            # Bootstrap mean over the problems present (patch rows exist only where a source does).
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_cat[cat][name] = (Xz @ W.T) / (present.astype(np.float64) @ W.T)
+                means[cat][name] = Xz.sum(1) / present.sum(1)
+        clean_acc = clean["correct"].reindex(cat_ids).astype(np.float64).mean()
+        per_cat[cat]["_clean_accuracy"] = np.full(len(labels), clean_acc)
+
+    out: list[dict[str, Any]] = []
+    for i, label in enumerate(labels):
+        for cat in [*cats, ALL]:
+            row: dict[str, Any] = {"intervention": label, "category": cat}
+            row.update({k: _py(v, k) for k, v in info.loc[label].items()})
+            row["n"] = int(counts[cat][i])
+            row["accuracy_clean"] = _num(per_cat[cat]["_clean_accuracy"][i])
+            for name in measures:
+                row[name] = _num(means[cat][name][i])
+                row[f"{name}_ci"] = list(_interval(per_cat[cat][name][i], level))
+            out.append(row)
+
+    inter: list[dict[str, Any]] = []
+    for i, label in enumerate(labels):
+        for a, b in itertools.combinations(cats, 2):
+            row = {"intervention": label, "a": a, "b": b}
+            for name in ("drop", "logp_drop", "changed", "follows_source"):
+                diff = per_cat[a][name][i] - per_cat[b][name][i]
+                row[name] = _num(means[a][name][i] - means[b][name][i])
+                row[f"{name}_ci"] = list(_interval(diff, level))
+            inter.append(row)
+    return out, inter
+
+
+def _py(v: Any, name: str = "") -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if name in ("layer", "thoughts"):  # integer columns that held a null read back as float
+        return int(v)
+    return v
+
+
+def excludes_zero(ci: list[float | None]) -> bool:
+    """Whether an interval lies wholly on one side of 0 (a detected effect)."""
+    lo, hi = ci
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
