@@ -224,14 +224,8 @@ def test_truncated_answer_equals_a_loop_with_fewer_thoughts(tiny):
     engine, problems, batches, ref = tiny
     m, tok = engine.model, engine.tokenizer
     got = run(engine, problems, batches, ref, [Intervention("truncate", keep=2)])
-    before = m.config.num_latent
-    m.config.num_latent = 2
-    try:
-        plain = run_batch(
-            m, tok, [p.question for p in problems], layers=[0], max_new_tokens=MAX_NEW
-        )
-    finally:
-        m.config.num_latent = before
+    questions = [p.question for p in problems]
+    plain = run_batch(m, tok, questions, layers=[0], max_new_tokens=MAX_NEW, num_latent=2)
     assert [got["truncate 2", i].answer_ids for i in range(len(problems))] == plain.answer_ids
 
 
@@ -366,3 +360,30 @@ def test_outcome_rows_make_the_table_the_statistics_read(tiny):
     assert {r["intervention"] for r in eff} == {x.label for x in ivs}
     assert {r["category"] for r in eff} == {*CATEGORIES, "all"}
     assert len(inter) == len(ivs) * 3
+
+
+def test_models_trained_with_eos_kept_answer_after_eot_and_eos(tiny_llama, tiny_problems):
+    """remove_eos = false: EOS before bot, and [eot, eos] before the answer, in the gold prompt
+    and in decoding, as in `run_batch`."""
+    model, tok = load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu")
+    model.config.remove_eos = False
+    problems = [iv.Problem.from_record(r) for r in read_problems(tiny_problems)[:5]]
+    engine = iv.Engine(model, tok, max_new_tokens=MAX_NEW)
+    assert engine.answer_prefix == [model.eot_id, tok.eos_token_id]
+    ids, start = engine.gold_ids(problems[0].gold)
+    assert ids[:2] == engine.answer_prefix and start >= 2
+    layers = list(range(model.num_layers + 1))
+    batches = iv.plan_batches([engine.prompt_length(p.question) for p in problems], 2)
+    ref = iv.clean_reference(engine, problems, batches, layers)
+    ivs = [Intervention("truncate", keep=1), Intervention("zero", (Site(2, 1),))]
+    got = run(engine, problems, batches, ref, ivs, naive=False)
+    naive = run(engine, problems, batches, ref, ivs, naive=True)
+    questions = [p.question for p in problems]
+    plain = run_batch(model, tok, questions, layers=layers, max_new_tokens=MAX_NEW)
+    short = run_batch(model, tok, questions, layers=[0], max_new_tokens=MAX_NEW, num_latent=1)
+    for i in range(len(problems)):
+        assert (got["none", i].states - plain.hidden[i]).abs().max() <= 1e-4
+        assert got["none", i].answer_ids == plain.answer_ids[i]
+        assert got["truncate 1", i].answer_ids == short.answer_ids[i]
+        for x in ivs:
+            assert got[x.label, i].answer_ids == naive[x.label, i].answer_ids

@@ -56,6 +56,7 @@ from opcircuits.codi.latent import (
     _one_query_attention,
     _prefill,
     _step,
+    answer_start_ids,
     decode_answer,
     extract_number,
     prompt_ids,
@@ -416,8 +417,6 @@ class Engine:
         max_new_tokens: int = 64,
         prefill_tokens: int = 4096,
     ) -> None:
-        from opcircuits.codi.train_data import ANSWER_PREFIX, TextExample, tokenize_example
-
         self.model, self.tokenizer = model, tokenizer
         self.K = model.config.num_latent
         self.n_layers = model.num_layers
@@ -428,15 +427,7 @@ class Engine:
         self.backbone = model.lm.base_model
         self.cache_name = _cache_name(self.backbone)
         self.eos = int(tokenizer.eos_token_id)
-        # The answer prompt of training: eot [eos] "The answer is: N" eos.
-        probe = tokenize_example(
-            TextExample("", "", "", ANSWER_PREFIX + "0"),
-            tokenizer,
-            model.bot_id,
-            model.eot_id,
-            model.config.remove_eos,
-        )
-        self.answer_prefix = probe.decoder_ids[: 1 + (0 if model.config.remove_eos else 1)]
+        self.answer_prefix = answer_start_ids(model, tokenizer)  # eot [eos]
         self._gold_cache: dict[str, tuple[list[int], int]] = {}
         # How answers were found: "draft" (a verified draft), "continued" (decoded on from a
         # draft's confirmed start), "decoded" (token by token from the answer prompt).
@@ -457,6 +448,7 @@ class Engine:
                 m.eot_id,
                 m.config.remove_eos,
             )
+            assert ex.decoder_ids[: len(self.answer_prefix)] == self.answer_prefix
             self._gold_cache[gold] = (ex.decoder_ids, ex.student_pos)
         return self._gold_cache[gold]
 
