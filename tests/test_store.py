@@ -108,7 +108,7 @@ def test_round_trip_values_records_and_selection(tmp_path):
     again = open_store(tmp_path / "s")
     assert again.manifest == store.manifest
     m = again.manifest
-    assert (m["format_version"], m["complete"]) == (1, True)
+    assert (m["format_version"], m["complete"]) == (2, True)
     assert (m["n_problems"], m["shard_size"]) == (11, 4)
     assert (m["hidden_size"], m["num_latent"], m["store_dtype"]) == (D, K, "float16")
     assert set(m["versions"]) == {"opcircuits", "torch", "transformers"}
@@ -464,9 +464,9 @@ def test_open_store_errors(tmp_path):
     with pytest.raises(OpcircuitsError, match="shard hidden-00000.safetensors is missing"):
         open_store(store.path)
     m = json.loads((store.path / "manifest.json").read_text())
-    m["format_version"] = 2
+    m["format_version"] = 1
     (store.path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(OpcircuitsError, match="format_version 2 is not supported"):
+    with pytest.raises(OpcircuitsError, match="format_version 1 is not supported .* earlier"):
         open_store(store.path)
 
 

@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 data_app = typer.Typer(help="GSM8K: download, label by operation, sample.", no_args_is_help=True)
-store_app = typer.Typer(help="Thought stores: import and inspect.", no_args_is_help=True)
+store_app = typer.Typer(help="Thought stores: import, inspect, verify.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(store_app, name="store")
 
@@ -339,6 +339,24 @@ def store_info(
 
     info = describe(open_store(store, allow_incomplete=allow_incomplete))
     typer.echo(json.dumps(info, indent=2, sort_keys=True))
+
+
+@store_app.command("verify")
+def store_verify(
+    store: Path = typer.Option(None, "--store", help="Store directory.", show_default=False),
+    store_arg: Path = typer.Argument(None, metavar="STORE", hidden=True),
+) -> None:
+    """Check every shard's sha256 (and everything opening checks) against the manifest."""
+    from opcircuits.store import verify_store
+
+    if (store is None) == (store_arg is None):
+        raise OpcircuitsError("give the store once: --store STORE", field="store")
+    checked = verify_store(store or store_arg)
+    n_shards = len(checked.manifest["shards_sha256"])
+    typer.echo(
+        f"ok: {checked.path}: {len(checked)} problems; the sha256 of its {n_shards} shard(s) and "
+        "of records.parquet match the manifest"
+    )
 
 
 # end of store sub-commands

@@ -240,9 +240,11 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
             options.shard_size,
             rank=dist.rank,
             world_size=dist.world,
+            ids=[p["id"] for p in problems],
         )
 
-    # The main process creates (or checks) the store first, so ranks never race to create it.
+    # The main process creates the store (or checks it and re-verifies the shards it keeps)
+    # first, so ranks never race to create it and kept shards are hashed once.
     w = writer() if dist.main else None
     dist.barrier()
     if w is None:

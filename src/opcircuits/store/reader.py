@@ -1,9 +1,10 @@
 """Reading a thought store: `open_store` gives a `Store`, whose `hidden()` reads only the slices
-asked for; `describe` summarises one for `opcircuits store info`."""
+asked for; `verify_store` also hashes every shard; `describe` summarises one for
+`opcircuits store info`."""
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -16,7 +17,8 @@ import pyarrow.parquet as pq
 from safetensors import safe_open
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import read_json_object, sha256_file
+from opcircuits.files import read_json_object
+from opcircuits.store.integrity import check_sha256, check_shard, read_shard_meta, shard_done
 from opcircuits.store.schema import (
     FORMAT_VERSION,
     INCOMPLETE_HINT,
@@ -26,24 +28,12 @@ from opcircuits.store.schema import (
     RECORDS,
     check_layers,
     check_names,
+    check_record_types,
     part_name,
     shard_name,
 )
 
 log = logging.getLogger(__name__)
-
-
-def shard_meta(path: Path) -> dict[str, Any]:
-    """The opcircuits metadata and tensor shapes of one shard file (reads the header only)."""
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {}).get("opcircuits", "{}"))
-            meta["shapes"] = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except OpcircuitsError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise OpcircuitsError(f"unreadable shard ({exc})", path=path) from exc
-    return meta
 
 
 class Store:
@@ -203,100 +193,160 @@ class Store:
 
 
 def open_store(path: str | Path, *, allow_incomplete: bool = False) -> Store:
-    """Open a store for reading. An unfinished store is an error unless `allow_incomplete`, which
-    gives the shards finished so far (in row order)."""
+    """Open a store for reading, checking that its files belong together (see `integrity`:
+    every shard's run identity, layers, positions and ids, records.parquet's sha256; headers
+    only, no shard is hashed — `verify_store` does that). An unfinished store is an error unless
+    `allow_incomplete`, which gives the shards finished so far (in row order)."""
     path = Path(path)
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise OpcircuitsError("not a thought store (no manifest.json)", path=path)
     manifest = read_json_object(mpath)
+    n_total, size, complete = _check_manifest(manifest, mpath)
+    if not complete and not allow_incomplete:
+        raise OpcircuitsError(INCOMPLETE_HINT, path=path)
+    n_shards = math.ceil(n_total / size) if n_total else 0
+    ids: list[str] = []
+    if complete:
+        table = read_records(path / RECORDS, manifest["records_sha256"])
+        ids = table.column("id").to_pylist()
+        if len(ids) != n_total:
+            raise OpcircuitsError(
+                f"records hold {len(ids)} rows, the manifest says {n_total} problems",
+                path=path / RECORDS,
+            )
+
+    shards: list[tuple[Path, int, int]] = []
+    parts: list[pa.Table] = []
+    row = 0
+    for i in range(n_shards):
+        start = i * size
+        want = min(size, n_total - start)
+        spath = path / shard_name(i)
+        if complete:
+            if not spath.is_file():
+                raise OpcircuitsError(f"shard {spath.name} is missing", path=path)
+            shard_ids, ids_from = ids[start : start + want], RECORDS
+        elif shard_done(path, i):
+            parts.append(read_records(path / PARTS / part_name(i)))
+            shard_ids, ids_from = parts[-1].column("id").to_pylist(), "its records part"
+        else:
+            continue
+        meta = read_shard_meta(spath)
+        check_shard(meta, spath, i, manifest, shard_ids, ids_from)
+        shards.append((spath, row, want))
+        row += want
+        d = meta["shapes"]["hidden"][3]
+        if manifest.get("hidden_size") is None:
+            manifest["hidden_size"] = d
+        elif d != manifest["hidden_size"]:
+            raise OpcircuitsError(
+                f"shard has hidden size {d}, manifest says {manifest['hidden_size']}",
+                path=spath,
+                field="hidden",
+            )
+
+    if not complete:
+        table = (
+            pa.concat_tables(parts, promote_options="permissive")
+            if parts
+            else RECORD_SCHEMA.empty_table()
+        )
+        log.warning("%s is incomplete: %d of %d problems readable", path, row, n_total)
+    if manifest.get("hidden_size") is None:
+        manifest["hidden_size"] = 0
+    return Store(path, manifest, table.to_pandas(), shards)
+
+
+def _check_manifest(manifest: dict[str, Any], mpath: Path) -> tuple[int, int, bool]:
+    """Refuse a manifest of another format or with fields of the wrong type; returns the number
+    of problems, the shard size and whether the store is complete."""
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
+        older = " (written by an earlier opcircuits: extract or import it again)"
         raise OpcircuitsError(
             f"store format_version {version!r} is not supported (this opcircuits reads "
-            f"{FORMAT_VERSION})",
+            f"{FORMAT_VERSION}){older if version == 1 else ''}",
             path=mpath,
             field="format_version",
         )
     for key in ("layers", "positions", "n_problems", "shard_size"):
         if key not in manifest:
             raise OpcircuitsError("manifest lacks this field", path=mpath, field=key)
-    layers = check_layers(manifest["layers"], mpath)
-    positions = check_names(manifest["positions"], "positions", mpath)
-    n_total, size = int(manifest["n_problems"]), int(manifest["shard_size"])
-    complete = bool(manifest.get("complete"))
-    if not complete and not allow_incomplete:
-        raise OpcircuitsError(INCOMPLETE_HINT, path=path)
-    n_shards = math.ceil(n_total / size) if n_total else 0
-
-    shards: list[tuple[Path, int, int]] = []
-    parts: list[pa.Table] = []
-    row = 0
-    for i in range(n_shards):
-        want = min(size, n_total - i * size)
-        spath = path / shard_name(i)
-        if complete:
-            if not spath.is_file():
-                raise OpcircuitsError(f"shard {spath.name} is missing", path=path)
-        elif not shard_done(path, i):
+    check_layers(manifest["layers"], mpath)
+    check_names(manifest["positions"], "positions", mpath)
+    for key, low in (("n_problems", 0), ("shard_size", 1), ("hidden_size", 0)):
+        value = manifest.get(key)
+        if key == "hidden_size" and value is None:
             continue
-        meta = shard_meta(spath)
-        shape = meta["shapes"].get("hidden")
-        expect = [want, len(positions), len(layers)]
-        if shape is None or shape[:3] != expect:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise OpcircuitsError(
-                f"shard holds hidden {shape}, manifest says [{want}, {len(positions)}, "
-                f"{len(layers)}, D]",
-                path=spath,
+                f"must be an integer >= {low}, got {value!r}", path=mpath, field=key
             )
-        if not complete:
-            parts.append(pq.read_table(path / PARTS / part_name(i)))
-        shards.append((spath, row, want))
-        row += want
-        if manifest.get("hidden_size") is None:
-            manifest["hidden_size"] = shape[3]
-        elif shape[3] != manifest["hidden_size"]:
-            raise OpcircuitsError(
-                f"shard has hidden size {shape[3]}, manifest says {manifest['hidden_size']}",
-                path=spath,
-            )
-
-    if complete:
-        rpath = path / RECORDS
-        if not rpath.is_file():
-            raise OpcircuitsError("records.parquet is missing", path=path)
-        table = pq.read_table(rpath)
-    else:
-        table = (
-            pa.concat_tables(parts, promote_options="permissive")
-            if parts
-            else (RECORD_SCHEMA.empty_table())
+    complete = manifest.get("complete")
+    if not isinstance(complete, bool):
+        raise OpcircuitsError(
+            f"must be true or false, got {complete!r}", path=mpath, field="complete"
         )
-        log.warning("%s is incomplete: %d of %d problems readable", path, row, n_total)
-    if table.num_rows != row:
-        raise OpcircuitsError(f"records hold {table.num_rows} rows, shards {row}", path=path)
-    if manifest.get("hidden_size") is None:
-        manifest["hidden_size"] = 0
-    return Store(path, manifest, table.to_pandas(), shards)
+    if complete:
+        n_total, size = manifest["n_problems"], manifest["shard_size"]
+        n_shards = math.ceil(n_total / size) if n_total else 0
+        hashes = manifest.get("shards_sha256")
+        if not (
+            isinstance(hashes, list)
+            and len(hashes) == n_shards
+            and all(isinstance(h, str) for h in hashes)
+        ):
+            raise OpcircuitsError(
+                f"must list the sha256 of each of the {n_shards} shards",
+                path=mpath,
+                field="shards_sha256",
+            )
+        if not isinstance(manifest.get("records_sha256"), str):
+            raise OpcircuitsError(
+                "must be the sha256 of records.parquet", path=mpath, field="records_sha256"
+            )
+    return manifest["n_problems"], manifest["shard_size"], complete
 
 
-def shard_done(path: Path, index: int) -> bool:
-    """Shard `index` is done when its hidden file exists and names its records part's hash."""
-    spath, ppath = path / shard_name(index), path / PARTS / part_name(index)
-    if not (spath.is_file() and ppath.is_file()):
-        return False
+def read_records(path: Path, sha256: str | None = None) -> pa.Table:
+    """A records file (records.parquet or a part), checked against `sha256` when given and
+    against the schema; any fault is an error naming the file (read once: the hash is cheap)."""
     try:
-        meta = shard_meta(spath)
-    except OpcircuitsError:
-        return False
-    return meta.get("records_sha256") == sha256_file(ppath)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise OpcircuitsError("records file is missing", path=path) from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise OpcircuitsError(
+            "the file changed after the store was written (its sha256 differs from the "
+            "manifest's records_sha256)",
+            path=path,
+            field="records_sha256",
+        )
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise OpcircuitsError(
+            f"not a readable parquet file, truncated or corrupt ({exc})", path=path
+        ) from exc
+    check_record_types(table, path)
+    return table
+
+
+def verify_store(path: str | Path) -> Store:
+    """`open_store`'s checks plus the sha256 of every shard against the manifest's
+    `shards_sha256` (reads every byte); an error names the first shard that differs."""
+    store = open_store(path)
+    for (spath, _, _), expected in zip(store._shards, store.manifest["shards_sha256"], strict=True):
+        check_sha256(spath, expected, "the manifest's shards_sha256")
+    return store
 
 
 def describe(store: Store) -> dict[str, Any]:
     """Manifest plus array shapes, for `opcircuits store info`."""
     shapes: dict[str, list[int]] = {}
     for spath, _, _ in store._shards:
-        for k, shape in shard_meta(spath)["shapes"].items():
+        for k, shape in read_shard_meta(spath)["shapes"].items():
             if k in shapes:
                 shapes[k][0] += shape[0]
             else:

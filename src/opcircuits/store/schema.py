@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from opcircuits.errors import OpcircuitsError
 
-FORMAT_VERSION = 1
+# 2: shards carry the run identity, layers, positions and ids; the manifest their sha256s.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 RECORDS = "records.parquet"
 PARTS = "parts"
@@ -26,7 +27,8 @@ DEFAULT_SHARD_SIZE = 256
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
 INCOMPLETE_HINT = "extraction not finished; rerun the extract command to resume"
 
-# records.parquet columns, in order, with fixed types (so every shard and every run agrees).
+# records.parquet columns, in order, with fixed types (so every shard and every run agrees). A new
+# column is one line here: stores written before it lack the column (readers treat it as absent).
 RECORD_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -77,6 +79,11 @@ def shard_name(index: int) -> str:
 
 def part_name(index: int) -> str:
     return f"records-{index:05d}.parquet"
+
+
+def hash_name(index: int) -> str:
+    """parts/hidden-NNNNN.sha256: shard `index`'s sha256 while the store is being written."""
+    return f"hidden-{index:05d}.sha256"
 
 
 def default_positions(num_latent: int) -> list[str]:
@@ -141,6 +148,47 @@ def cast_to_store_dtype(arr: np.ndarray, store_dtype: str, what: str) -> np.ndar
                 field=what,
             )
     return out
+
+
+def check_finite(
+    arr: np.ndarray, ids: list[str], sites: list[str], what: str, prefix: str = ""
+) -> None:
+    """Refuse NaN and inf (a store never holds them: the analysis would fail or mislead); the
+    error names the problems (`ids`, one per row) and sites (`sites`, one per entry of the
+    middle axes, flattened) that hold them."""
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = ~finite.reshape(arr.shape[0], -1, arr.shape[-1]).all(axis=2)  # [rows, sites]
+    rows = [ids[i] for i in np.flatnonzero(bad.any(axis=1))]
+    where = [sites[j] for j in np.flatnonzero(bad.any(axis=0))]
+    raise OpcircuitsError(
+        f"{prefix}{what} holds NaN or inf for {len(rows)} problem(s) {_few(rows)} at {len(where)} "
+        f"site(s) {_few(where)}; a store refuses non-finite states (check the model's weights "
+        "and dtype, or leave these problems out)",
+        field=what,
+    )
+
+
+def _few(names: list[str], k: int = 8) -> str:
+    return "[" + ", ".join(map(repr, names[:k])) + (", …]" if len(names) > k else "]")
+
+
+def check_record_types(table: pa.Table, path: Path) -> None:
+    """Refuse records whose standard columns have other types than the schema's, or whose ids
+    are missing (a file written by another tool, or edited)."""
+    for name in REQUIRED_COLUMNS:
+        if name not in table.column_names:
+            raise OpcircuitsError("records lack this required column", path=path, field=name)
+    for field in RECORD_SCHEMA:
+        if field.name in table.column_names:
+            got = table.schema.field(field.name).type
+            if got != field.type:
+                raise OpcircuitsError(
+                    f"column has type {got}, expected {field.type}", path=path, field=field.name
+                )
+    if table.column("id").null_count:
+        raise OpcircuitsError("records have a null id", path=path, field="id")
 
 
 def _py(value: Any) -> Any:

@@ -1,15 +1,12 @@
-"""Writing a thought store: the manifest, the resumable sharded `StoreWriter` (extraction's
-writer), `write_store` (a whole store from numpy arrays) and `remove_store`."""
+"""Writing a thought store: the resumable sharded `StoreWriter` (extraction's writer),
+`write_store` (a whole store from numpy arrays) and `remove_store`. The manifest is built in
+`manifest`; what each shard records about itself, and how it is checked, in `integrity`."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,28 +17,34 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import atomic_path, read_json_object, sha256_file, write_json_atomic
-from opcircuits.store.reader import Store, open_store, shard_done, shard_meta
+from opcircuits.files import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from opcircuits.store.integrity import (
+    check_sha256,
+    check_shard,
+    read_shard_meta,
+    shard_done,
+    shard_metadata,
+)
+from opcircuits.store.manifest import build_manifest, create_or_check_manifest
+from opcircuits.store.reader import Store, open_store, read_records
 from opcircuits.store.schema import (
     DEFAULT_SHARD_SIZE,
-    FORMAT_VERSION,
     INCOMPLETE_HINT,
     MANIFEST,
-    MATCH_FIELDS,
     PARTS,
     RECORD_SCHEMA,
     RECORDS,
     SHARD_RE,
-    STORE_DTYPES,
     as_float_array,
     cast_to_store_dtype,
+    check_finite,
     check_layers,
     check_names,
+    hash_name,
     part_name,
     records_table,
     shard_name,
 )
-from opcircuits.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -60,99 +63,9 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
         )
 
 
-def build_manifest(manifest: Mapping[str, Any], n_total: int, shard_size: int) -> dict[str, Any]:
-    """Complete a caller's manifest dict with the store's own fields and defaults."""
-    m = dict(manifest)
-    m["layers"] = check_layers(m.get("layers"))
-    m["positions"] = check_names(m.get("positions"), "positions")
-    if m.get("layer_names") is not None:
-        m["layer_names"] = check_names(m["layer_names"], "layer_names")
-        if len(m["layer_names"]) != len(m["layers"]):
-            raise OpcircuitsError(
-                f"{len(m['layer_names'])} layer_names for {len(m['layers'])} layers",
-                field="layer_names",
-            )
-    store_dtype = m.get("store_dtype") or "float16"
-    if store_dtype not in STORE_DTYPES:
-        raise OpcircuitsError(
-            f"store_dtype {store_dtype!r} is not one of {sorted(STORE_DTYPES)} "
-            "(numpy, and so the store, has no bfloat16; float16 keeps bfloat16's precision "
-            "within its range)",
-            field="store_dtype",
-        )
-    if isinstance(n_total, bool) or int(n_total) < 0:
-        raise OpcircuitsError(f"n_total must be >= 0, got {n_total}", field="n_problems")
-    if isinstance(shard_size, bool) or int(shard_size) < 1:
-        raise OpcircuitsError(f"shard_size must be >= 1, got {shard_size}", field="shard_size")
-    if m.get("num_latent") is None:
-        m["num_latent"] = sum(1 for p in m["positions"] if p.startswith("latent_"))
-    m.update(
-        format_version=FORMAT_VERSION,
-        store_dtype=store_dtype,
-        n_problems=int(n_total),
-        shard_size=int(shard_size),
-        complete=False,
-    )
-    for key in (
-        "model",
-        "checkpoint",
-        "weights_sha256",
-        "base",
-        "dtype",
-        "hidden_size",
-        "dataset",
-        "dataset_sha256",
-    ):
-        m.setdefault(key, None)
-    m.setdefault("versions", package_versions())
-    m.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-    # As JSON will give it back (tuples → lists, Paths → str), so a resumed run compares equal.
-    try:
-        return json.loads(json.dumps(m, default=_json_default))
-    except (TypeError, ValueError) as exc:
-        raise OpcircuitsError(f"manifest is not JSON-serialisable: {exc}") from exc
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
-
-
-def manifest_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Fields that make `old`'s data unusable for `new` (hidden_size only when both know it)."""
-    diffs = [
-        f"{k}: store has {old.get(k)!r}, run has {new.get(k)!r}"
-        for k in MATCH_FIELDS
-        if old.get(k) != new.get(k)
-    ]
-    a, b = old.get("hidden_size"), new.get("hidden_size")
-    if a is not None and b is not None and a != b:
-        diffs.append(f"hidden_size: store has {a!r}, run has {b!r}")
-    return diffs
-
-
-_MANIFEST_TMP = f".{MANIFEST}."
-
-
-def _create_once(path: Path, text: str) -> None:
-    """Create `path` holding `text` unless it exists, never visible half-written: several ranks
-    may race here and exactly one file wins (a hard link fails if the name is taken)."""
-    fd, name = tempfile.mkstemp(prefix=_MANIFEST_TMP, suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)  # mkstemp makes 0600 files; give the manifest the usual mode
-        os.umask(umask)
-        tmp.chmod(0o666 & ~umask)
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another rank's manifest won; the caller compares it like any existing one
-    finally:
-        tmp.unlink(missing_ok=True)
+def _sites(m: Mapping[str, Any]) -> list[str]:
+    """`position@layer` names of the hidden states' [P, L] cells (the analysis' site names)."""
+    return [f"{p}@{layer}" for p in m["positions"] for layer in m["layers"]]
 
 
 class StoreWriter:
@@ -160,8 +73,11 @@ class StoreWriter:
 
     Creating a writer on an existing store checks that its manifest matches `manifest` (an
     OpcircuitsError lists the differing fields — never mixed data), so rerunning the same command
-    continues after the last finished shard. Several processes may write one store: rank r of W
-    writes shards r, r+W, …; the main process calls `finalize` once all are done.
+    continues after the last finished shard; the main process (rank 0) first re-checks every
+    shard it keeps (metadata against the manifest, ids, and the file's sha256). Several processes
+    may write one store: rank r of W writes shards r, r+W, …; the main process calls `finalize`
+    once all are done. `ids`, the problems' ids in order, lets every shard's records be checked
+    against the problem list.
     """
 
     def __init__(
@@ -173,6 +89,7 @@ class StoreWriter:
         *,
         rank: int = 0,
         world_size: int = 1,
+        ids: Sequence[str] | None = None,
     ) -> None:
         self.path = Path(path)
         if world_size < 1 or not 0 <= rank < world_size:
@@ -181,41 +98,31 @@ class StoreWriter:
         wanted = build_manifest(manifest, n_total, shard_size)
         self.n_total, self.shard_size = wanted["n_problems"], wanted["shard_size"]
         self.n_shards = math.ceil(self.n_total / self.shard_size) if self.n_total else 0
+        self.ids = None if ids is None else [str(x) for x in ids]
+        if self.ids is not None and len(self.ids) != self.n_total:
+            raise OpcircuitsError(f"{len(self.ids)} ids for {self.n_total} problems", field="id")
         if self.path.exists() and not self.path.is_dir():
             raise OpcircuitsError("exists and is not a directory", path=self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.manifest = self._create_or_check(wanted)
+        self.manifest = create_or_check_manifest(self.path, wanted)
+        if rank == 0 and not self.complete:
+            for i in self.done_shards():
+                self._check_kept(i)
 
-    def _create_or_check(self, wanted: dict[str, Any]) -> dict[str, Any]:
-        mpath = self.path / MANIFEST
-        if not mpath.exists():
-            # Other ranks may be creating this store at this very moment: their manifest's
-            # temporary file, then the manifest, then their shards appear. A file seen while no
-            # manifest exists yet, other than such a temporary file, is someone else's.
-            foreign = [p for p in self.path.iterdir() if not p.name.startswith(_MANIFEST_TMP)]
-            if foreign and not mpath.exists():
-                raise OpcircuitsError(
-                    "directory is not empty and holds no store manifest; choose an empty or new "
-                    "directory",
-                    path=self.path,
-                )
-            _create_once(mpath, json.dumps(wanted, indent=2, sort_keys=True) + "\n")
-        existing = read_json_object(mpath)
-        diffs = manifest_differences(existing, wanted)
-        if diffs:
-            raise OpcircuitsError(
-                "an existing store was made with different settings; use another --out or "
-                "delete it. Differences: " + "; ".join(diffs),
-                path=self.path,
-            )
-        if existing.get("versions") != wanted.get("versions"):
-            log.warning(
-                "resuming %s written with versions %s (now %s)",
-                self.path,
-                existing.get("versions"),
-                wanted.get("versions"),
-            )
-        return existing
+    def _check_kept(self, index: int) -> None:
+        """A shard from an earlier run of this command, kept on resume: its metadata must match
+        the manifest and its records (and the problem list), and its bytes the hash recorded
+        when it was written. An error names the shard; deleting it has it written again."""
+        spath, hpath = self.path / shard_name(index), self.path / PARTS / hash_name(index)
+        meta = read_shard_meta(spath)
+        check_shard(meta, spath, index, self.manifest, self._part_ids(index), "its records part")
+        if self.ids is not None:
+            a, b = self.shard_bounds(index)
+            check_shard(meta, spath, index, self.manifest, self.ids[a:b], "the problem list")
+        check_sha256(spath, hpath.read_text().strip(), f"{PARTS}/{hpath.name}")
+
+    def _part_ids(self, index: int) -> list[str]:
+        return read_records(self.path / PARTS / part_name(index)).column("id").to_pylist()
 
     @property
     def complete(self) -> bool:
@@ -242,11 +149,45 @@ class StoreWriter:
         return [i for i in range(rank, self.n_shards, world) if not shard_done(self.path, i)]
 
     def write_shard(self, index: int, hidden: Any, latent_inputs: Any, records: Any) -> None:
-        """Write shard `index` atomically: its records part, then its hidden file (commit)."""
+        """Write shard `index` atomically: its records part, its hash file, then its hidden file
+        (the commit). Non-finite states are refused (an error naming the problems and sites)."""
         if self.complete:
             raise OpcircuitsError("store is already complete", path=self.path)
         start, stop = self.shard_bounds(index)
-        n = stop - start
+        n, m, at = stop - start, self.manifest, f"shard {index}: "
+        arrays = self._arrays(index, n, hidden, latent_inputs)
+        table = records_table(records)
+        if table.num_rows != n:
+            raise OpcircuitsError(f"{at}{table.num_rows} records for {n} problems", field="records")
+        ids = table.column("id").to_pylist()
+        if self.ids is not None and ids != self.ids[start:stop]:
+            j = next(
+                j for j, (a, b) in enumerate(zip(ids, self.ids[start:stop], strict=True)) if a != b
+            )
+            raise OpcircuitsError(
+                f"{at}row {start + j} holds problem {ids[j]!r}, the problem list has "
+                f"{self.ids[start + j]!r} there",
+                field="id",
+            )
+        sites = {"hidden": _sites(m)}
+        if "latent_inputs" in arrays:
+            sites["latent_inputs"] = [f"latent_inputs[{k}]" for k in range(m["num_latent"])]
+        tensors = {}
+        for what, arr in arrays.items():
+            check_finite(arr, ids, sites[what], what, prefix=at)
+            tensors[what] = cast_to_store_dtype(arr, m["store_dtype"], what)
+        ppath = self.path / PARTS / part_name(index)
+        _write_parquet(table, ppath)
+        metadata = shard_metadata(m, index, start, ids, sha256_file(ppath))
+        with atomic_path(self.path / shard_name(index)) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+            # the shard's own hash, recorded before it counts as written (see `integrity`)
+            write_text_atomic(self.path / PARTS / hash_name(index), sha256_file(tmp) + "\n")
+        log.debug("wrote shard %d (%d problems) of %s", index, n, self.path)
+
+    def _arrays(self, index: int, n: int, hidden: Any, latent_inputs: Any) -> dict[str, np.ndarray]:
+        """`hidden` [n, P, L, D] and `latent_inputs` [n, K, D] (or None) of shard `index` as
+        float arrays of the manifest's shapes."""
         m = self.manifest
         hidden = as_float_array(hidden, "hidden")
         P, L = len(m["positions"]), len(m["layers"])
@@ -262,43 +203,21 @@ class StoreWriter:
             raise OpcircuitsError(
                 f"shard {index}: hidden size {D}, manifest says {m['hidden_size']}", field="hidden"
             )
-        tensors = {"hidden": cast_to_store_dtype(hidden, m["store_dtype"], "hidden")}
-        if latent_inputs is not None:
-            lat = as_float_array(latent_inputs, "latent_inputs")
-            K = m.get("num_latent")
-            if (
-                lat.ndim != 3
-                or lat.shape[0] != n
-                or lat.shape[2] != D
-                or (K is not None and lat.shape[1] != K)
-            ):
-                raise OpcircuitsError(
-                    f"shard {index}: latent_inputs has shape {list(lat.shape)}, expected "
-                    f"[{n}, {K}, {D}]",
-                    field="latent_inputs",
-                )
-            tensors["latent_inputs"] = cast_to_store_dtype(lat, m["store_dtype"], "latent_inputs")
-        table = records_table(records)
-        if table.num_rows != n:
+        if latent_inputs is None:
+            return {"hidden": hidden}
+        lat = as_float_array(latent_inputs, "latent_inputs")
+        K = m["num_latent"]
+        if lat.ndim != 3 or lat.shape != (n, K, D):
             raise OpcircuitsError(
-                f"shard {index}: {table.num_rows} records for {n} problems", field="records"
+                f"shard {index}: latent_inputs has shape {list(lat.shape)}, expected "
+                f"[{n}, {K}, {D}]",
+                field="latent_inputs",
             )
-        ppath = self.path / PARTS / part_name(index)
-        _write_parquet(table, ppath)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "shard": index,
-            "start": start,
-            "n": n,
-            "records_sha256": sha256_file(ppath),
-        }
-        # One metadata key: safetensors writes several in random order (bytes would differ).
-        with atomic_path(self.path / shard_name(index)) as tmp:
-            save_file(tensors, str(tmp), metadata={"opcircuits": json.dumps(meta, sort_keys=True)})
-        log.debug("wrote shard %d (%d problems) of %s", index, n, self.path)
+        return {"hidden": hidden, "latent_inputs": lat}
 
     def finalize(self) -> Store:
-        """Merge the shards' records into records.parquet and mark the store complete."""
+        """Check every shard against the manifest and its records, merge the records into
+        records.parquet, record every file's sha256 in the manifest and mark it complete."""
         if self.complete:
             shutil.rmtree(self.path / PARTS, ignore_errors=True)  # left by a crash after commit
             return open_store(self.path)
@@ -309,12 +228,16 @@ class StoreWriter:
                 f"cannot finalize: shards {shown} not written yet; {INCOMPLETE_HINT}",
                 path=self.path,
             )
-        tables, sizes, lat = [], set(), set()
+        tables, hashes, sizes, lat = [], [], set(), set()
         for i in range(self.n_shards):
-            meta = shard_meta(self.path / shard_name(i))
+            spath = self.path / shard_name(i)
+            meta = read_shard_meta(spath)
+            tables.append(read_records(self.path / PARTS / part_name(i)))
+            ids = tables[-1].column("id").to_pylist()
+            check_shard(meta, spath, i, self.manifest, ids, "its records part")
+            hashes.append((self.path / PARTS / hash_name(i)).read_text().strip())
             sizes.add(meta["shapes"]["hidden"][3])
             lat.add("latent_inputs" in meta["shapes"])
-            tables.append(pq.read_table(self.path / PARTS / part_name(i)))
         if len(sizes) > 1 or len(lat) > 1:
             raise OpcircuitsError(
                 f"shards disagree (hidden sizes {sorted(sizes)}, latent_inputs "
@@ -333,6 +256,8 @@ class StoreWriter:
         manifest = dict(self.manifest)
         if manifest.get("hidden_size") is None and sizes:
             manifest["hidden_size"] = sizes.pop()
+        manifest["shards_sha256"] = hashes
+        manifest["records_sha256"] = sha256_file(self.path / RECORDS)
         manifest["complete"] = True
         write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
@@ -377,6 +302,12 @@ def write_store(
                 field="latent_inputs",
             )
         manifest.setdefault("num_latent", lat.shape[1])
+    ids = table.column("id").to_pylist()
+    check_finite(hidden, ids, _sites({"positions": positions, "layers": layers}), "hidden")
+    if latent_inputs is not None:
+        check_finite(
+            lat, ids, [f"latent_inputs[{k}]" for k in range(lat.shape[1])], "latent_inputs"
+        )
     if path.exists():
         if (path / MANIFEST).exists() and overwrite:
             remove_store(path)
@@ -387,7 +318,7 @@ def write_store(
     shard_size = int(manifest.pop("shard_size", None) or max(DEFAULT_SHARD_SIZE, 1))
     manifest.setdefault("hidden_size", int(hidden.shape[3]))
     writer = StoreWriter(
-        path, {**manifest, "layers": layers, "positions": positions}, n, shard_size
+        path, {**manifest, "layers": layers, "positions": positions}, n, shard_size, ids=ids
     )
     for i in writer.pending_shards():
         a, b = writer.shard_bounds(i)
