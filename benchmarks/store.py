@@ -3,8 +3,9 @@
     python benchmarks/store.py [--problems 2000] [--positions 7] [--layers 4] [--dim 2048]
 
 float16, as extraction writes it (default: 2000 × 7 × 4 × 2048 hidden states and 6 latent inputs
-per problem, 279 MB in 8 shards of 256). `write_store` includes the NaN/inf check and hashing every shard; `open_store`
-reads headers, ids and records.parquet (no shard hashed); `verify_store` hashes every shard too.
+per problem, 279 MB in 8 shards of 256). `write_store` includes the NaN/inf check and hashing
+every shard; `open_store` reads headers, ids and records.parquet (no shard hashed); `verify_store`
+hashes every shard too.
 Files are in the page cache (just written), so the times are CPU, not disk. Not a test: the
 figures go into the README.
 """
