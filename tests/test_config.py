@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from opcircuits.cli import main
-from opcircuits.config import TABLES, default_schema, dump_toml, resolve
+from opcircuits.config import TABLES, default_schema, dump_toml, example_toml, resolve
 from opcircuits.errors import OpcircuitsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,35 @@ def test_shipped_example_lists_every_option_with_its_default(schema):
             assert re.search(rf"^#? ?{key} = ", body.group(1), re.M), (
                 f"[{table}] {key} undocumented"
             )
+
+
+def test_shipped_example_is_generated_from_the_options(schema):
+    """Every key of experiment.toml exists in the schema and vice versa, with the help texts and
+    defaults of the option dataclasses (regenerate it with the command in its header)."""
+    shipped = (REPO / "experiment.toml").read_text(encoding="utf-8")
+    assert shipped == example_toml(schema), "experiment.toml is stale: regenerate it"
+    keys = {t: set(tomllib.loads(shipped).get(t, {})) for t in TABLES}
+    commented = {
+        t: set(re.findall(r"^# (\w+) = ", body, re.M))
+        for t, body in re.findall(r"^\[(\w+)\]\n(.*?)(?=^\[|\Z)", shipped, re.S | re.M)
+    }
+    for table in TABLES:
+        assert keys[table] | commented[table] == set(schema[table]), table
+
+
+def test_flags_of_run_are_the_stage_options_reused(schema):
+    """`run` offers each config key as a flag generated from the same field (no re-declaration):
+    the same help text as the stage command's option."""
+    from opcircuits.cli_options import plan
+    from opcircuits.config import RUN_GROUPS
+
+    params = plan(RUN_GROUPS, overrides=True)
+    flags = {p.flag for p in params if p.alias_of is None}
+    assert {"--data", "--layers", "--analyze-layers", "--checkpoint", "--seed", "--force"} <= flags
+    assert "--source" in {p.flag for p in params if p.alias_of is not None}
+    n_keys = sum(len(keys) for keys in schema.values())
+    # every key but [analyze] seed (set by --seed) is a flag; force and config are flags only
+    assert len(flags) == n_keys - 1 + 2
 
 
 def test_typo_in_a_key_names_file_table_key_and_suggests(tmp_path, schema):
@@ -93,6 +122,9 @@ def test_unknown_mode_from_file_and_from_the_command_line(tmp_path, schema):
         ("data", "match_steps", 1, "expected bool, got int"),
         ("analyze", "folds", 1, "must be at least 2"),
         ("analyze", "permutations", -1, "must be at least 0"),
+        ("extract", "layers", "4,x", "expected comma-separated integers or 'all', got '4,x'"),
+        ("extract", "dtype", "float8", "must be one of float32, bfloat16, float16"),
+        ("analyze", "jobs", 0, "must be ≥ 1 or -1"),
     ],
 )
 def test_bad_values_are_rejected_from_file_and_flags(tmp_path, schema, table, key, value, message):

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import math
 import re
+import textwrap
 import tomllib
 import types
 import typing
@@ -30,16 +31,55 @@ from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.options import MODES
+from opcircuits.options import (
+    MODES,
+    AnalyzeOptions,
+    ClassifyOptions,
+    DownloadOptions,
+    ExtractOptions,
+    Group,
+    PrototypeOptions,
+    RunOptions,
+)
 
 TABLES = ("run", "data", "extract", "analyze")
+_DATA = "Data (prototype, full)"
+_MODEL = "Model and extraction (prototype, full)"
+_ANALYSIS = "Analysis"
 
-# Paths the run itself decides; setting them in a config would break the run directory's layout.
-RUN_SET = {
-    "data": {"in_path", "out"},
-    "extract": {"dataset", "out"},
-    "analyze": {"store_path", "out_dir", "out"},
-}
+# The run's tables, made of the stages' own option classes (`run --help` lists them by panel).
+# `skip`: paths the run decides itself; setting them would break the run directory's layout.
+RUN_GROUPS = (
+    Group(RunOptions, table="run"),
+    Group(DownloadOptions, table="data", skip=frozenset({"out"}), panel=_DATA),
+    Group(
+        ClassifyOptions,
+        table="data",
+        skip=frozenset({"in_path", "out"}),
+        panel=_DATA,
+        help={
+            "seed": "Sets both the sampling seed ([data] seed, default 42) and the analysis "
+            "seed ([analyze] seed, default 0)."
+        },
+    ),
+    Group(
+        PrototypeOptions,
+        table="data",
+        prefix="prototype_",
+        skip=frozenset({"in_path", "out", "seed"}),  # the sampling seed is shared
+        panel=_DATA,
+    ),
+    Group(ExtractOptions, table="extract", skip=frozenset({"dataset", "out"}), panel=_MODEL),
+    Group(
+        AnalyzeOptions,
+        table="analyze",
+        cli_skip=frozenset({"seed"}),  # run's --seed sets it
+        flags={"layers": "analyze_layers"},
+        help={"layers": "Layers to analyze (default: all in the store); [analyze] layers."},
+        panel=_ANALYSIS,
+    ),
+)
+RUN_SET = {g.table: set(g.skip) for g in RUN_GROUPS if g.table != "run"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +89,7 @@ class Key:
     default: Any
     annotation: Any = Any
     help: str = ""
-    minimum: int | float | None = None  # the field's `min` metadata
+    metadata: Mapping[str, Any] = field(default_factory=dict)  # the field's (example, min, …)
 
 
 Schema = dict[str, dict[str, Key]]
@@ -74,65 +114,32 @@ class ResolvedConfig:
 # --- schema from the stages' option dataclasses --------------------------------------------------
 
 
-def _dataclass_keys(cls: type, skip: set[str]) -> dict[str, Key]:
-    hints = _type_hints(cls)
+def _keys(group: Group) -> dict[str, Key]:
+    hints = typing.get_type_hints(group.cls)
     keys: dict[str, Key] = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+    for f in dataclasses.fields(group.cls):
+        if f.name in group.skip or not f.init or f.metadata.get("toml") is False:
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
+        if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
-            default = None  # required by the dataclass but set by the run
-        keys[f.name] = Key(
-            default, hints.get(f.name, Any), f.metadata.get("help", ""), f.metadata.get("min")
-        )
+            default = f.default
+        keys[group.prefix + f.name] = Key(default, hints[f.name], f.metadata["help"], f.metadata)
     return keys
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # an annotation we cannot resolve is left unchecked, not fatal
-        return {}
-
-
-def build_schema(
-    *,
-    classify_options: type,
-    prototype_options: type,
-    extract_options: type,
-    analyze_options: type,
-    download_options: type,
-    run_options: type,
-) -> Schema:
+def build_schema(groups: tuple[Group, ...] = RUN_GROUPS) -> Schema:
     """The keys each table accepts, derived from the stages' dataclasses (so they never drift)."""
-    data = _dataclass_keys(download_options, {"out"})
-    data.update(_dataclass_keys(classify_options, RUN_SET["data"]))
-    for name, key in _dataclass_keys(prototype_options, RUN_SET["data"] | {"seed"}).items():
-        data[f"prototype_{name}"] = key
-    return {
-        "run": _dataclass_keys(run_options, {"force", "config"}),
-        "data": data,
-        "extract": _dataclass_keys(extract_options, RUN_SET["extract"]),
-        "analyze": _dataclass_keys(analyze_options, RUN_SET["analyze"]),
-    }
+    schema: Schema = {t: {} for t in TABLES}
+    for group in groups:
+        assert group.table is not None
+        schema[group.table].update(_keys(group))
+    return schema
 
 
 def default_schema() -> Schema:
     """The schema built from the option dataclasses of `opcircuits.options` (no torch)."""
-    from opcircuits import options
-
-    return build_schema(
-        classify_options=options.ClassifyOptions,
-        prototype_options=options.PrototypeOptions,
-        extract_options=options.ExtractOptions,
-        analyze_options=options.AnalyzeOptions,
-        download_options=options.DownloadOptions,
-        run_options=options.RunOptions,
-    )
+    return build_schema(RUN_GROUPS)
 
 
 # --- reading and checking ------------------------------------------------------------------------
@@ -227,13 +234,45 @@ def _coerce(table: str, key: str, value: Any, spec: Key, path: Path | None, orig
     converted = _convert(value, spec.annotation)
     if converted is _MISMATCH:
         raise fail(f"expected {_type_name(spec.annotation)}, got {type(value).__name__}")
-    value = converted
-    low = spec.minimum
-    if low is not None and isinstance(value, int) and not isinstance(value, bool) and value < low:
-        raise fail(f"must be at least {low}, got {value}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise fail(f"must be a finite number, got {value}")
-    return value
+    return converted
+
+
+def _placeholder(annotation: str) -> Any:
+    """A stand-in for a required field the run fills in later (a path)."""
+    return Path(".") if "Path" in annotation else ""
+
+
+def validate(
+    tables: Mapping[str, Mapping[str, Any]],
+    path: Path | None = None,
+    from_file: Mapping[str, set[str]] | None = None,
+    groups: tuple[Group, ...] = RUN_GROUPS,
+) -> None:
+    """Build every stage's options from the tables, so their own checks (`__post_init__`) run
+    before anything does; an error names the table key, and the file line when it came from it."""
+    from_file = from_file or {}
+    for group in groups:
+        assert group.table is not None
+        values = tables[group.table]
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(group.cls):
+            key = group.prefix + f.name
+            if key in values and f.name not in group.skip:
+                kwargs[f.name] = values[key]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                kwargs[f.name] = _placeholder(str(f.type))
+        try:
+            group.cls(**kwargs)
+        except OpcircuitsError as exc:
+            key = group.prefix + (exc.field or "")
+            in_file = path is not None and key in from_file.get(group.table, set())
+            origin = "the config file" if in_file else "the command line"
+            raise OpcircuitsError(
+                f"{exc.message} (from {origin})",
+                path=path if in_file else None,
+                line=_key_line(path, group.table, key) if in_file else None,
+                field=f"{group.table}.{key}",
+            ) from exc
 
 
 class _Mismatch:
@@ -330,6 +369,7 @@ def resolve(
     path = Path(config_path) if config_path is not None else None
     tables = {t: {k: key.default for k, key in schema[t].items()} for t in TABLES}
 
+    from_file: dict[str, set[str]] = {}
     if path is not None:
         raw = read_toml(path)
         for name, values in raw.items():
@@ -351,6 +391,7 @@ def resolve(
             if not isinstance(values, dict):
                 raise OpcircuitsError(f"[{name}] must be a table", path=path, field=name)
             tables[name].update(_check_table(name, values, schema, path, "the config file"))
+            from_file[name] = set(values)
 
     overridden: dict[str, list[str]] = {}
     for table, values in (overrides or {}).items():
@@ -364,6 +405,9 @@ def resolve(
     check_mode(
         tables["run"]["mode"], path=path if "mode" not in overridden.get("run", []) else None
     )
+    for table, keys in overridden.items():  # a flag replaces the file's value
+        from_file[table] = from_file.get(table, set()) - set(keys)
+    validate(tables, path, from_file)
     return ResolvedConfig(tables=tables, source=path, overridden=overridden)
 
 
@@ -408,6 +452,41 @@ def dump_toml(tables: Mapping[str, Mapping[str, Any]], *, header: str = "") -> s
                 lines.append(f"# {key} = (unset: the stage's default)")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+EXAMPLE_HEADER = """\
+# An experiment for `opcircuits run --config experiment.toml`.
+#
+# Every option of every stage is listed with its default value, so this file, as shipped, runs
+# exactly what `opcircuits run` runs without one. Keys are the command-line option names with
+# "-" turned into "_" (`--batch-size` -> batch_size). Flags given on the command line override
+# this file. An unknown table or key is an error (a typo is never silently ignored).
+# Lines starting with "#" show options whose default is "unset"; remove the "#" to set them.
+# Each run writes the fully resolved configuration to <out>/config.resolved.toml, which this
+# command accepts again to repeat the run. Relative paths are taken from the directory you run
+# `opcircuits` in.
+#
+# Generated from the options in src/opcircuits/options.py (a test checks it is up to date):
+#   python -c "from opcircuits.config import example_toml; print(example_toml(), end='')" \\
+#     > experiment.toml
+"""
+
+
+def example_toml(schema: Schema | None = None) -> str:
+    """The annotated `experiment.toml`: every key with its help and default (or an example)."""
+    schema = schema if schema is not None else default_schema()
+    lines = [EXAMPLE_HEADER.rstrip("\n")]
+    for table in TABLES:
+        lines += ["", f"[{table}]"]
+        for key, spec in schema[table].items():
+            lines += ["# " + line for line in textwrap.wrap(spec.help, 96)]
+            if spec.default is None:
+                example = spec.metadata.get("example")
+                shown = "(unset)" if example is None else _toml_value(example)
+                lines.append(f"# {key} = {shown}")
+            else:
+                lines.append(f"{key} = {_toml_value(spec.default)}")
     return "\n".join(lines) + "\n"
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from opcircuits.errors import OpcircuitsError
 # model stops at EOS long before, and a short limit silently truncates long answers.
 DEFAULT_MAX_NEW_TOKENS = 256
 
+# What `data download` writes: the default problem file of every command that reads GSM8K.
+DEFAULT_DATA = "data/gsm8k_full.jsonl"
 MODES = ("prototype", "full", "analysis_only")
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float16", "float32")
@@ -48,6 +50,21 @@ def opt(default: Any = dataclasses.MISSING, *, help: str, **meta: Any) -> Any:
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass
+class Group:
+    """One options class as part of a command or of the run config (`opcircuits run` reuses the
+    data, extract and analyze classes instead of re-declaring their options)."""
+
+    cls: type
+    table: str | None = None  # the run config table its fields belong to
+    prefix: str = ""  # key (and flag) prefix there: "prototype_" → prototype_per_category
+    skip: frozenset[str] = frozenset()  # fields the caller sets itself (paths the run decides)
+    cli_skip: frozenset[str] = frozenset()  # fields in the config but not offered as flags
+    flags: Mapping[str, str] = field(default_factory=dict)  # field → flag name, no aliases
+    help: Mapping[str, str] = field(default_factory=dict)  # field → help text in this command
+    panel: str | None = None  # the --help panel its options are listed under
 
 
 def split_list(
@@ -125,7 +142,7 @@ class DownloadOptions:
         "files (e.g. ../shared/data/gsm8k).",
     )
     out: Path = opt(
-        Path("data/gsm8k_full.jsonl"),
+        Path(DEFAULT_DATA),
         help="Output JSONL: all 8,792 problems, test split then train, ids test_N / train_N.",
     )
 
@@ -138,7 +155,7 @@ class ClassifyOptions:
     """`opcircuits data classify`."""
 
     in_path: Path = opt(
-        Path("data/gsm8k_full.jsonl"),
+        Path(DEFAULT_DATA),
         flag="data",
         aliases=("--in",),
         help="Problems to label: the JSONL `data download` writes, or the earlier scripts' JSON.",
@@ -202,16 +219,20 @@ class ExtractOptions:
     model: str = opt("demo", help=_HELP_MODEL + " The default, demo, ships with the package.")
     checkpoint: Path | None = opt(
         None,
+        example="path/to/codi-checkpoint",
         help="Local CODI checkpoint folder (model.safetensors or pytorch_model.bin); with a "
         "preset --model it replaces the preset's download and keeps its settings.",
     )
     base: str | None = opt(
-        None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
+        None,
+        example="meta-llama/Llama-3.2-1B-Instruct",
+        help="Base model: hub id or local folder (config + tokenizer [+ weights]).",
     )
     layers: str | list[int] | None = opt(
         None,
         list=int,
         all=True,
+        example=[4, 8, 14],
         help="Layers to record, e.g. 4,8,14 or all (HF hidden_states index: 0 = embeddings, "
         "l = output of block l). Default: the model's analysis layers.",
     )
@@ -246,11 +267,15 @@ class AnalyzeOptions:
     positions: str | list[str] | None = opt(
         None,
         list=str,
+        example=["bot", "latent_1", "latent_2", "latent_3", "latent_4", "latent_5", "latent_6"],
         help="Positions to analyze, e.g. bot,latent_1,latent_2 (default: all in the store). "
         "Keep bot for the pre-thought control.",
     )
     layers: str | list[int] | None = opt(
-        None, list=int, help="Layers to analyze, e.g. 4,8,14 (default: all in the store)."
+        None,
+        list=int,
+        example=[4, 8, 14],
+        help="Layers to analyze, e.g. 4,8,14 (default: all in the store).",
     )
     folds: int = opt(5, min=2, help="Stratified cross-validation folds.")
     repeats: int = opt(3, min=1, help="Times the k-fold split is repeated with new shuffles.")
@@ -331,6 +356,16 @@ class StoreInfoOptions:
         check_fields(self)
 
 
+@dataclass
+class StoreVerifyOptions:
+    """`opcircuits store verify`."""
+
+    store: Path = opt(aliases=("STORE",), help="Thought store directory.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 # --- the whole experiment ----------------------------------------------------------------------
 
 
@@ -346,10 +381,13 @@ class RunOptions:
         "(a store, or a legacy continuous_thoughts_*.json).",
     )
     out: Path | None = opt(
-        None, help="Run directory (default runs/<mode>). Rerun into it to resume."
+        None,
+        example="runs/prototype",
+        help="Run directory (default runs/<mode>). Rerun into it to resume.",
     )
     store: Path | None = opt(
         None,
+        example="runs/prototype/store",
         help="analysis_only: the store or legacy JSON to analyze. Otherwise: where to write the "
         "store (default <out>/store); an existing store there must come from the same model "
         "and data.",
@@ -447,10 +485,11 @@ class TrainOptions:
         None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
     )
     data: str | None = recipe_opt(
-        "data/gsm8k/train.jsonl",
+        DEFAULT_DATA,
         help="Training problems: GSM8K or GSM8k-Aug rows in a JSONL/JSON/parquet file (of "
-        "problem records only the split=train rows), a folder holding train.jsonl, 'hf' (GSM8K "
-        "on the hub) or a hub dataset id (zen-E/GSM8k-Aug).",
+        "problem records, such as the one `data download` writes, only the split=train rows), "
+        "a folder holding train.jsonl, 'hf' (GSM8K on the hub) or a hub dataset id "
+        "(zen-E/GSM8k-Aug).",
     )
     from_scratch: bool = opt(
         False,
@@ -541,7 +580,8 @@ class NewBaseOptions:
 
     out: Path = opt(help="Folder for config.json + tokenizer (no weights).")
     data: str = opt(
-        "data/gsm8k/train.jsonl", help="GSM8K train JSONL the tokenizer is trained on, or 'hf'."
+        DEFAULT_DATA,
+        help="GSM8K train problems the tokenizer is trained on (as for `train --data`), or 'hf'.",
     )
     vocab_size: int = opt(2048, min=1, help="BPE vocabulary size.")
     hidden_size: int = opt(256, min=1, help="Model width.")
@@ -563,8 +603,12 @@ class EvaluateOptions:
 
     model: str = opt("demo", help=_HELP_MODEL)
     data: str = opt(
-        "data/gsm8k/test.jsonl", help="GSM8K test JSONL (original release or problem records)."
+        DEFAULT_DATA,
+        help="GSM8K test problems: the JSONL `data download` writes (its split=test rows), "
+        "GSM8K's original test.jsonl, or a folder holding it.",
     )
+    device: str = opt("auto", help=_HELP_DEVICE)
+    dtype: str = opt("float32", choices=DTYPES, help=_HELP_DTYPE)
     out: Path | None = opt(None, help="Write the accuracies and every answer here (JSON).")
     limit: int | None = opt(None, min=1, help="Only the first N problems.")
     num_latent: list[int] = opt(
@@ -593,6 +637,7 @@ __all__ = [
     "ClassifyOptions",
     "DemoBaseOptions",
     "DownloadOptions",
+    "Group",
     "EvaluateOptions",
     "ExtractOptions",
     "ImportLegacyOptions",
@@ -600,6 +645,7 @@ __all__ = [
     "PrototypeOptions",
     "RunOptions",
     "StoreInfoOptions",
+    "StoreVerifyOptions",
     "TRAIN_RECIPES",
     "TrainOptions",
     "check_fields",

@@ -194,7 +194,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    model, tokenizer = load_codi(options.model, device="cpu")
+    model, tokenizer = load_codi(options.model, device=options.device, dtype=options.dtype)
     problems = read_test_problems(options.data)
     if options.limit:
         problems = problems[: options.limit]
