@@ -75,7 +75,7 @@ def test_every_command_spells_the_same_things_the_same_way():
     from opcircuits.cli import app
 
     commands = _commands()
-    assert set(commands) == DATA_IN | STORE_IN | {"analyze"}
+    assert set(commands) == DATA_IN | STORE_IN | {"data synth"}
     runner = CliRunner()
     for name, cmd in commands.items():
         flags = _visible(cmd)

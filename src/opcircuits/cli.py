@@ -49,6 +49,7 @@ from opcircuits.options import (
     PrototypeOptions,
     StoreInfoOptions,
     StoreVerifyOptions,
+    SynthOptions,
     TrainOptions,
 )
 
@@ -124,7 +125,17 @@ def data_prototype(options: PrototypeOptions) -> None:
 
 add_command(data_app, "download", data_download, Group(DownloadOptions))
 add_command(data_app, "classify", data_classify, Group(ClassifyOptions))
+
+
+def data_synth(options: SynthOptions) -> None:
+    """Synthetic arithmetic word problems with known operations (GSM8K's record format)."""
+    from opcircuits.data.synth import synth
+
+    typer.echo(f"wrote {synth(options)}")
+
+
 add_command(data_app, "prototype", data_prototype, Group(PrototypeOptions))
+add_command(data_app, "synth", data_synth, Group(SynthOptions))
 
 
 # --- extract, stores, analyze --------------------------------------------------------------------

@@ -38,6 +38,7 @@ DEFAULT_DATA = "data/gsm8k_full.jsonl"
 MODES = ("prototype", "full", "analysis_only")
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float16", "float32")
+SPLITS = ("train", "test")
 
 _HELP_MODEL = "Preset (demo, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint folder."
 _HELP_DEVICE = "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps."
@@ -201,6 +202,67 @@ class PrototypeOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+@dataclass
+class SynthOptions:
+    """`opcircuits data synth`."""
+
+    out: Path = opt(
+        Path("data/synth.jsonl"),
+        help="Output JSONL; a manifest <name>.manifest.json (and <name>.pairs.jsonl) are "
+        "written beside it.",
+    )
+    n: int = opt(600, help="Problems in all (a multiple of 3: n/3 per category).")
+    seed: int = opt(0, help="Seed (same seed and options → same bytes).")
+    split: str = opt(
+        "test",
+        choices=SPLITS,
+        help="train: only training frames and train computations; test: also the held-out "
+        "frames, and only test computations.",
+    )
+    steps: list[int] = opt(
+        [2, 3],
+        list=int,
+        help="Step counts (each 2..6); every category gets the same number of problems of each.",
+    )
+    min_operand: int = opt(2, help="Smallest number in a question.")
+    max_operand: int = opt(20, help="Largest number in a question.")
+    max_result: int = opt(100, help="Largest intermediate or final result (all are ≥ 1).")
+    heldout_share: float = opt(
+        0.5, help="test split: share of problems written with a held-out frame."
+    )
+    pairs: bool = opt(
+        True,
+        help="Also write <name>.pairs.jsonl: each problem's counterfactual partner (one step's "
+        "operation changed).",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.n < 3 or self.n % 3:  # the three categories get n/3 each
+            raise OpcircuitsError(f"must be a positive multiple of 3, got {self.n}", field="n")
+        if any(not 2 <= c <= 6 for c in self.steps):
+            raise OpcircuitsError(
+                f"step counts must be 2..6 (mixed needs two steps), got {self.steps!r}",
+                field="steps",
+            )
+        if not 1 <= self.min_operand <= self.max_operand:
+            raise OpcircuitsError(
+                f"need 1 <= min_operand <= max_operand, got {self.min_operand}..{self.max_operand}",
+                field="min_operand",
+            )
+        if self.max_operand < 2:
+            raise OpcircuitsError("must be at least 2", field="max_operand")
+        if self.max_result < self.max_operand * 2:
+            raise OpcircuitsError(
+                f"must be at least 2 × max_operand ({2 * self.max_operand})", field="max_result"
+            )
+        if not 0.0 <= self.heldout_share <= 1.0:
+            raise OpcircuitsError("must be between 0 and 1", field="heldout_share")
+
+    def step_counts(self) -> list[int]:
+        return sorted(set(self.steps))
 
 
 # --- extraction --------------------------------------------------------------------------------
@@ -646,6 +708,7 @@ __all__ = [
     "RunOptions",
     "StoreInfoOptions",
     "StoreVerifyOptions",
+    "SynthOptions",
     "TRAIN_RECIPES",
     "TrainOptions",
     "check_fields",

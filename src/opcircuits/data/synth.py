@@ -33,7 +33,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,10 @@ from opcircuits import __version__
 from opcircuits.data.annotations import ADDITIVE, CATEGORIES, category_of
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import manifest_path, sha256_file, write_json_atomic, write_jsonl_atomic
+from opcircuits.options import SynthOptions
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "test")
 OPS: tuple[str, ...] = ("+", "-", "*", "/")
 # Share of all possible computations (start, operations, operands) reserved for the test split.
 TEST_COMPUTATION_PERCENT = 20
@@ -179,89 +179,6 @@ FRAMES: tuple[tuple[str, str, str], ...] = (
 def heldout_frame(frame_id: int) -> bool:
     """Frames only the test split uses."""
     return frame_id % HELDOUT_MOD == HELDOUT_MOD - 1
-
-
-# --- options --------------------------------------------------------------------------------
-
-
-@dataclass
-class SynthOptions:
-    """Options of `opcircuits data synth` (field names = CLI option names with - → _)."""
-
-    out: Path = field(
-        default=Path("data/synth.jsonl"),
-        metadata={"help": "Output JSONL; a manifest <name>.manifest.json is written beside it."},
-    )
-    n: int = field(
-        default=600,
-        metadata={"help": "Problems in all (a multiple of 3: n/3 per category)."},
-    )
-    seed: int = field(default=0, metadata={"help": "Seed (same seed and options → same bytes)."})
-    split: str = field(
-        default="test",
-        metadata={
-            "help": "train: only training frames and train computations; test: also the "
-            "held-out frames, and only test computations."
-        },
-    )
-    steps: str = field(
-        default="2,3",
-        metadata={
-            "help": "Step counts, comma-separated (each 2..6); every category gets the same "
-            "number of problems of each."
-        },
-    )
-    min_operand: int = field(default=2, metadata={"help": "Smallest number in a question."})
-    max_operand: int = field(default=20, metadata={"help": "Largest number in a question."})
-    max_result: int = field(
-        default=100, metadata={"help": "Largest intermediate or final result (all are ≥ 1)."}
-    )
-    heldout_share: float = field(
-        default=0.5,
-        metadata={"help": "test split: share of problems written with a held-out frame."},
-    )
-    pairs: bool = field(
-        default=True,
-        metadata={
-            "help": "Also write <name>.pairs.jsonl: each problem's counterfactual partner "
-            "(one step's operation changed)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        if self.n < 3 or self.n % len(CATEGORIES):
-            raise OpcircuitsError(f"must be a positive multiple of 3, got {self.n}", field="n")
-        if self.split not in SPLITS:
-            raise OpcircuitsError(f"must be 'train' or 'test', got {self.split!r}", field="split")
-        self.step_counts()  # validates
-        if not 1 <= self.min_operand <= self.max_operand:
-            raise OpcircuitsError(
-                f"need 1 <= min_operand <= max_operand, got {self.min_operand}..{self.max_operand}",
-                field="min_operand",
-            )
-        if self.max_operand < 2:
-            raise OpcircuitsError("must be at least 2", field="max_operand")
-        if self.max_result < self.max_operand * 2:
-            raise OpcircuitsError(
-                f"must be at least 2 × max_operand ({2 * self.max_operand})", field="max_result"
-            )
-        if not 0.0 <= self.heldout_share <= 1.0:
-            raise OpcircuitsError("must be between 0 and 1", field="heldout_share")
-
-    def step_counts(self) -> list[int]:
-        try:
-            counts = sorted({int(x) for x in str(self.steps).split(",") if x.strip()})
-        except ValueError:
-            raise OpcircuitsError(
-                f"expected comma-separated integers, got {self.steps!r}", field="steps"
-            ) from None
-        if not counts or any(not 2 <= c <= 6 for c in counts):
-            raise OpcircuitsError(
-                f"step counts must be 2..6 (mixed needs two steps), got {self.steps!r}",
-                field="steps",
-            )
-        return counts
 
 
 # --- one problem ----------------------------------------------------------------------------
