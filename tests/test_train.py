@@ -167,6 +167,28 @@ def test_records_left_out_are_reported(
     assert "1 no_final_answer, 0 no_answer_token, 1 too_long" in caplog.text
 
 
+def test_cli_recipe_with_overrides(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
+    """`opcircuits train --recipe codi-gpt2` trains with the recipe's values except the options
+    given on the command line (even one equal to the no-recipe default, --seed 0)."""
+    from typer.testing import CliRunner
+
+    from opcircuits.cli import app
+
+    out = tmp_path / "recipe"
+    args = ["train", "--recipe", "codi-gpt2", "--out", str(out), "--base", str(tiny_base)]
+    args += ["--data", str(gsm8k_dir / "train.jsonl"), "--from-scratch", "--lora-r", "0"]
+    args += ["--prj-dim", "48", "--num-latent", "2", "--limit", "4", "--batch-size", "2"]
+    args += ["--max-steps", "1", "--mixed-precision", "no", "--seed", "0", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    used = json.loads((out / "last" / "training_state.json").read_text())["options"]
+    given = {"lora_r": 0, "prj_dim": 48, "num_latent": 2, "batch_size": 2, "seed": 0}
+    assert {k: used[k] for k in given} == given and used["mixed_precision"] == "no"
+    recipe = {"lr": 3e-3, "epochs": 40, "weight_decay": 0.1, "distill_factor": 1.0}
+    recipe |= {"grad_accum": 2, "max_tokens": 1000, "warmup_ratio": 0.03}
+    assert {k: used[k] for k in recipe} == recipe
+
+
 def test_resume_reproduces_uninterrupted_run(
     gsm8k_dir: Path, tiny_base: Path, tmp_path: Path
 ) -> None:
