@@ -15,7 +15,7 @@ from accelerate_cmd import accelerate_launch
 from safetensors.torch import load_file
 
 from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
-from opcircuits.codi.train import TrainOptions, train
+from opcircuits.codi.train import TrainOptions, layer_distill_loss, train
 from opcircuits.codi.train_data import read_train_problems, teacher_cot, tokenize_example
 from opcircuits.errors import OpcircuitsError
 
@@ -131,6 +131,21 @@ def test_teacher_drops_the_last_cot_step(gsm8k_dir: Path, tiny_base: Path) -> No
     # decoded text of the default teacher sequences, end to end
     t2 = tokenize_example(two, tok, v + 1, v + 2)
     assert tok.decode(_teacher_parts(tok, t2)[1]).replace(" ", "") == "<<48/2=24>>"
+
+
+def test_l2_distillation_divides_by_the_variance() -> None:
+    """Official CODI: each layer's distillation loss is divided by the teacher states' std, and
+    an l2 loss once more (so it does not change with the scale of the hidden states)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 8), torch.randn(4, 8)
+    n = s.numel()
+    l2 = layer_distill_loss(s, t, t.std(), n, "l2")
+    torch.testing.assert_close(l2, F.mse_loss(s, t) / t.std() ** 2)
+    torch.testing.assert_close(layer_distill_loss(3 * s, 3 * t, 3 * t.std(), n, "l2"), l2)
+    smooth = layer_distill_loss(s, t, t.std(), n, "smooth_l1")
+    torch.testing.assert_close(smooth, F.smooth_l1_loss(s, t) / t.std())
 
 
 def test_few_steps_lower_the_loss(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:

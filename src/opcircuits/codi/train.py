@@ -7,8 +7,8 @@ One model plays two roles on every batch:
   step, fed back as the next input embedding), eot, then cross-entropy on the answer;
 - distillation: smooth-L1 (or L2) between the student's and the teacher's hidden states at the
   token that predicts the answer value's first token, at every layer (HF `hidden_states`, embeddings
-  included), teacher side detached, each layer's loss divided by the teacher states' std, averaged
-  over layers and multiplied by `distill_factor`.
+  included), teacher side detached, each layer's loss divided by the teacher states' std (its
+  square for l2, as official), averaged over layers and multiplied by `distill_factor`.
 total = student CE + distillation + teacher CE × `teacher_factor`.
 
 Checkpoints: `OUT/last/` is a released-layout checkpoint (`model.safetensors` + `codi_config.json`
@@ -123,7 +123,7 @@ class CodiObjective(nn.Module):
         self.num_latent = options.num_latent
         self.distill_factor = options.distill_factor
         self.teacher_factor = options.teacher_factor
-        self.distill_fn = F.smooth_l1_loss if options.distill_loss == "smooth_l1" else F.mse_loss
+        self.distill_loss = options.distill_loss
 
     def forward(
         self, batch: dict[str, torch.Tensor], student: bool = True
@@ -193,7 +193,7 @@ class CodiObjective(nn.Module):
         elements = _global_sum(teachers[0].new_tensor(float(teachers[0].numel())))
         distill = zero
         for s, t, std in zip(students, teachers, stds, strict=True):
-            distill = distill + self.distill_fn(s, t, reduction="sum") / elements / std
+            distill = distill + layer_distill_loss(s, t, std, elements, self.distill_loss)
         distill = distill / len(students) * self.distill_factor
         total = student_ce + distill + teacher_ce * self.teacher_factor
         return {
@@ -216,6 +216,18 @@ def _cache_kwarg(lm: nn.Module) -> str:
 # batch. The shares of all processes add up to what one process holding the whole micro-batch
 # computes, so N processes × batch B train exactly like one process × batch N·B (the training
 # loop scales by N because data-parallel wrappers average gradients).
+
+
+def layer_distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, std: torch.Tensor, elements: Any, kind: str
+) -> torch.Tensor:
+    """One layer's distillation loss (this process's share): smooth-L1 or squared error summed
+    over its elements, divided by the global element count and by the teacher states' std —
+    twice for l2, as the official CODI (`distill_loss_div_std` divides an L2 loss by std once
+    more), which makes the l2 loss invariant to the scale of the hidden states."""
+    if kind == "l2":
+        return F.mse_loss(student, teacher, reduction="sum") / elements / (std * std)
+    return F.smooth_l1_loss(student, teacher, reduction="sum") / elements / std
 
 
 def _global_sum(x: torch.Tensor) -> torch.Tensor:
