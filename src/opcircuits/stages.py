@@ -15,7 +15,6 @@ Nothing here knows about this experiment: `pipeline.py` builds its stages and ru
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -31,6 +30,7 @@ from typing import Any
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import sha256_file, write_json_atomic
+from opcircuits.jsonable import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +138,6 @@ class Stage:
     on_force: Callable[[], None] | None = None  # clears outputs that are not owned, for --force
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(dataclasses.asdict(value))
-    return value
-
-
 def relative_to_run(path: Path, run_dir: Path) -> str:
     """Paths inside the run directory are recorded relative to it, so the directory can move."""
     try:
@@ -227,7 +215,7 @@ class StageRunner:
         key = {
             "version": STAGE_RECORD_VERSION,
             "inputs": self._input_digests(stage),
-            "options": _jsonable(stage.options),
+            "options": jsonable(stage.options),
         }
         done = self._read(done_file)
         if not self.force and self._up_to_date(done, key, stage.reuse_any):
@@ -262,7 +250,7 @@ class StageRunner:
         record = {
             "stage": stage.name,
             "key": key,
-            "settings": _jsonable(stage.settings),
+            "settings": jsonable(stage.settings),
             "outputs": self._output_digests(stage),
             "finished": utc_now(),
         }

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import read_json_object
+from opcircuits.jsonable import jsonable
 from opcircuits.store.schema import (
     FORMAT_VERSION,
     MANIFEST,
@@ -80,17 +79,9 @@ def build_manifest(manifest: Mapping[str, Any], n_total: int, shard_size: int) -
     m.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     # As JSON will give it back (tuples → lists, Paths → str), so a resumed run compares equal.
     try:
-        return json.loads(json.dumps(m, default=_json_default))
+        return json.loads(json.dumps(jsonable(m)))
     except (TypeError, ValueError) as exc:
         raise OpcircuitsError(f"manifest is not JSON-serialisable: {exc}") from exc
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
 
 def manifest_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

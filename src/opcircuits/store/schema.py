@@ -6,7 +6,6 @@ Pure numpy/pyarrow: this package must not import torch (analysis reads stores wi
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.jsonable import jsonable
 
 # 2: shards carry the run identity, layers, positions and ids; the manifest their sha256s.
 FORMAT_VERSION = 2
@@ -191,25 +191,10 @@ def check_record_types(table: pa.Table, path: Path) -> None:
         raise OpcircuitsError("records have a null id", path=path, field="id")
 
 
-def _py(value: Any) -> Any:
-    """numpy/pandas values → plain Python (arrays to lists, NaN/NA to None)."""
-    if isinstance(value, np.ndarray):
-        return [_py(v) for v in value.tolist()] if value.dtype == object else value.tolist()
-    if isinstance(value, list | tuple):
-        return [_py(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def _columns(records: Any) -> dict[str, list[Any]]:
     """Records (DataFrame or list of dicts) → column name → list of plain values."""
     if isinstance(records, pd.DataFrame):
-        return {str(c): [_py(v) for v in records[c].tolist()] for c in records.columns}
+        return {str(c): [jsonable(v) for v in records[c].tolist()] for c in records.columns}
     if isinstance(records, Mapping) or not isinstance(records, Iterable):
         raise OpcircuitsError("records must be a pandas DataFrame or a list of dicts")
     rows = list(records)
@@ -220,7 +205,7 @@ def _columns(records: Any) -> dict[str, list[Any]]:
         for k in row:
             if k not in names:
                 names.append(str(k))
-    return {k: [_py(row.get(k)) for row in rows] for k in names}
+    return {k: [jsonable(row.get(k)) for row in rows] for k in names}
 
 
 def records_table(records: Any) -> pa.Table:
