@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from opcircuits.files import atomic_path  # noqa: E402
+from opcircuits.findings import PROBE_LABELS  # noqa: E402
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
-PROBE_LABELS = {"logreg": "logistic regression", "random_forest": "random forest", "mlp": "MLP"}
 DPI = 110
 
 
@@ -395,16 +395,19 @@ def model_accuracy(report: dict, out_dir: Path) -> dict | None:
 def draw_all(
     report: dict, coords: dict[str, np.ndarray], y: np.ndarray, out_dir: Path
 ) -> list[dict[str, Any]]:
-    figs = [token_layer_map(report, out_dir)]
-    if report["layer_sweep"]:
-        figs.append(layer_sweep(report, out_dir))
-    if any(p["view_kind"] == "main" for p in report["probes"]):
-        figs += [probes_vs_controls(report, out_dir), confusion(report, out_dir)]
-    figs += [
-        pre_thought(report, out_dir),
-        pca_scatter(report, coords, y, out_dir),
-        similarity(report, out_dir),
-        logit_lens(report, out_dir),
-        model_accuracy(report, out_dir),
-    ]
+    # Names from the data (positions, views, categories) are shown literally: without this, a
+    # name with two `$` would be parsed as mathtext and could stop the figure with a TeX error.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        figs = [token_layer_map(report, out_dir)]
+        if report["layer_sweep"]:
+            figs.append(layer_sweep(report, out_dir))
+        if any(p["view_kind"] == "main" for p in report["probes"]):
+            figs += [probes_vs_controls(report, out_dir), confusion(report, out_dir)]
+        figs += [
+            pre_thought(report, out_dir),
+            pca_scatter(report, coords, y, out_dir),
+            similarity(report, out_dir),
+            logit_lens(report, out_dir),
+            model_accuracy(report, out_dir),
+        ]
     return [f for f in figs if f is not None]
