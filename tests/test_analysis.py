@@ -76,6 +76,7 @@ def _records(y: np.ndarray, questions: list[str], rng: np.random.Generator) -> l
                 "n_steps": int(rng.integers(2, 6)),
                 "ops_used": OPS[int(c)],
                 "lens_top_tokens": toks,
+                "answer_truncated": i % 40 == 0,  # 3 of 120 answers hit the decoding limit
             }
         )
         recs[-1]["correct"] = recs[-1]["predicted"] == recs[-1]["gold"]
@@ -142,6 +143,7 @@ def test_planted_signal_is_found_where_it_was_planted(planted: tuple[Path, Path,
     assert rows["latent_1"]["ci_low"] > 0 and rows["latent_2"]["ci_low"] <= 0
     # Confusion matrices sum to problems × repeats.
     assert np.sum(first["confusion"]) == N * FAST["repeats"]
+    assert any(n.startswith("3 of 120 answers hit the decoding limit") for n in report["notes"])
 
 
 def test_report_contract_fields(planted: tuple[Path, Path, dict]) -> None:
