@@ -12,10 +12,7 @@ and its slot in `Fits`) and reads its results from `Fits`.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from opcircuits.analysis.features import View, view_matrix
 from opcircuits.analysis.inputs import AnalysisInput
 from opcircuits.analysis.probes import PROBES, fit_fold
 from opcircuits.analysis.scoring import Fold
+from opcircuits.analysis.workers import worker_config
 from opcircuits.progress import stage_progress
 
 
@@ -111,10 +109,13 @@ def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: 
         permuted_y=the_plan.permuted_y,
         seed=seed,
         permutations=permutations,
-        parent=os.getpid() if jobs != 1 else None,
     )
     results: list[Any] = []
-    with _shared(inp.hidden, jobs) as source, stage_progress("analyze") as progress:
+    with (
+        _shared(inp.hidden, jobs) as source,
+        worker_config(),  # a kill -9 of this process ends the workers too
+        stage_progress("analyze") as progress,
+    ):
         bar = progress.add_task("fits", total=len(the_plan.tasks))
         parallel = joblib.Parallel(n_jobs=jobs, return_as="generator")
         tasks = (joblib.delayed(_run_one)(t, source=source, **shared) for t in the_plan.tasks)
@@ -164,10 +165,7 @@ def _run_one(
     permuted_y: np.ndarray | None,
     seed: int,
     permutations: int,
-    parent: int | None,
 ) -> Any:
-    if parent is not None:
-        _exit_with_parent(parent)
     fold = task.fold
     if task.kind == "cluster":
         return clustering.cluster_view(view_matrix(source, task.view, positions, layers), y)
@@ -193,25 +191,3 @@ def _run_one(
         shuffled_train_y=shuffled,
         permuted_y=permuted_y if task.permute else None,
     )
-
-
-_watching: set[int] = set()
-_PARENT_POLL_S = 0.5
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a worker process: end this process as soon as the analysing process is gone.
-
-    joblib's workers otherwise live on after a kill -9 of their parent (idle, holding memory,
-    until loky's idle timeout); a daemon thread polls the parent id, which changes when the
-    parent dies and the worker is re-parented."""
-    if parent in _watching or os.getpid() == parent:
-        return
-    _watching.add(parent)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(_PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="opcircuits-exit-with-parent", daemon=True).start()
