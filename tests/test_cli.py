@@ -125,7 +125,7 @@ def test_evaluate_reproduces_the_demo_reference_answers(gsm8k_dir, tmp_path):
     """The shipped demo's student answers (recorded with max_new_tokens 24 when it was built)
     come back through `evaluate`, K given as repeated options; K = 0 is measured too."""
     from opcircuits.codi.config import demo_dir
-    from opcircuits.codi.demo import REFERENCE_NAME
+    from opcircuits.codi.evaluate import REFERENCE_NAME
 
     ref = json.loads((demo_dir() / REFERENCE_NAME).read_text())
     n = 5

@@ -9,12 +9,15 @@ import torch
 
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.latent import (
+    check_lengths,
     decode_answer,
     extract_number,
     format_question,
+    max_positions,
     prompt_ids,
     run_batch,
 )
+from opcircuits.errors import OpcircuitsError
 
 torch.set_num_threads(1)
 
@@ -163,7 +166,7 @@ def test_a_model_trained_with_eos_kept_answers(gsm8k_dir, tiny_texts, tmp_path, 
     predicts EOS first and answers nothing."""
     from codi_factory import write_tiny_base
 
-    from opcircuits.codi.demo import student_answers
+    from opcircuits.codi.evaluate import student_answers
     from opcircuits.codi.train import TrainOptions, train
 
     base = write_tiny_base(tmp_path / "base", "llama", tiny_texts)
@@ -193,7 +196,7 @@ def test_a_model_trained_with_eos_kept_answers(gsm8k_dir, tiny_texts, tmp_path, 
         latent = run_batch(model, tok, questions[:4], layers=[0], max_new_tokens=12)
         starts_latent = _answer_starts(calls, model.eot_id)
         calls.clear()
-        no_thoughts = student_answers(model, tok, questions[:4], 0, 12)
+        no_thoughts, _ = student_answers(model, tok, questions[:4], 0, 12)
         starts_k0 = _answer_starts(calls, model.eot_id)
     finally:
         handle.remove()
@@ -203,3 +206,36 @@ def test_a_model_trained_with_eos_kept_answers(gsm8k_dir, tiny_texts, tmp_path, 
     texts = [decode_answer(model, tok, a) for a in latent.answer_ids]
     assert all(t.strip() for t in texts), texts
     assert all(t.strip() for t in no_thoughts), no_thoughts
+
+
+def _question_of(model, tok, n_tokens: int) -> str:
+    """A question whose prompt (with bot) is exactly `n_tokens` long."""
+    for m in range(n_tokens):
+        q = "How many?" + " 1" * m
+        if len(prompt_ids(model, tok, q)) == n_tokens:
+            return q
+    raise AssertionError(n_tokens)
+
+
+def test_questions_beyond_the_model_positions(tiny_gpt2):
+    """GPT-2 knows 1,024 positions: a question with no room for its thoughts is an error naming
+    it; one that leaves room for a few answer tokens stops there, marked truncated (never a
+    position past the table)."""
+    model, tok = load_codi(tiny_gpt2.checkpoint, base=tiny_gpt2.base, device="cpu")
+    K, limit = model.config.num_latent, 1024
+    assert max_positions(model) == limit
+    short = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    fits = _question_of(model, tok, limit - K - 1 - 2)  # room for three answer tokens
+    out = run_batch(model, tok, [short, fits], layers=[0], max_new_tokens=8)
+    assert len(out.answer_ids[1]) <= 3
+    assert out.truncated[1] == (tok.eos_token_id not in out.answer_ids[1])
+    alone = run_batch(model, tok, [short], layers=[0], max_new_tokens=8)
+    assert out.answer_ids[0] == alone.answer_ids[0] and out.truncated[0] == alone.truncated[0]
+    assert out.truncated[0] == (tok.eos_token_id not in out.answer_ids[0])
+
+    too_long = _question_of(model, tok, limit - K)  # no position left for eot
+    with pytest.raises(OpcircuitsError, match="too long") as err:
+        run_batch(model, tok, [short, too_long, fits], layers=[0], max_new_tokens=8)
+    assert "#1" in str(err.value) and "#2" not in str(err.value)
+    with pytest.raises(OpcircuitsError, match="test_9"):
+        check_lengths(model, tok, [short, too_long], ["test_3", "test_9"])

@@ -118,6 +118,22 @@ def test_cli_extract_writes_the_store_the_model_computes(tiny_llama, tiny_proble
         want = extract_number(row["answer_text"])
         assert (row["predicted"] == want) or (want is None and np.isnan(row["predicted"]))
         assert row["correct"] == (want is not None and want == row["gold"])
+    # answers that hit --max-new-tokens before EOS are flagged, and counted in the manifest
+    assert list(rec["answer_truncated"]) == ref.truncated
+    assert m["n_answer_truncated"] == sum(ref.truncated) > 0
+
+
+def test_a_question_beyond_the_model_positions_is_named_before_any_work(
+    tiny_gpt2, tiny_problems, tmp_path
+):
+    problems = [json.loads(x) for x in tiny_problems.read_text().splitlines()]
+    problems[5]["question"] += " 1" * 1100  # GPT-2 knows 1,024 positions
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    with pytest.raises(OpcircuitsError, match="too long") as err:
+        extract(_options(tiny_gpt2, data, tmp_path / "s"))
+    assert "test_5" in str(err.value) and "test_4" not in str(err.value)
+    assert not (tmp_path / "s").exists()
 
 
 def test_gpt2_all_layers_float16(tiny_gpt2, tiny_problems, tmp_path):

@@ -14,17 +14,18 @@ import torch
 from accelerate_cmd import accelerate_launch
 from safetensors.torch import load_file
 
-from opcircuits.codi.demo import DemoBaseOptions, build_demo_base
+from opcircuits.codi.base import build_demo_base
 from opcircuits.codi.train import TrainOptions, layer_distill_loss, train
 from opcircuits.codi.train_data import read_train_problems, teacher_cot, tokenize_example
 from opcircuits.errors import OpcircuitsError
+from opcircuits.options import NewBaseOptions
 
 
 @pytest.fixture(scope="module")
 def tiny_base(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("base")
     return build_demo_base(
-        DemoBaseOptions(
+        NewBaseOptions(
             out=out,
             data=str(gsm8k_dir / "train.jsonl"),
             vocab_size=400,

@@ -8,7 +8,7 @@ import re
 
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.config import demo_dir
-from opcircuits.codi.demo import REFERENCE_NAME, student_answers, teacher_answers
+from opcircuits.codi.evaluate import REFERENCE_NAME, student_answers, teacher_answers
 from opcircuits.codi.latent import extract_number
 
 
@@ -18,7 +18,7 @@ def test_shipped_demo_reproduces_recorded_answers() -> None:
     assert model.config.lora_r == 0 and model.config.num_latent == ref["num_latent"]
     problems = ref["problems"]
     assert len(problems) >= 5
-    texts = student_answers(
+    texts, _ = student_answers(
         model,
         tokenizer,
         [p["question"] for p in problems],
@@ -28,7 +28,7 @@ def test_shipped_demo_reproduces_recorded_answers() -> None:
     assert texts == [p["answer_text"] for p in problems]
     assert [extract_number(t) for t in texts] == [p["predicted"] for p in problems]
     # one problem at a time gives the same answers as the batch (padding is masked)
-    single = student_answers(
+    single, _ = student_answers(
         model, tokenizer, [problems[0]["question"]], ref["num_latent"], ref["max_new_tokens"]
     )
     assert single == texts[:1]
@@ -56,8 +56,11 @@ def test_demo_teacher_writes_a_chain_of_thought() -> None:
     """The teacher writes calculator steps, then the answer sentence, in the trained format."""
     model, tokenizer = load_codi("demo", device="cpu")
     ref = json.loads((demo_dir() / REFERENCE_NAME).read_text())
-    texts = teacher_answers(model, tokenizer, [p["question"] for p in ref["problems"]], 96)
+    texts, truncated = teacher_answers(
+        model, tokenizer, [p["question"] for p in ref["problems"]], 96
+    )
     assert texts == DEMO_TEACHER_TEXTS
+    assert truncated == [t == DEMO_TEACHER_TEXTS[2] for t in texts]  # the looping one hit 96
     finished = [m for t in texts if (m := _FINISHED.fullmatch(t))]
     assert len(finished) == 7  # all but the looping one: steps, then "The answer is: N"
     assert all(extract_number(m.group(0)) == float(m.group(1)) for m in finished)

@@ -238,14 +238,14 @@ def train_cmd(options: TrainOptions) -> None:
 def new_base_cmd(options: NewBaseOptions) -> None:
     """Build a small LLaMA-architecture base (BPE tokenizer trained on GSM8K, digits split) for
     `opcircuits train --from-scratch`: how the demo model's base was made."""
-    from opcircuits.codi.demo import build_demo_base
+    from opcircuits.codi.base import build_demo_base
 
     typer.echo(str(build_demo_base(options)))
 
 
 def evaluate_cmd(options: EvaluateOptions) -> None:
     """Accuracy of a CODI model: teacher (explicit CoT) and student with K thoughts."""
-    from opcircuits.codi.demo import evaluate
+    from opcircuits.codi.evaluate import evaluate
 
     result = evaluate(options)
     for name, acc in result["accuracy"].items():

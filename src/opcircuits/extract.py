@@ -168,6 +168,7 @@ def extract_shard(
                 "answer_text": text,
                 "predicted": predicted,
                 "correct": predicted is not None and predicted == fields["gold"],
+                "answer_truncated": out.truncated[j],
                 "lens_top_ids": lens_ids[j],
                 "lens_top_tokens": [[names[t] for t in row] for row in lens_ids[j]],
                 "lens_top_probs": lens_probs[j],
@@ -192,6 +193,7 @@ def extract(options: ExtractOptions) -> Path:
 
 def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dist) -> Path:
     from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import check_lengths
     from opcircuits.files import sha256_file
     from opcircuits.store import StoreWriter, default_positions
 
@@ -212,6 +214,8 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
     )
     src = model.source
     layers = parse_layers(options.layers, model.num_layers, src.config.layers)
+    # Before any work: a question beyond the model's positions is an error naming its id.
+    check_lengths(model, tokenizer, [p["question"] for p in problems], [p["id"] for p in problems])
     K = model.config.num_latent
     manifest = {
         "model": src.name,
@@ -273,5 +277,13 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         store = w.finalize()
         n_ok = int(store.records["correct"].fillna(False).sum())
         log.info("%s: %d problems, %d answered correctly", options.out, len(store), n_ok)
+        n_cut = int(store.manifest.get("n_answer_truncated") or 0)
+        if n_cut:
+            log.warning(
+                "%s: %d answers hit --max-new-tokens %d before EOS (answer_truncated)",
+                options.out,
+                n_cut,
+                options.max_new_tokens,
+            )
     dist.barrier()
     return options.out

@@ -682,7 +682,9 @@ class EvaluateOptions:
         DEFAULT_MAX_NEW_TOKENS, min=1, help="Student answer tokens decoded at most."
     )
     max_cot_tokens: int = opt(
-        160, min=1, help="Teacher tokens decoded at most (chain of thought + answer)."
+        DEFAULT_MAX_NEW_TOKENS,
+        min=1,
+        help="Teacher tokens decoded at most (chain of thought + answer; stops at EOS).",
     )
     threads: int | None = opt(None, min=1, help="torch CPU threads.")
 

@@ -50,7 +50,6 @@ import torch
 from torch import nn
 
 from opcircuits.codi.latent import (
-    _cache_name,
     _layer_kv,
     _new_cache,
     _one_query_attention,
@@ -61,7 +60,7 @@ from opcircuits.codi.latent import (
     extract_number,
     prompt_ids,
 )
-from opcircuits.codi.model import CodiModel
+from opcircuits.codi.model import CodiModel, cache_arg_name
 from opcircuits.errors import OpcircuitsError
 
 log = logging.getLogger(__name__)
@@ -425,7 +424,7 @@ class Engine:
         self.device = model.prj[1].weight.device
         self.dtype = model.prj[1].weight.dtype
         self.backbone = model.lm.base_model
-        self.cache_name = _cache_name(self.backbone)
+        self.cache_name = cache_arg_name(self.backbone)
         self.eos = int(tokenizer.eos_token_id)
         self.answer_prefix = answer_start_ids(model, tokenizer)  # eot [eos]
         self._gold_cache: dict[str, tuple[list[int], int]] = {}

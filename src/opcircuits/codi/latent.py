@@ -14,14 +14,15 @@ used (the logit lens and each next answer token).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from opcircuits.codi.model import CodiModel
+from opcircuits.codi.model import CodiModel, cache_arg_name
+from opcircuits.errors import OpcircuitsError
+from opcircuits.options import DEFAULT_MAX_NEW_TOKENS
 
 NUMBER = re.compile(r"-?\d+\.?\d*")
 
@@ -49,6 +50,40 @@ def answer_start_ids(model: CodiModel, tokenizer) -> list[int]:
     return [model.eot_id, int(tokenizer.eos_token_id)]
 
 
+def max_positions(model: CodiModel) -> int | None:
+    """The most positions the base can encode (GPT-2's `n_positions` maps to this name)."""
+    value = getattr(model.lm.config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_lengths(
+    model: CodiModel,
+    tokenizer,
+    questions: Sequence[str],
+    ids: Sequence[str] | None = None,
+    *,
+    num_latent: int | None = None,
+) -> None:
+    """Every prompt, its K thoughts and the answer start fit in the model's positions; otherwise
+    an error naming the problems (never a silent cut, nor positions past what the model knows)."""
+    limit = max_positions(model)
+    if limit is None:
+        return
+    K = model.config.num_latent if num_latent is None else num_latent
+    extra = K + len(answer_start_ids(model, tokenizer))
+    lengths = [len(prompt_ids(model, tokenizer, q)) for q in questions]
+    bad = [i for i, n in enumerate(lengths) if n + extra > limit]
+    if bad:
+        names = [str(ids[i]) if ids is not None else f"#{i}" for i in bad]
+        shown = ", ".join(names[:20]) + (f" … ({len(bad)} in all)" if len(bad) > 20 else "")
+        raise OpcircuitsError(
+            f"{len(bad)} questions are too long for this model: {shown} need up to "
+            f"{max(lengths[i] for i in bad) + extra} positions (prompt, {K} thoughts, answer "
+            f"start), the model has {limit}; shorten or leave out those problems",
+            field="question",
+        )
+
+
 def extract_number(text: str) -> float | None:
     """The last number in a decoded answer, commas removed (None when there is none)."""
     found = NUMBER.findall(text.replace(",", ""))
@@ -64,12 +99,7 @@ class LatentBatch:
     lens_ids: torch.Tensor  # [B, P, top_k] logit lens over the final hidden state
     lens_probs: torch.Tensor  # [B, P, top_k] softmax probabilities of those ids
     answer_ids: list[list[int]]  # greedy answer tokens (up to and including EOS)
-
-
-def _cache_name(backbone) -> str:
-    """transformers 5.x renamed the KV-cache argument `past_key_values` to `cache`."""
-    params = inspect.signature(backbone.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    truncated: list[bool]  # the answer hit the decoding limit before EOS
 
 
 def _new_cache(model: CodiModel, max_len: int):
@@ -173,7 +203,7 @@ def run_batch(
     questions: Sequence[str],
     *,
     layers: Sequence[int],
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     top_k: int = 5,
     prefill_tokens: int = 4096,
     num_latent: int | None = None,
@@ -181,12 +211,16 @@ def run_batch(
     """Run the latent loop on a batch of questions; see the module docstring.
 
     `num_latent` overrides the model's K (0 = question, bot, then straight to the answer: the
-    positions are `bot` alone and `latent_inputs` is empty).
+    positions are `bot` alone and `latent_inputs` is empty). Decoding stops once every problem
+    has produced EOS; a problem's answer stops at `max_new_tokens`, or earlier where the model's
+    positions end, and is then marked `truncated`. A question too long for the model's
+    positions is an error (`check_lengths`).
 
     Prompts are run in groups of similar length of at most `prefill_tokens` padded tokens (a
     batch's prompts vary a lot in length; padding them all to the longest wasted up to half of
     the prompt compute); the latent and answer steps then run on the whole batch."""
     device = model.prj[1].weight.device
+    check_lengths(model, tokenizer, questions, num_latent=num_latent)
     prompts = [prompt_ids(model, tokenizer, q) for q in questions]
     B, T = len(prompts), max(map(len, prompts))
     ids = torch.full((B, T), model.pad_id, dtype=torch.long)
@@ -206,8 +240,16 @@ def run_batch(
     layer_idx = list(layers)
     k_top = min(top_k, model.eot_id + 1)
     backbone = model.lm.base_model  # the transformer without its LM head
-    cache_name = _cache_name(backbone)
+    cache_name = cache_arg_name(backbone)
     cache = _new_cache(model, T + K + len(start) + max_new_tokens)
+    # Answer tokens each problem may decode: the limit, or fewer where the positions end.
+    limit = max_positions(model)
+    budgets = [
+        max_new_tokens
+        if limit is None
+        else min(max_new_tokens, limit - len(p) - K - len(start) + 1)
+        for p in prompts
+    ]
 
     hidden, final = _prefill(
         model, backbone, cache_name, ids, mask, pos, layer_idx, cache, prefill_tokens
@@ -225,6 +267,8 @@ def run_batch(
             final,
             num_latent=K,
             start=start,
+            budgets=budgets,
+            limit=limit,
             layer_idx=layer_idx,
             k_top=k_top,
             max_new_tokens=max_new_tokens,
@@ -265,6 +309,8 @@ def _latents_and_answer(
     *,
     num_latent,
     start,
+    budgets,
+    limit,
     layer_idx,
     k_top,
     max_new_tokens,
@@ -293,11 +339,14 @@ def _latents_and_answer(
     n = len(start)
     x = model.embed(torch.tensor([start] * B, dtype=torch.long, device=device))
     answers: list[list[int]] = [[] for _ in range(B)]
+    truncated = [False] * B
     running = list(range(B))  # problems that have not produced EOS yet
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         mask = torch.cat([mask, ones.expand(B, n)], dim=1)
         positions = last + torch.arange(1, n + 1, device=device)
         last = positions[:, -1:]
+        if limit is not None:  # finished problems run on (ignored) past their last position
+            positions = positions.clamp(max=limit - 1)
         out = _step(backbone, cache_name, cache, mask, positions, embeds=x, hidden=False)
         logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         logits[:, model.eot_id] = float("-inf")
@@ -306,6 +355,9 @@ def _latents_and_answer(
         for i in running:
             answers[i].append(tokens[i])
         running = [i for i in running if tokens[i] != eos]
+        for i in [i for i in running if step + 1 >= budgets[i]]:
+            truncated[i] = True
+        running = [i for i in running if not truncated[i]]
         if not running:
             break
         # Finished problems keep decoding (their tokens are ignored): the batch stays whole.
@@ -320,6 +372,7 @@ def _latents_and_answer(
         lens_ids=torch.stack(lens_ids, dim=1).cpu(),
         lens_probs=torch.stack(lens_probs, dim=1).cpu(),
         answer_ids=answers,
+        truncated=truncated,
     )
 
 

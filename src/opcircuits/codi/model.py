@@ -53,7 +53,8 @@ def lora_config_for(config: CodiConfig, model_type: str):
 
 
 class CodiModel(nn.Module):
-    """A CODI model. Build one with `from_base`; load a checkpoint with `codi.checkpoint.load_codi`.
+    """A CODI model. Build one with `from_base`; load a checkpoint with `from_pretrained` (or
+    `codi.checkpoint.load_codi`, which also returns the tokenizer).
 
     `codi` is the base LM (peft-wrapped when `config.lora_r > 0`, plain after `merge_lora`), `prj`
     the projection. `pad_id, bot_id, eot_id = V, V+1, V+2` where V is the base vocabulary size.
@@ -125,6 +126,16 @@ class CodiModel(nn.Module):
             self.merged = True
         return self
 
+    # --- loading and saving -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path = "demo", **kwargs) -> CodiModel:
+        """Load a CODI model strictly, ready for inference: a preset (`demo`, `codi-gpt2`,
+        `codi-llama3.2-1b`), a hub id or a checkpoint dir; `kwargs` as `load_codi` (`base`,
+        `dtype`, `device`, `merge`, config overrides). `load_codi` also returns the tokenizer."""
+        from opcircuits.codi.checkpoint import load_codi
+
+        return load_codi(name_or_dir, **kwargs)[0]
+
     # --- saving -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """Write `model.safetensors` (the whole module's state dict, released key names) and
@@ -149,6 +160,14 @@ class CodiModel(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         return directory
+
+
+def cache_arg_name(module: nn.Module) -> str:
+    """The KV-cache argument of a transformers model's forward: transformers 5.x renamed
+    `past_key_values` to `cache`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def unique_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opcircuits.codi.checkpoint import load_weights_strict, read_weights
 from opcircuits.codi.config import CodiConfig
-from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
+from opcircuits.codi.model import WEIGHTS_NAME, CodiModel, cache_arg_name
 from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_data
 from opcircuits.codi.train_state import (
     find_checkpoint,
@@ -129,7 +130,7 @@ class CodiObjective(nn.Module):
         self, batch: dict[str, torch.Tensor], student: bool = True
     ) -> dict[str, torch.Tensor]:
         lm = self.model.codi
-        cache_kw = _cache_kwarg(self.model.lm)
+        cache_kw = cache_arg_name(self.model.lm)
         teacher = lm(
             input_ids=batch["teacher_ids"],
             attention_mask=batch["teacher_mask"],
@@ -204,13 +205,6 @@ class CodiObjective(nn.Module):
         }
 
 
-def _cache_kwarg(lm: nn.Module) -> str:
-    """transformers ≥ 5.x calls the KV cache argument `cache`; older releases `past_key_values`."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-
-
 # Every loss is this process's share of the loss of the whole micro-batch (all processes' slices
 # together): local sums divided by global counts, and the distillation std taken over the global
 # batch. The shares of all processes add up to what one process holding the whole micro-batch
@@ -269,25 +263,6 @@ def _shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 # --- checkpoints ---------------------------------------------------------------------------
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a whole-module state dict strictly; keys missing only because they alias a stored
-    tensor (tied embeddings) are fine."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    own = model.state_dict()
-    ptr = {k: own[k].untyped_storage().data_ptr() for k in own}
-    stored = {ptr[k] for k in state if k in ptr}
-    missing = [k for k in missing if ptr[k] not in stored]
-    if missing or unexpected:
-        raise OpcircuitsError(
-            f"checkpoint does not match the model: missing {missing[:10]}, unexpected "
-            f"{list(unexpected)[:10]}",
-            path=path,
-        )
 
 
 def _save_checkpoint(
@@ -461,7 +436,8 @@ def train(options: TrainOptions) -> Path:
     set_seed(options.seed)
     model, tokenizer = _build_model(options)
     if resume is not None:
-        load_weights(model, resume / WEIGHTS_NAME)
+        path = resume / WEIGHTS_NAME
+        load_weights_strict(model, read_weights(path), path=path)
     examples = _training_examples(options, tokenizer, model, acc.is_main_process)
     per_step = options.batch_size * options.grad_accum * acc.num_processes
     total = options.max_steps or math.ceil(options.epochs * len(examples) / per_step)

@@ -38,6 +38,7 @@ RECORD_SCHEMA = pa.schema(
         ("answer_text", pa.string()),
         ("predicted", pa.float64()),
         ("correct", pa.bool_()),
+        ("answer_truncated", pa.bool_()),  # decoding hit the limit before EOS
         ("n_steps", pa.int64()),
         ("ops_used", pa.list_(pa.string())),
         ("lens_top_ids", pa.list_(pa.list_(pa.int64()))),

@@ -258,6 +258,13 @@ class StoreWriter:
             manifest["hidden_size"] = sizes.pop()
         manifest["shards_sha256"] = hashes
         manifest["records_sha256"] = sha256_file(self.path / RECORDS)
+        cut = (
+            table.column("answer_truncated").to_pylist()
+            if "answer_truncated" in table.column_names
+            else []
+        )
+        if any(v is not None for v in cut):  # recorded by extraction; null for other sources
+            manifest["n_answer_truncated"] = sum(bool(v) for v in cut)
         manifest["complete"] = True
         write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest

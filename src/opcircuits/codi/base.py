@@ -1,0 +1,86 @@
+"""A small base model to train CODI on from scratch (`opcircuits new-base`; how the shipped demo's
+base was made): a byte-level BPE tokenizer trained on GSM8K train text (digits split one per
+token, so numbers are spelled digit by digit) and a small LLaMA-architecture config.
+
+`build_demo_base(options)` writes `config.json` + tokenizer files (no weights): a base that
+`opcircuits train --base DIR --from-scratch` initialises randomly and trains fully (lora_r = 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from opcircuits.codi.train_data import read_train_problems
+from opcircuits.options import NewBaseOptions
+
+log = logging.getLogger(__name__)
+
+BOS, EOS = "<s>", "</s>"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE (GPT-2 style, no unknown tokens) with digits split individually and BOS
+    added in front of every text (as LLaMA's tokenizer does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, model_max_length=1 << 30
+    )
+
+
+def build_demo_base(options: NewBaseOptions) -> Path:
+    """Write the demo base (tokenizer + LLaMA config, no weights) into `options.out`."""
+    from transformers import LlamaConfig
+
+    examples = read_train_problems(options.data)
+    texts = [t for ex in examples for t in (ex.question, ex.cot, ex.answer) if t]
+    tokenizer = train_tokenizer(texts, options.vocab_size)
+    vocab = len(tokenizer)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=options.hidden_size,
+        intermediate_size=options.intermediate_size,
+        num_hidden_layers=options.num_layers,
+        num_attention_heads=options.num_heads,
+        num_key_value_heads=options.num_heads,
+        max_position_embeddings=options.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+    )
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    log.info(
+        "demo base: vocab %d, %d layers × %d, written to %s",
+        vocab,
+        options.num_layers,
+        options.hidden_size,
+        out,
+    )
+    return out

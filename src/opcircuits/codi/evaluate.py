@@ -1,0 +1,233 @@
+"""Measuring a CODI model on GSM8K-style problems (`opcircuits evaluate`; the model card's numbers):
+the teacher (explicit chain of thought, greedy) and the student with K continuous thoughts, and the
+reference answers the shipped demo is tested against.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from opcircuits.errors import OpcircuitsError
+from opcircuits.options import DEFAULT_MAX_NEW_TOKENS, EvaluateOptions
+
+log = logging.getLogger(__name__)
+
+REFERENCE_NAME = "reference_answers.json"
+
+
+def read_eval_problems(source: str | Path) -> list[dict[str, Any]]:
+    """Test problems as `{id, question, final_value}`, through the one problem-source reader
+    (`train_data.read_problem_rows`: a folder holding GSM8K's `test.jsonl`, GSM8K's original
+    `test.jsonl` (ids `test_0`, `test_1`, … by position), a problem file the data stage writes
+    (its `split = test` rows), parquet, or "hf"). Bad input names file, line and field."""
+    from opcircuits.codi.train_data import read_problem_rows
+    from opcircuits.data.gsm8k import parse_final_answer
+
+    rows, _ = read_problem_rows(source, "test")
+    out = []
+    for i, (where, line, row) in enumerate(rows):
+        for name in ("question", "answer"):
+            if not isinstance(row.get(name), str):
+                raise OpcircuitsError("missing or not a string", path=where, line=line, field=name)
+        value = row.get("final_value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            value = parse_final_answer(row["answer"], path=where, line=line)[1]
+        out.append(
+            {
+                "id": str(row.get("id", f"test_{i}")),
+                "question": row["question"],
+                "final_value": value,
+            }
+        )
+    return out
+
+
+def _greedy(
+    model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int
+) -> tuple[list[list[int]], list[bool]]:
+    """Greedy continuation of left-padded token prompts (eot never chosen) until every prompt
+    has produced EOS, or the limit (capped where the model's positions end). Returns the tokens
+    (up to and including EOS) and whether each hit the limit first."""
+    import torch
+
+    from opcircuits.codi.latent import max_positions
+
+    device = model.prj[1].weight.device
+    width = max(map(len, prompts))
+    limit = max_positions(model)
+    if limit is not None:
+        if width >= limit:
+            raise OpcircuitsError(
+                f"a prompt of {width} tokens leaves no room in the model's {limit} positions",
+                field="question",
+            )
+        max_new_tokens = min(max_new_tokens, limit - width)
+    ids = torch.full((len(prompts), width), model.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    with torch.inference_mode():
+        gen = model.lm.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=model.pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+            suppress_tokens=[model.eot_id],
+        )
+    outs, truncated = [], []
+    for row in gen[:, width:].tolist():
+        done = tokenizer.eos_token_id in row
+        if done:
+            row = row[: row.index(tokenizer.eos_token_id) + 1]
+        outs.append(row)
+        truncated.append(not done)
+    return outs, truncated
+
+
+def teacher_answers(
+    model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int
+) -> tuple[list[str], list[bool]]:
+    """The teacher task: question → explicit chain of thought and answer, greedy. Returns the
+    texts and, per question, whether decoding hit the limit before EOS."""
+    from opcircuits.codi.latent import decode_answer, prompt_ids
+
+    prompts = [prompt_ids(model, tokenizer, q)[:-1] for q in questions]  # no bot
+    ids, truncated = _greedy(model, tokenizer, prompts, max_new_tokens)
+    return [decode_answer(model, tokenizer, a) for a in ids], truncated
+
+
+def student_answers(
+    model: Any, tokenizer: Any, questions: list[str], num_latent: int, max_new_tokens: int
+) -> tuple[list[str], list[bool]]:
+    """The student task: question, bot, K continuous thoughts, eot → answer, greedy.
+    K = 0 is question, bot, eot → answer (no thoughts). Both go through the one latent loop, so
+    the answer starts as training taught (`[eot]`, or `[eot, eos]` when EOS was kept). Returns the
+    texts and, per question, whether decoding hit the limit before EOS."""
+    from opcircuits.codi.latent import decode_answer, run_batch
+
+    out = run_batch(
+        model,
+        tokenizer,
+        questions,
+        layers=[0],
+        max_new_tokens=max_new_tokens,
+        num_latent=num_latent,
+    )
+    return [decode_answer(model, tokenizer, a) for a in out.answer_ids], out.truncated
+
+
+def evaluate(options: EvaluateOptions) -> dict[str, Any]:
+    """Accuracy of a CODI model on GSM8K-style problems: the teacher (explicit CoT) and the
+    student with each K in `num_latent`. Writes the result JSON (with every answer, and per
+    setting how many answers hit the decoding limit) to `out`."""
+    import torch
+
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import check_lengths, extract_number
+    from opcircuits.files import write_json_atomic
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    problems = read_eval_problems(options.data)
+    if options.limit:
+        problems = problems[: options.limit]
+    model, tokenizer = load_codi(options.model, device=options.device, dtype=options.dtype)
+    ks = [int(k) for k in options.num_latent]
+    questions = [p["question"] for p in problems]
+    ids = [p["id"] for p in problems]
+    for k in sorted(set(ks))[-1:]:  # the largest K needs the most positions
+        check_lengths(model, tokenizer, questions, ids, num_latent=k)
+    settings: list[tuple[str, int | None]] = [("teacher", None)] if options.teacher else []
+    settings += [(f"student_k{k}", k) for k in ks]
+    result: dict[str, Any] = {
+        "model": options.model,
+        "dtype": str(model.prj[1].weight.dtype).removeprefix("torch."),
+        "device": str(model.prj[1].weight.device),
+        "data": str(options.data),
+        "n_problems": len(problems),
+        "accuracy": {},
+        "truncated": {},
+        "seconds": {},
+        "answers": {},
+    }
+    for name, k in settings:
+        t0 = time.time()
+        texts: list[str] = []
+        cut: list[bool] = []
+        for i in range(0, len(problems), options.batch_size):
+            qs = questions[i : i + options.batch_size]
+            if k is None:
+                t, c = teacher_answers(model, tokenizer, qs, options.max_cot_tokens)
+            else:
+                t, c = student_answers(model, tokenizer, qs, k, options.max_new_tokens)
+            texts += t
+            cut += c
+        correct = 0
+        for p, text in zip(problems, texts, strict=True):
+            pred = extract_number(text)
+            correct += pred is not None and math.isclose(pred, p["final_value"], abs_tol=1e-6)
+        result["accuracy"][name] = correct / len(problems)
+        result["truncated"][name] = sum(cut)
+        result["seconds"][name] = round(time.time() - t0, 1)
+        result["answers"][name] = texts
+        log.info(
+            "%s: %d/%d correct (%.1f%%), %d hit the decoding limit, in %.0fs",
+            name,
+            correct,
+            len(problems),
+            100 * correct / len(problems),
+            sum(cut),
+            time.time() - t0,
+        )
+    result["ids"] = ids
+    if options.out is not None:
+        write_json_atomic(options.out, result)
+    return result
+
+
+def record_reference(
+    model_dir: str | Path,
+    data: str | Path,
+    n: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> Path:
+    """Record the student's (K from the model's config) decoded answers on the first `n` test
+    problems into `model_dir/reference_answers.json`, so a test can check that the shipped
+    weights load strictly and reproduce them."""
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import extract_number
+    from opcircuits.files import write_json_atomic
+
+    model, tokenizer = load_codi(str(model_dir), device="cpu")
+    problems = read_eval_problems(data)[:n]
+    k = model.config.num_latent
+    texts, _ = student_answers(
+        model, tokenizer, [p["question"] for p in problems], k, max_new_tokens
+    )
+    out = Path(model_dir) / REFERENCE_NAME
+    write_json_atomic(
+        out,
+        {
+            "num_latent": k,
+            "max_new_tokens": max_new_tokens,
+            "dtype": "float32",
+            "problems": [
+                {
+                    "id": p["id"],
+                    "question": p["question"],
+                    "gold": float(p["final_value"]),
+                    "answer_text": t,
+                    "predicted": extract_number(t),
+                }
+                for p, t in zip(problems, texts, strict=True)
+            ],
+        },
+    )
+    return out
