@@ -193,7 +193,8 @@ def _hub_rows(name: str, config: str | None, split: str) -> list[Row]:
     except Exception as exc:  # offline, no such dataset or split: all mean "use a local copy"
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         raise OpcircuitsError(
-            f"could not load split {split!r} of {name} from the hub ({reason}); give a local file"
+            f"{name} is no local file or folder, and split {split!r} of it could not be loaded "
+            f"from the hub ({reason}); give a local file"
         ) from exc
     return [(f"hf://{name}/{split}", i + 1, dict(r)) for i, r in enumerate(rows)]
 
