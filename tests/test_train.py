@@ -15,7 +15,8 @@ from accelerate_cmd import accelerate_launch
 from safetensors.torch import load_file
 
 from opcircuits.codi.base import build_demo_base
-from opcircuits.codi.train import TrainOptions, layer_distill_loss, train
+from opcircuits.codi.objective import layer_distill_loss
+from opcircuits.codi.train import TrainOptions, train
 from opcircuits.codi.train_data import read_train_problems, teacher_cot, tokenize_example
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import NewBaseOptions
