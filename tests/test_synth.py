@@ -188,7 +188,7 @@ def test_generation_is_independent_of_pairs_option():
         ({"steps": "two"}, "steps"),
         ({"split": "dev"}, "split"),
         ({"min_operand": 9, "max_operand": 3}, "min_operand"),
-        ({"max_result": 30}, "max_result"),
+        ({"max_result": 15}, "max_result"),
         ({"heldout_share": 1.5}, "heldout_share"),
     ],
 )
@@ -209,3 +209,49 @@ def test_cli_writes_the_file_and_rejects_bad_options(tmp_path):
     assert res.stderr.strip().splitlines() == [
         "error: field 'n': must be a positive multiple of 3, got 31"
     ]
+
+
+def test_run_on_synthetic_data_end_to_end(tmp_path, gsm8k_dir):
+    """`opcircuits run --data synthetic`: the synth stage replaces the GSM8K download, the rest
+    of the run takes its problems unchanged, and a rerun skips every stage."""
+    import tomllib
+
+    import torch
+    from codi_factory import build_tiny_codi, sample_texts
+    from test_pipeline import ANALYSIS, run_cli
+
+    from opcircuits.store import open_store
+
+    tiny = build_tiny_codi(tmp_path / "tiny", "llama", sample_texts(gsm8k_dir, 200), num_latent=2)
+    tiny.config.save(tiny.checkpoint)
+    out = tmp_path / "run"
+    args = [
+        "run", "--mode", "prototype", "--data", "synthetic", "--out", str(out),
+        "--per-category", "12", "--prototype-per-category", "6", "--synth-steps", "2,3,4",
+        "--synth-max-operand", "9", "--synth-max-result", "40",
+        "--checkpoint", str(tiny.checkpoint), "--layers", "1,3", "--batch-size", "6",
+        "--max-new-tokens", "8", *ANALYSIS,
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, stdout, stderr = run_cli(*args)
+        assert code == 0, stderr
+        stages = sorted(p.stem for p in (out / "stages").glob("*.json"))
+        assert stages == sorted(["synth", "classify", "prototype", "extract", "analyze"])
+        problems = _read(out / "data" / "synth_36.jsonl")
+        assert len(problems) == 36 and {r["n_steps"] for r in problems} == {2, 3, 4}
+        assert all(r["split"] == "test" for r in problems)
+        assert max(int(s["result"]) for r in problems for s in r["steps"]) <= 40
+        assert pairs_path(out / "data" / "synth_36.jsonl").is_file()
+        store = open_store(out / "store")
+        assert len(store.records) == 18 and all(store.records["id"].str.startswith("synth_"))
+        config = tomllib.loads((out / "config.resolved.toml").read_text(encoding="utf-8"))
+        assert config["data"]["source"] == "synthetic"
+        assert config["data"]["synth_max_result"] == 40
+        manifest = json.loads(manifest_path(out / "data" / "synth_36.jsonl").read_text())
+        assert manifest["options"]["steps"] == [2, 3, 4] and manifest["options"]["seed"] == 42
+        code, stdout, stderr = run_cli(*args)
+        assert code == 0 and "all up to date" in stdout, stderr
+    finally:
+        torch.set_num_threads(threads)

@@ -4,8 +4,9 @@ Tables and keys (every key is optional; defaults are the stages' own):
 
 - `[run]`: `mode` (prototype | full | analysis_only), `out` (run directory), `store` (where the
   thought store lives; in analysis_only an existing store or a legacy `continuous_thoughts_*.json`).
-- `[data]`: `source` (hf | DIR) plus the fields of `ClassifyOptions` and, prefixed `prototype_`,
-  those of `PrototypeOptions` (the sampling seed is shared).
+- `[data]`: `source` (hf | DIR | synthetic) plus the fields of `ClassifyOptions`, prefixed
+  `prototype_` those of `PrototypeOptions` (the sampling seed is shared), and prefixed `synth_`
+  those of `SynthOptions` that a synthetic run does not set itself.
 - `[extract]`: the fields of `ExtractOptions` except the paths the run sets (`dataset`, `out`).
 - `[analyze]`: the fields of `AnalyzeOptions`.
 
@@ -40,6 +41,7 @@ from opcircuits.options import (
     Group,
     PrototypeOptions,
     RunOptions,
+    SynthOptions,
 )
 
 TABLES = ("run", "data", "extract", "analyze")
@@ -67,6 +69,14 @@ RUN_GROUPS = (
         table="data",
         prefix="prototype_",
         skip=frozenset({"in_path", "out", "seed"}),  # the sampling seed is shared
+        panel=_DATA,
+    ),
+    Group(
+        SynthOptions,
+        table="data",
+        prefix="synth_",
+        # the run decides these: the test split, n = 3 × per_category, the shared seed
+        skip=frozenset({"out", "n", "seed", "split", "pairs"}),
         panel=_DATA,
     ),
     Group(ExtractOptions, table="extract", skip=frozenset({"dataset", "out"}), panel=_MODEL),

@@ -140,7 +140,8 @@ class DownloadOptions:
         aliases=("--source",),
         help="Where GSM8K comes from: 'hf' for the Hugging Face hub (openai/gsm8k, main; needs "
         "network), or a folder with GSM8K's train.jsonl and test.jsonl or the hub's parquet "
-        "files (e.g. ../shared/data/gsm8k).",
+        "files (e.g. ../shared/data/gsm8k). In `opcircuits run`, 'synthetic' uses generated "
+        "problems with known operations instead (`data synth`, test split, [data] synth_*).",
     )
     out: Path = opt(
         Path(DEFAULT_DATA),
@@ -221,14 +222,15 @@ class SynthOptions:
         help="train: only training frames and train computations; test: also the held-out "
         "frames, and only test computations.",
     )
-    steps: list[int] = opt(
+    # `str` too: `opcircuits run --synth-steps 2,3` passes the text, check_fields parses it
+    steps: list[int] | str = opt(
         [2, 3],
         list=int,
         help="Step counts (each 2..6); every category gets the same number of problems of each.",
     )
     min_operand: int = opt(2, help="Smallest number in a question.")
-    max_operand: int = opt(20, help="Largest number in a question.")
-    max_result: int = opt(100, help="Largest intermediate or final result (all are ≥ 1).")
+    max_operand: int = opt(10, help="Largest number in a question.")
+    max_result: int = opt(50, help="Largest intermediate or final result (all are ≥ 1).")
     heldout_share: float = opt(
         0.5, help="test split: share of problems written with a held-out frame."
     )

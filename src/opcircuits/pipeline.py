@@ -9,7 +9,8 @@ Run directory layout (see README "One command: opcircuits run"):
     config.resolved.toml   every option, re-usable as --config
     run.json               command, versions, seeds, status and per-stage outcome
     run.log                timestamped log of every invocation (appended)
-    data/                  gsm8k_full.jsonl, operation_samples_*.jsonl (+ manifests)
+    data/                  gsm8k_full.jsonl (or synth_N.jsonl), operation_samples_*.jsonl
+                           (+ manifests)
     store/                 the thought store (unless --store puts it elsewhere)
     analysis/              analysis_report.json, ANALYSIS_SUMMARY.md, report.html, figures
     stages/                one record per completed stage
@@ -53,6 +54,8 @@ STORE_DIR = "store"
 DATA_DIR = "data"
 # Options that change how fast a stage runs, never what it writes: not part of its key.
 BATCH_ONLY = ("batch_size",)
+# `[data] source` that generates synthetic problems (data/synth.py) instead of reading GSM8K.
+SYNTHETIC = "synthetic"
 JOBS_ONLY = ("jobs",)
 
 
@@ -129,7 +132,10 @@ def build_stages(config: ResolvedConfig, run_dir: Path) -> tuple[list[Stage], Pa
         stages, store = _given_store(t["run"]["store"], run_dir)
     else:
         data_dir = run_dir / DATA_DIR
-        download = _download_stage(t["data"], data_dir)
+        if t["data"]["source"] == SYNTHETIC:
+            download = _synth_stage(t["data"], data_dir)
+        else:
+            download = _download_stage(t["data"], data_dir)
         classify = _classify_stage(t["data"], download.outputs["problems"], data_dir)
         stages = [download, classify]
         dataset = classify.outputs["samples"]
@@ -189,10 +195,34 @@ def _download_stage(data: dict[str, Any], data_dir: Path) -> Stage:
     )
 
 
+def _synth_stage(data: dict[str, Any], data_dir: Path) -> Stage:
+    """Synthetic problems instead of GSM8K: the test split (held-out frames included), exactly
+    `per_category` per category, drawn with the run's data seed."""
+    from opcircuits.data.synth import pairs_path, synth
+    from opcircuits.options import SynthOptions
+
+    values = {k[len("synth_") :]: v for k, v in data.items() if k.startswith("synth_")}
+    values.update(n=3 * int(data["per_category"]), seed=data["seed"], split="test")
+    problems = data_dir / f"synth_{values['n']}.jsonl"
+    opts = _make(SynthOptions, {**values, "out": problems})
+    return Stage(
+        name="synth",
+        action=lambda: synth(opts),
+        inputs={},
+        options=values,
+        outputs={"problems": problems},
+        optional_outputs={"manifest": manifest_path(problems), "pairs": pairs_path(problems)},
+    )
+
+
 def _classify_stage(data: dict[str, Any], problems: Path, data_dir: Path) -> Stage:
     from opcircuits.data.sampling import ClassifyOptions, classify
 
-    values = {k: v for k, v in data.items() if not k.startswith("prototype_") and k != "source"}
+    values = {
+        k: v
+        for k, v in data.items()
+        if not k.startswith(("prototype_", "synth_")) and k != "source"
+    }
     samples = data_dir / f"operation_samples_{values.get('per_category', 200)}.jsonl"
     opts = _make(ClassifyOptions, {**values, "in_path": problems, "out": samples})
     return Stage(
