@@ -255,3 +255,28 @@ def test_run_on_synthetic_data_end_to_end(tmp_path, gsm8k_dir):
         assert code == 0 and "all up to date" in stdout, stderr
     finally:
         torch.set_num_threads(threads)
+
+
+def test_new_base_without_digit_splitting_makes_every_result_one_token(tmp_path):
+    """`new-base --no-split-digits` on synthetic problems: each number up to max_result is a
+    single token (how demo-arith's base was built); the default still spells digits."""
+    from transformers import AutoTokenizer
+
+    from opcircuits.codi.base import build_demo_base
+    from opcircuits.options import NewBaseOptions
+
+    data = tmp_path / "train.jsonl"
+    synth(SynthOptions(out=data, n=3000, seed=0, split="train", pairs=False))
+    small = {"vocab_size": 1536, "hidden_size": 16, "num_layers": 1, "num_heads": 1}
+    whole = build_demo_base(
+        NewBaseOptions(out=tmp_path / "w", data=str(data), split_digits=False, **small)
+    )
+    split = build_demo_base(NewBaseOptions(out=tmp_path / "s", data=str(data), **small))
+    tok_whole, tok_split = (
+        AutoTokenizer.from_pretrained(whole),
+        AutoTokenizer.from_pretrained(split),
+    )
+    for n in range(1, 51):
+        for text in (f"{n}", f" {n}"):
+            assert len(tok_whole(text, add_special_tokens=False)["input_ids"]) == 1, text
+        assert len(tok_split(f"{n}", add_special_tokens=False)["input_ids"]) == len(str(n))

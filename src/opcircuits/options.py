@@ -653,6 +653,11 @@ class NewBaseOptions:
     num_heads: int = opt(4, min=1, help="Attention heads.")
     intermediate_size: int = opt(688, min=1, help="MLP width.")
     max_positions: int = opt(512, min=1, help="Longest sequence.")
+    split_digits: bool = opt(
+        True,
+        help="Split numbers into single digits (the demo); --no-split-digits lets frequent "
+        "numbers become one token each (demo-arith).",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

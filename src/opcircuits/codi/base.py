@@ -20,19 +20,17 @@ log = logging.getLogger(__name__)
 BOS, EOS = "<s>", "</s>"
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
-    """A byte-level BPE (GPT-2 style, no unknown tokens) with digits split individually and BOS
-    added in front of every text (as LLaMA's tokenizer does)."""
+def train_tokenizer(texts: list[str], vocab_size: int, split_digits: bool = True) -> Any:
+    """A byte-level BPE (GPT-2 style, no unknown tokens) with BOS added in front of every text
+    (as LLaMA's tokenizer does) and digits split individually, unless `split_digits` is False:
+    then a number frequent enough in `texts` becomes one token (demo-arith: each of 1..50)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    digits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
+    tok.pre_tokenizer = pre_tokenizers.Sequence([*digits, byte_level])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -56,7 +54,7 @@ def build_demo_base(options: NewBaseOptions) -> Path:
 
     examples = read_train_problems(options.data)
     texts = [t for ex in examples for t in (ex.question, ex.cot, ex.answer) if t]
-    tokenizer = train_tokenizer(texts, options.vocab_size)
+    tokenizer = train_tokenizer(texts, options.vocab_size, options.split_digits)
     vocab = len(tokenizer)
     config = LlamaConfig(
         vocab_size=vocab,
