@@ -280,3 +280,27 @@ def test_new_base_without_digit_splitting_makes_every_result_one_token(tmp_path)
         for text in (f"{n}", f" {n}"):
             assert len(tok_whole(text, add_special_tokens=False)["input_ids"]) == 1, text
         assert len(tok_split(f"{n}", add_special_tokens=False)["input_ids"]) == len(str(n))
+
+
+def test_evaluate_breaks_accuracy_down_by_category_steps_and_heldout_frame(test_split):
+    from opcircuits.codi.evaluate import accuracy_by_group, read_eval_problems
+
+    problems = read_eval_problems(test_split)
+    assert {"category", "n_steps", "heldout_frame"} <= set(problems[0])
+    right = [i % 3 == 0 for i in range(len(problems))]
+    by = accuracy_by_group(problems, {"teacher": right, "student_k6": [True] * len(problems)})
+    assert set(by) == {"category", "n_steps", "heldout_frame"}
+    assert set(by["category"]) == set(CATEGORIES) and set(by["n_steps"]) == {"2", "3"}
+    assert set(by["heldout_frame"]) == {"false", "true"}
+    for groups in by.values():
+        assert sum(g["n"] for g in groups.values()) == len(problems)
+        assert all(g["student_k6"] == 1.0 for g in groups.values())
+        # the group accuracies average back to the overall one
+        total = sum(g["teacher"] * g["n"] for g in groups.values())
+        assert total == pytest.approx(sum(right))
+    mixed = [i for i, p in enumerate(problems) if p["category"] == "mixed"]
+    assert by["category"]["mixed"]["teacher"] == pytest.approx(
+        sum(right[i] for i in mixed) / len(mixed)
+    )
+    # GSM8K records without the synthetic fields: no breakdown for what they lack
+    assert set(accuracy_by_group([{"category": "mixed"}], {"t": [True]})) == {"category"}

@@ -17,6 +17,9 @@ from opcircuits.options import DEFAULT_MAX_NEW_TOKENS, EvaluateOptions
 log = logging.getLogger(__name__)
 
 REFERENCE_NAME = "reference_answers.json"
+# Record fields accuracy is also broken down by, when every problem has them (the data stage's
+# labels; synthetic problems add whether the question's frame was held out of training).
+GROUP_FIELDS = ("category", "n_steps", "heldout_frame")
 
 
 def read_eval_problems(source: str | Path) -> list[dict[str, Any]]:
@@ -36,13 +39,35 @@ def read_eval_problems(source: str | Path) -> list[dict[str, Any]]:
         value = row.get("final_value")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             value = parse_final_answer(row["answer"], path=where, line=line)[1]
-        out.append(
-            {
-                "id": str(row.get("id", f"test_{i}")),
-                "question": row["question"],
-                "final_value": value,
+        problem = {
+            "id": str(row.get("id", f"test_{i}")),
+            "question": row["question"],
+            "final_value": value,
+        }
+        problem.update({f: row[f] for f in GROUP_FIELDS if f in row})
+        out.append(problem)
+    return out
+
+
+def accuracy_by_group(
+    problems: list[dict[str, Any]], correct: dict[str, list[bool]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Accuracy of every setting within each value of each GROUP_FIELDS field that all problems
+    carry: `{field: {value: {"n": count, setting: accuracy, …}}}` (values as text, sorted)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in GROUP_FIELDS:
+        if not problems or any(name not in p for p in problems):
+            continue
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(problems):
+            groups.setdefault(str(p[name]).lower(), []).append(i)
+        out[name] = {
+            value: {
+                "n": len(idx),
+                **{s: sum(ok[i] for i in idx) / len(idx) for s, ok in correct.items()},
             }
-        )
+            for value, idx in sorted(groups.items())
+        }
     return out
 
 
@@ -157,6 +182,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         "seconds": {},
         "answers": {},
     }
+    marks: dict[str, list[bool]] = {}
     for name, k in settings:
         t0 = time.time()
         texts: list[str] = []
@@ -169,10 +195,12 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
                 t, c = student_answers(model, tokenizer, qs, k, options.max_new_tokens)
             texts += t
             cut += c
-        correct = 0
-        for p, text in zip(problems, texts, strict=True):
-            pred = extract_number(text)
-            correct += pred is not None and math.isclose(pred, p["final_value"], abs_tol=1e-6)
+        marks[name] = [
+            (pred := extract_number(text)) is not None
+            and math.isclose(pred, p["final_value"], abs_tol=1e-6)
+            for p, text in zip(problems, texts, strict=True)
+        ]
+        correct = sum(marks[name])
         result["accuracy"][name] = correct / len(problems)
         result["truncated"][name] = sum(cut)
         result["seconds"][name] = round(time.time() - t0, 1)
@@ -187,6 +215,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
             time.time() - t0,
         )
     result["ids"] = ids
+    result["by"] = accuracy_by_group(problems, marks)
     if options.out is not None:
         write_json_atomic(options.out, result)
     return result
