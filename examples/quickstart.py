@@ -1,5 +1,4 @@
-"""Quickstart: the shipped demo CODI model's continuous thoughts on 30 GSM8K problems (in memory),
-and a linear probe for the operation category at one site. Run: python examples/quickstart.py"""
+"""The demo CODI model's thoughts on 30 GSM8K problems, in memory; a probe at one site."""
 
 import os
 from pathlib import Path
@@ -11,11 +10,13 @@ from opcircuits import load_codi, run_batch
 from opcircuits.data.annotations import CATEGORIES, label_record
 from opcircuits.data.gsm8k import load_local
 
-# GSM8K's train.jsonl/test.jsonl: $OPCIRCUITS_GSM8K_DIR, else ../shared/data/gsm8k
-gsm8k = os.environ.get("OPCIRCUITS_GSM8K_DIR") or Path(__file__).resolve().parents[2] / "shared/data/gsm8k"
-labels = {p["id"]: label_record(p).category for p in (problems := load_local(gsm8k))}
-chosen = [[p for p in problems if labels[p["id"]] == c][:10] for c in CATEGORIES]  # 10 each
-problems, y = [p for group in chosen for p in group], [c for c in CATEGORIES for _ in range(10)]
+repo = Path(__file__).resolve().parents[1]  # GSM8K: $OPCIRCUITS_GSM8K_DIR or ../shared/data/gsm8k
+gsm8k = os.environ.get("OPCIRCUITS_GSM8K_DIR") or repo.parent / "shared" / "data" / "gsm8k"
+by_category = {c: [] for c in CATEGORIES}
+for p in load_local(gsm8k):  # every problem, labelled by the operators its solution uses
+    by_category.get(label_record(p).category, []).append(p)
+problems = [p for c in CATEGORIES for p in by_category[c][:10]]  # 10 per category
+y = [c for c in CATEGORIES for _ in range(10)]
 model, tokenizer = load_codi("demo", device="cpu")
 out = run_batch(model, tokenizer, [p["question"] for p in problems], layers=[2], max_new_tokens=16)
 X = out.hidden[:, 3, 0].float().numpy()  # the site: position latent_3 (0 is bot), layer 2

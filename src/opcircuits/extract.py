@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +289,15 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
             )
     dist.barrier()
     return options.out
+
+
+class _CallableModule(types.ModuleType):
+    """`from opcircuits import extract` is the function `extract`, but once this module is
+    imported the package attribute `opcircuits.extract` is the module itself (Python sets it);
+    calling the module calls the function, so both spellings work."""
+
+    def __call__(self, options: ExtractOptions) -> Path:
+        return extract(options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
