@@ -27,7 +27,7 @@ def gsm8k_dir() -> Path:
     return path
 
 
-# --- tiny CODI checkpoints (CODI helper) ----------------------------------------------------------
+# --- tiny CODI checkpoints ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

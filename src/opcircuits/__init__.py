@@ -49,9 +49,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-def run(
-    config: str | Path | None = None, *, force: bool = False, **tables: dict[str, Any]
-) -> Any:
+def run(config: str | Path | None = None, *, force: bool = False, **tables: dict[str, Any]) -> Any:
     """Run (or resume) the experiment as `opcircuits run` does: `config` an experiment TOML (or
     None for the defaults), `tables` overrides per table, e.g.
     `run(run={"mode": "prototype"}, data={"source": "../shared/data/gsm8k"})`.

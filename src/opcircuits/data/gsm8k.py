@@ -56,7 +56,8 @@ def make_record(
     path: str | Path | None = None,
     line: int | None = None,
 ) -> dict[str, Any]:
-    """A problem record (see CONTRACTS) from one original GSM8K row `{question, answer}`."""
+    """A problem record (README, "Problem records") from one original GSM8K row
+    `{question, answer}`."""
     for name in ("question", "answer"):
         if name not in raw:
             raise OpcircuitsError("missing field", path=path, line=line, field=name)

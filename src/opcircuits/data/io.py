@@ -1,6 +1,6 @@
 """Reading problem files: our JSONL, and the earlier scripts' JSON (a list, or category → list).
 
-Every record comes back in the contract's shape (see CONTRACTS / README "Problem records"):
+Every record comes back in one shape (README, "Problem records"):
 fields missing from legacy files are derived from `answer` (final answer, value, steps) and `id`
 (split); a legacy category comes from the dict key, or a `category` / `operation_type` field.
 """
