@@ -46,13 +46,13 @@ def test_non_finite_states_are_an_error_naming_problems_and_sites(tmp_path: Path
     message = str(err.value)
     assert "non-finite" in message and "test_7" in message and "latent_1@5" in message
     assert not (tmp_path / "out" / "analysis_report.json").exists()
-    # Positions or layers without the bad value analyse as usual.
+    # Positions or layers without the bad value analyze as usual.
     rep = analyze(store, tmp_path / "ok", AnalyzeOptions(**{**QUICK, "layers": [2]}))
     assert rep["data"]["layers"] == [2]
 
 
 def _renamed(base: Path, positions: list[str], mixed: str, model: str) -> tuple[Path, dict]:
-    """The planted store with other position, category and model names, analysed."""
+    """The planted store with other position, category and model names, analyzed."""
     src = open_store(make_store(base / "src", "planted"))
     recs = src.records.copy()
     recs["category"] = recs["category"].replace({"mixed": mixed})

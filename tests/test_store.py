@@ -342,7 +342,7 @@ def test_existing_store_with_other_settings_is_an_error(tmp_path, field, value):
     assert not (tmp_path / "s" / shard_name(1)).exists()
 
 
-def test_manifest_values_are_normalised_as_json_so_a_rerun_matches(tmp_path):
+def test_manifest_values_are_normalized_as_json_so_a_rerun_matches(tmp_path):
     m = _manifest(layers=(2, 5, 7), dataset=tmp_path / "x.jsonl", extra={"targets": ("q", "v")})
     w = StoreWriter(tmp_path / "s", m, 2, 2)
     assert w.manifest["dataset"] == str(tmp_path / "x.jsonl")

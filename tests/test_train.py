@@ -291,7 +291,7 @@ def test_resume_never_unpickles(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path
 @pytest.mark.multiproc
 def test_two_processes_train_like_one(gsm8k_dir: Path, tiny_base: Path, tmp_path: Path) -> None:
     """`accelerate launch` with 2 CPU processes × batch 2 reaches the parameters of 1 process ×
-    batch 4 (same examples per step, losses normalised over the global batch, gradients summed)
+    batch 4 (same examples per step, losses normalized over the global batch, gradients summed)
     — through a teacher-only step and student steps, across an epoch boundary."""
     common = dict(teacher_only_steps=1, max_steps=3, prj_dropout=0.0)  # dropout draws differ
     one = train(_options(tiny_base, gsm8k_dir, tmp_path / "one", batch_size=4, **common))

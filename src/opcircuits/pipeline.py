@@ -150,7 +150,7 @@ def build_stages(config: ResolvedConfig, run_dir: Path) -> tuple[list[Stage], Pa
 
 
 def _given_store(store_opt: Any, run_dir: Path) -> tuple[list[Stage], Path]:
-    """analysis_only: the store to analyse, imported first when it is a legacy JSON file."""
+    """analysis_only: the store to analyze, imported first when it is a legacy JSON file."""
     if store_opt is None:
         raise OpcircuitsError(
             "analysis_only needs --store: a store directory or a legacy continuous_thoughts_*.json",

@@ -44,7 +44,7 @@ class Computed:
 
     report: dict[str, Any]
     pca_coords: dict[str, np.ndarray]  # view → [N, 2] PCA scores
-    y: np.ndarray  # labels of the analysed problems
+    y: np.ndarray  # labels of the analyzed problems
 
 
 def compute_report(store: Any, options: AnalyzeOptions | None = None) -> dict:
@@ -55,7 +55,7 @@ def compute_report(store: Any, options: AnalyzeOptions | None = None) -> dict:
 def analyze(
     store_path: str | Path, out_dir: str | Path, options: AnalyzeOptions | None = None
 ) -> dict:
-    """Analyse the store at `store_path`; write all outputs into `out_dir`; return the report."""
+    """Analyze the store at `store_path`; write all outputs into `out_dir`; return the report."""
     from opcircuits.analysis import plots  # matplotlib only where figures are drawn
     from opcircuits.report import write_reports
 
@@ -80,7 +80,7 @@ def _compute(store: Any, options: AnalyzeOptions) -> Computed:
     inp = load_input(store, options)
     jobs = joblib.effective_n_jobs(options.jobs)
     log.info(
-        "analysing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs",
+        "analyzing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs",
         inp.n,
         inp.positions,
         inp.layers,

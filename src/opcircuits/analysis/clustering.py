@@ -12,9 +12,9 @@ from sklearn.preprocessing import StandardScaler
 
 @dataclass
 class Clustering:
-    coords: np.ndarray  # [N, 2] PCA scores of the standardised features
+    coords: np.ndarray  # [N, 2] PCA scores of the standardized features
     explained_variance_ratio: tuple[float, float]
-    silhouette: float  # standardised full feature space, euclidean
+    silhouette: float  # standardized full feature space, euclidean
     silhouette_pca2: float  # in the 2-D PCA plane
 
     def summary(self) -> dict:
@@ -54,7 +54,7 @@ def pca2(xs: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, tu
 
 
 def cluster_view(X: np.ndarray, y: np.ndarray) -> Clustering:
-    # Standardised columns are centred, so one Gram matrix gives both the PCA and the
+    # Standardized columns are centred, so one Gram matrix gives both the PCA and the
     # euclidean distances for the silhouette (float32 product, float64 after).
     xs = StandardScaler().fit_transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
     gram = (xs @ xs.T).astype(np.float64)

@@ -24,7 +24,7 @@ TEXT_CS = (0.1, 1.0, 10.0, 100.0)
 
 
 def text_pipeline(seed: int) -> Pipeline:
-    # TF-IDF rows are L2-normalised: that normalisation is this pipeline's scaler.
+    # TF-IDF rows are L2-normalized: that normalization is this pipeline's scaler.
     return Pipeline(
         [
             ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),

@@ -29,7 +29,7 @@ _NAMED = 5
 
 @dataclass
 class AnalysisInput:
-    """The analysed problems (after leaving out too-small categories) and their features."""
+    """The analyzed problems (after leaving out too-small categories) and their features."""
 
     store: Any  # opcircuits.store.Store
     records: pd.DataFrame

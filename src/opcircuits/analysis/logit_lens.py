@@ -43,13 +43,13 @@ def printable(token: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(token))
 
 
-def normalise(token: str) -> str:
+def normalize(token: str) -> str:
     return _MARKERS.sub("", str(token))
 
 
 def classify(token: str) -> tuple[str, str | None]:
     """("operator", canonical symbol) | ("number", None) | ("other", None)."""
-    t = normalise(token)
+    t = normalize(token)
     # A bare "x" is more often a variable than a multiplication sign, so it is not an operator.
     op = OPERATORS.get(t.lower())
     if op is not None:
@@ -80,7 +80,7 @@ def _top1(entry: object) -> list[str] | None:
     return out
 
 
-def analyse(
+def analyze(
     tokens: Sequence[object],
     categories: Sequence[str],
     category_names: Sequence[str],

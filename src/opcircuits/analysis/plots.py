@@ -254,7 +254,7 @@ def pca_scatter(report: dict, coords: dict[str, np.ndarray], y: np.ndarray, out_
         out_dir,
         "pca.png",
         "PCA of the thoughts",
-        "First two principal components of the standardised features, coloured by "
+        "First two principal components of the standardized features, coloured by "
         "category; silhouette computed in the full feature space.",
     )
 

@@ -2,7 +2,7 @@
 per-fold work: fit on the training fold only, predict the test fold.
 
 Speed without changing results: hidden states have far more features (2048 × layers) than a
-training fold has problems. `SpanPCA` rotates the standardised training rows onto their own span
+training fold has problems. `SpanPCA` rotates the standardized training rows onto their own span
 (an exact PCA computed from the n × n Gram matrix). An L2-penalised linear model's weights always
 lie in that span, so logistic regression on the rotated features has the same optimum as on the
 raw ones, at a fraction of the cost. The unsupervised prefix (scaler → SpanPCA) never sees labels,

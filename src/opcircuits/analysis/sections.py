@@ -197,8 +197,8 @@ def lens(inp: AnalysisInput) -> dict[str, Any]:
     if tokens is None:
         inp.notes.append("The store has no logit-lens columns: the logit-lens section is skipped.")
         return out
-    # The lens covers every stored position (not only the analysed ones).
-    out.update(logit_lens.analyse(tokens, inp.categories, inp.names, ops_used, inp.store.positions))
+    # The lens covers every stored position (not only the analyzed ones).
+    out.update(logit_lens.analyze(tokens, inp.categories, inp.names, ops_used, inp.store.positions))
     if ops_used is None:
         inp.notes.append("The store has no ops_used column: operator matches are not computed.")
     return out

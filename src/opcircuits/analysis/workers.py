@@ -1,4 +1,4 @@
-"""Worker processes that do not outlive the analysis: a kill -9 of the analysing process ends
+"""Worker processes that do not outlive the analysis: a kill -9 of the analyzing process ends
 its joblib workers too (otherwise they live on, busy or idle, until loky's idle timeout).
 
 Kept free of heavy imports: the initializer is unpickled, and so this module imported, before a

@@ -3,7 +3,7 @@ base was made): a byte-level BPE tokenizer trained on GSM8K train text (digits s
 token, so numbers are spelled digit by digit) and a small LLaMA-architecture config.
 
 `build_demo_base(options)` writes `config.json` + tokenizer files (no weights): a base that
-`opcircuits train --base DIR --from-scratch` initialises randomly and trains fully (lora_r = 0).
+`opcircuits train --base DIR --from-scratch` initializes randomly and trains fully (lora_r = 0).
 """
 
 from __future__ import annotations

@@ -314,9 +314,9 @@ def _build(
     config: CodiConfig, base_dir: Path, weights_source: Path | str | None = None
 ) -> tuple[CodiModel, set[int]]:
     """The CODI module on the base's architecture. Without `weights_source` its weights are left
-    uninitialised (every one is then copied from a file); with it, the base's pretrained weights
+    uninitialized (every one is then copied from a file); with it, the base's pretrained weights
     are loaded from there. Also returns the storage pointers of the base parameters that source
-    did NOT hold (transformers initialises those randomly: they must not be used)."""
+    did NOT hold (transformers initializes those randomly: they must not be used)."""
     from transformers import AutoModelForCausalLM
 
     hf_config = base_config(base_dir)

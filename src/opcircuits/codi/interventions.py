@@ -288,7 +288,7 @@ class Reference:
         self.add_direction("random", torch.randn(self.mean.shape, generator=gen))
 
     def add_direction(self, name: str, vectors: torch.Tensor) -> None:
-        """A steering direction per site ([K+1, L, D], or [D] for every site), normalised to unit
+        """A steering direction per site ([K+1, L, D], or [D] for every site), normalized to unit
         length at each site (zero where it is zero)."""
         v = torch.as_tensor(vectors, dtype=torch.float32)
         if v.dim() == 1:

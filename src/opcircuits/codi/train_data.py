@@ -71,7 +71,7 @@ class TokenExample:
 
 
 def clean_question(question: str) -> str:
-    """The prompt normalisation used at inference (contract): strip, then '  ' → ' '."""
+    """The prompt normalization used at inference (contract): strip, then '  ' → ' '."""
     return question.strip().replace("  ", " ")
 
 
