@@ -7,20 +7,21 @@ Flags mean the same everywhere: `--data` problem data in, `--store` a thought st
 `--model` preset / hub id / folder (with `--device`, `--dtype` on every command that runs one),
 `--out` what the command writes.
 
-How to add a command (e.g. `opcircuits store verify`):
+How to add a command (`opcircuits store verify` below was added so):
 
-1. In `options.py`, declare its options once, each with its help:
+1. In `options/` (data.py, experiment.py or codi.py), declare its options once, each with its
+   help, and add the class to `options/__init__.py`'s imports:
        @dataclass
-       class VerifyOptions:
+       class StoreVerifyOptions:
            store: Path = opt(aliases=("STORE",), help="Thought store directory.")
            def __post_init__(self) -> None:
                check_fields(self)
 2. Here, a function taking them (import the library inside it, so `--help` stays fast):
-       def store_verify(options: VerifyOptions) -> None:
+       def store_verify(options: StoreVerifyOptions) -> None:
            \"\"\"Check every shard against the manifest.\"\"\"   # the command's help
-           from opcircuits.store import verify
-           typer.echo(verify(options.store))
-3. Register it: `add_command(store_app, "verify", store_verify, Group(VerifyOptions))`.
+           from opcircuits.store import verify_store
+           typer.echo(verify_store(options.store).path)
+3. Register it: `add_command(store_app, "verify", store_verify, Group(StoreVerifyOptions))`.
    A command combining several classes passes one Group per class and receives one instance
    of each (see `analyze`); tests/test_cli.py checks that flags stay consistent.
 """

@@ -477,7 +477,7 @@ EXAMPLE_HEADER = """\
 # command accepts again to repeat the run. Relative paths are taken from the directory you run
 # `opcircuits` in.
 #
-# Generated from the options in src/opcircuits/options.py (a test checks it is up to date):
+# Generated from the options in src/opcircuits/options/ (a test checks it is up to date):
 #   python -c "from opcircuits.config import example_toml; print(example_toml(), end='')" \\
 #     > experiment.toml
 """

@@ -1,0 +1,95 @@
+"""Every option of every command, declared once (torch-free and cheap to import).
+
+One class per command, in `data.py` (data commands), `experiment.py` (extract, stores, analyze,
+run) and `codi.py` (train, new-base, evaluate), built from `core.py`; all are importable from
+here: `from opcircuits.options import ExtractOptions`.
+
+Each option is a dataclass field: its default, its help text (`metadata["help"]`) and its limits
+(`metadata["min"]`, `metadata["choices"]`) live here, and `__post_init__` checks them, raising
+`OpcircuitsError(..., field=name)`. The command line (`opcircuits.cli_options`) and the TOML schema
+of `opcircuits run` (`opcircuits.config`) are generated from these classes, so a new option is one
+field here and nothing else.
+
+Metadata keys a field may carry (all but `help` optional):
+
+- `help`: the sentence `--help` shows and `experiment.toml` documents.
+- `min`, `choices`: limits checked in `__post_init__` (and by the config before anything runs).
+- `flag`: the command-line name when it differs from the field name (`in_path` → `--data`).
+- `aliases`: old spellings kept working but hidden from `--help` (`--dataset`, `--in`); a name
+  without dashes (`STORE`) is a hidden positional argument.
+- `list`: the item type of a list option (`int` or `str`): `--layers 4,8,14` and
+  `--layers 4 --layers 8 --layers 14` mean the same, parsed by `split_list` (`"all"` → every).
+- `all`: the list option also accepts "all" (kept as the string "all").
+- `example`: the value `experiment.toml` shows, commented out, for an option unset by default.
+- `short`: a one-letter flag besides the long one (`-c`).
+- `toml`: False for a `run` option that is a command-line switch only (`--force`, `--config`).
+- `fallback`: the value of a training option a `--recipe` may set (see `recipe_opt`).
+"""
+
+from __future__ import annotations
+
+from opcircuits.options.codi import (
+    TRAIN_RECIPES,
+    DemoBaseOptions,
+    EvaluateOptions,
+    NewBaseOptions,
+    TrainOptions,
+    recipe_opt,
+)
+from opcircuits.options.core import (
+    DEFAULT_DATA,
+    DEFAULT_MAX_NEW_TOKENS,
+    DTYPES,
+    MODES,
+    SPLITS,
+    STORE_DTYPES,
+    Group,
+    check_fields,
+    opt,
+    split_list,
+)
+from opcircuits.options.data import (
+    ClassifyOptions,
+    DownloadOptions,
+    PrototypeOptions,
+    SynthOptions,
+)
+from opcircuits.options.experiment import (
+    AnalyzeOptions,
+    AnalyzePaths,
+    ExtractOptions,
+    ImportLegacyOptions,
+    RunOptions,
+    StoreInfoOptions,
+    StoreVerifyOptions,
+)
+
+__all__ = [
+    "DEFAULT_DATA",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DTYPES",
+    "MODES",
+    "SPLITS",
+    "STORE_DTYPES",
+    "TRAIN_RECIPES",
+    "AnalyzeOptions",
+    "AnalyzePaths",
+    "ClassifyOptions",
+    "DemoBaseOptions",
+    "DownloadOptions",
+    "EvaluateOptions",
+    "ExtractOptions",
+    "Group",
+    "ImportLegacyOptions",
+    "NewBaseOptions",
+    "PrototypeOptions",
+    "RunOptions",
+    "StoreInfoOptions",
+    "StoreVerifyOptions",
+    "SynthOptions",
+    "TrainOptions",
+    "check_fields",
+    "opt",
+    "recipe_opt",
+    "split_list",
+]

@@ -1,0 +1,252 @@
+"""Options of the commands that train and measure CODI models: `train` (with the official
+recipes), `new-base`, `evaluate`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opcircuits.errors import OpcircuitsError
+from opcircuits.options.core import (
+    DEFAULT_DATA,
+    DEFAULT_MAX_NEW_TOKENS,
+    DTYPES,
+    HELP_DEVICE,
+    HELP_DTYPE,
+    HELP_MODEL,
+    check_fields,
+    opt,
+)
+
+# --- training and evaluating CODI models --------------------------------------------------------
+
+
+# The official CODI training settings of the two released models (zhenyi4/codi,
+# scripts/train_gpt2_gsm8k-aug.sh and scripts/train_llama1b_gsm8k-aug.sh; values the scripts leave
+# unset are the defaults of the official train.py / src/model.py). Effective batch 128 =
+# per-device batch × gradient accumulation on one process. Official LoRA dropout is 0.1, as
+# CodiConfig's default; the official run holds the whole model in bf16, here bf16 is autocast
+# over fp32 weights.
+_OFFICIAL_COMMON: dict[str, Any] = {
+    "data": "zen-E/GSM8k-Aug",
+    "seed": 11,
+    "mixed_precision": "bf16",
+    "max_grad_norm": 2.0,
+    "lora_r": 128,
+    "lora_alpha": 32,
+    "weight_decay": 0.1,
+    "warmup_ratio": 0.03,
+    "num_latent": 6,
+    "prj_dropout": 0.0,
+    "prj_no_ln": False,
+    "remove_eos": True,
+    "include_last_cot": False,
+    "distill_loss": "smooth_l1",
+    "teacher_factor": 1.0,  # ref_loss_factor's default
+}
+TRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "codi-gpt2": {
+        **_OFFICIAL_COMMON,
+        "base": "gpt2",
+        "batch_size": 64,
+        "grad_accum": 2,
+        "epochs": 40.0,
+        "lr": 3e-3,
+        "prj_dim": 768,
+        "distill_factor": 1.0,  # not set by the script: distill_loss_factor's default
+        "max_tokens": 1000,  # not set by the script: max_token_num's default
+    },
+    "codi-llama3.2-1b": {
+        **_OFFICIAL_COMMON,
+        "base": "meta-llama/Llama-3.2-1B-Instruct",
+        "batch_size": 32,
+        "grad_accum": 4,
+        "epochs": 10.0,
+        "lr": 8e-4,
+        "prj_dim": 2048,
+        "distill_factor": 20.0,
+        "max_tokens": 200,
+    },
+}
+
+
+def recipe_opt(fallback: Any, *, help: str, **meta: Any) -> Any:
+    """A training option a `--recipe` may set. Its field default is None, meaning "not given":
+    `TrainOptions` fills it from the recipe, else from `fallback`, so an explicit value (even one
+    equal to the fallback) always wins over the recipe."""
+    shown = "none" if fallback is None else str(fallback)
+    return opt(None, help=f"{help} (default {shown}, or the recipe's)", fallback=fallback, **meta)
+
+
+@dataclass
+class TrainOptions:
+    """`opcircuits train`. Fields declared with `recipe_opt` are None until `__post_init__`
+    resolves them: the given value, else the recipe's, else the field's fallback."""
+
+    out: Path = opt(
+        help="Output folder: OUT/last/ (resumable checkpoint), OUT/ (final model, released "
+        "layout), OUT/train_log.jsonl, OUT/train_data.json (what was read and left out)."
+    )
+    recipe: str | None = opt(
+        None,
+        choices=tuple(TRAIN_RECIPES),
+        help="Official CODI settings of a released model (learning rate, epochs, batch, LoRA, "
+        "projection, distillation factor, bf16, seed, base, GSM8k-Aug data); options given "
+        "explicitly override them.",
+    )
+    base: str | None = recipe_opt(
+        None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
+    )
+    data: str | None = recipe_opt(
+        DEFAULT_DATA,
+        help="Training problems: GSM8K or GSM8k-Aug rows in a JSONL/JSON/parquet file (of "
+        "problem records, such as the one `data download` writes, only the split=train rows), "
+        "a folder holding train.jsonl, 'hf' (GSM8K on the hub) or a hub dataset id "
+        "(zen-E/GSM8k-Aug).",
+    )
+    from_scratch: bool = opt(
+        False,
+        help="Initialize the base randomly from its config (the checkpoint becomes "
+        "self-contained, base '.').",
+    )
+    num_latent: int | None = recipe_opt(6, min=1, help="K continuous thoughts.")
+    prj_dim: int | None = recipe_opt(2048, min=1, help="Hidden width of the projection.")
+    prj_dropout: float | None = recipe_opt(0.0, min=0, help="Projection dropout.")
+    prj_no_ln: bool | None = recipe_opt(False, help="No LayerNorm in the projection.")
+    lora_r: int | None = recipe_opt(128, min=0, help="LoRA rank; 0 trains the whole base.")
+    lora_alpha: int | None = recipe_opt(32, help="LoRA alpha.")
+    remove_eos: bool | None = recipe_opt(
+        True, help="No EOS between the question and the thoughts (as released)."
+    )
+    include_last_cot: bool | None = recipe_opt(
+        False,
+        help="Keep the last chain-of-thought step in the teacher sequence (the official CODI "
+        "training drops it, so the teacher computes the final result at the distillation "
+        "token instead of copying it).",
+    )
+    layers: str | list[int] | None = opt(
+        None, list=int, help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
+    )
+    max_tokens: int | None = recipe_opt(
+        256, min=1, help="Leave out (and count) examples whose teacher sequence is longer."
+    )
+    limit: int | None = opt(None, min=1, help="Use only the first N problems.")
+    batch_size: int | None = recipe_opt(32, min=1, help="Examples per process per micro-step.")
+    grad_accum: int | None = recipe_opt(1, min=1, help="Micro-steps per optimizer step.")
+    epochs: float | None = recipe_opt(3.0, help="Epochs (ignored with --max-steps).")
+    max_steps: int | None = opt(None, min=1, help="Optimizer steps in total.")
+    lr: float | None = recipe_opt(8e-4, help="Peak learning rate (AdamW).")
+    weight_decay: float | None = recipe_opt(0.01, help="AdamW weight decay.")
+    warmup_ratio: float | None = recipe_opt(
+        0.03, help="Linear warm-up share before the cosine decay."
+    )
+    max_grad_norm: float | None = recipe_opt(2.0, help="Gradient clipping.")
+    distill_loss: str | None = recipe_opt(
+        "smooth_l1", choices=("smooth_l1", "l2"), help="smooth_l1 or l2."
+    )
+    distill_factor: float | None = recipe_opt(20.0, help="Multiplier of the distillation loss.")
+    teacher_factor: float | None = recipe_opt(1.0, help="Multiplier of the teacher cross-entropy.")
+    teacher_only_steps: int = opt(0, min=0, help="First N steps train the teacher task only.")
+    save_every: int = opt(100, min=1, help="Checkpoint every N steps.")
+    stop_after: int | None = opt(
+        None, help="Stop (checkpointed) after N steps of this invocation; rerun to continue."
+    )
+    seed: int | None = recipe_opt(0, help="Seed of initialization and data order.")
+    mixed_precision: str | None = recipe_opt(
+        "no", choices=("no", "fp16", "bf16"), help="no, fp16 or bf16."
+    )
+    threads: int | None = opt(None, min=1, help="torch CPU threads.")
+
+    def __post_init__(self) -> None:
+        if self.recipe is not None and self.recipe not in TRAIN_RECIPES:
+            raise OpcircuitsError(
+                f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.recipe!r}", field="recipe"
+            )
+        recipe = TRAIN_RECIPES[self.recipe] if self.recipe else {}
+        for f in dataclasses.fields(self):
+            if "fallback" in f.metadata and getattr(self, f.name) is None:
+                setattr(self, f.name, recipe.get(f.name, f.metadata["fallback"]))
+        check_fields(self)
+        if self.base is None:
+            raise OpcircuitsError("give a base model (or a --recipe that names one)", field="base")
+        if self.max_steps is None and self.epochs <= 0:
+            raise OpcircuitsError("must be > 0 (or give max_steps)", field="epochs")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options a resumed run must share with the run that wrote the checkpoint (the
+        resolved values: a recipe and the same values given one by one are the same run)."""
+        skip = {"out", "stop_after", "save_every", "threads", "data", "recipe"}
+        out = {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(self).items()
+            if k not in skip
+        }
+        # Layers as the comma string checkpoints written before they became a list recorded.
+        if self.layers is not None:
+            out["layers"] = ",".join(map(str, self.layers))
+        return out
+
+
+@dataclass
+class NewBaseOptions:
+    """`opcircuits new-base`."""
+
+    out: Path = opt(help="Folder for config.json + tokenizer (no weights).")
+    data: str = opt(
+        DEFAULT_DATA,
+        help="GSM8K train problems the tokenizer is trained on (as for `train --data`), or 'hf'.",
+    )
+    vocab_size: int = opt(2048, min=1, help="BPE vocabulary size.")
+    hidden_size: int = opt(256, min=1, help="Model width.")
+    num_layers: int = opt(6, min=1, help="Transformer blocks.")
+    num_heads: int = opt(4, min=1, help="Attention heads.")
+    intermediate_size: int = opt(688, min=1, help="MLP width.")
+    max_positions: int = opt(512, min=1, help="Longest sequence.")
+    split_digits: bool = opt(
+        True,
+        help="Split numbers into single digits (the demo); --no-split-digits lets frequent "
+        "numbers become one token each (demo-arith).",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+DemoBaseOptions = NewBaseOptions  # the earlier name
+
+
+@dataclass
+class EvaluateOptions:
+    """`opcircuits evaluate`."""
+
+    model: str = opt("demo", help=HELP_MODEL)
+    data: str = opt(
+        DEFAULT_DATA,
+        help="GSM8K test problems: the JSONL `data download` writes (its split=test rows), "
+        "GSM8K's original test.jsonl, or a folder holding it.",
+    )
+    device: str = opt("auto", help=HELP_DEVICE)
+    dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
+    out: Path | None = opt(None, help="Write the accuracies and every answer here (JSON).")
+    limit: int | None = opt(None, min=1, help="Only the first N problems.")
+    num_latent: list[int] = opt(
+        [6, 0], list=int, help="Student settings: the K values to measure, e.g. 6,0."
+    )
+    teacher: bool = opt(True, help="Also measure the teacher (explicit CoT, greedy).")
+    batch_size: int = opt(64, min=1, help="Problems per batch.")
+    max_new_tokens: int = opt(
+        DEFAULT_MAX_NEW_TOKENS, min=1, help="Student answer tokens decoded at most."
+    )
+    max_cot_tokens: int = opt(
+        DEFAULT_MAX_NEW_TOKENS,
+        min=1,
+        help="Teacher tokens decoded at most (chain of thought + answer; stops at EOS).",
+    )
+    threads: int | None = opt(None, min=1, help="torch CPU threads.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if any(k < 0 for k in self.num_latent):
+            raise OpcircuitsError(f"must be ≥ 0, got {self.num_latent}", field="num_latent")

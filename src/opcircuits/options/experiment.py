@@ -1,0 +1,221 @@
+"""Options of the experiment's stages: `extract`, `store import-legacy|info|verify`, `analyze` and
+`run` (whose config tables reuse the data, extract and analyze classes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from opcircuits.errors import OpcircuitsError
+from opcircuits.options.core import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DTYPES,
+    HELP_DEVICE,
+    HELP_DTYPE,
+    HELP_MODEL,
+    MODES,
+    STORE_DTYPES,
+    check_fields,
+    opt,
+)
+
+# --- extraction --------------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractOptions:
+    """`opcircuits extract` (and the [extract] table of `opcircuits run`)."""
+
+    dataset: Path = opt(
+        flag="data",
+        aliases=("--dataset",),
+        help="Problem file: JSONL from the data commands, or the earlier scripts' JSON.",
+    )
+    out: Path = opt(help="Store directory to write; rerunning the same command resumes it.")
+    model: str = opt("demo", help=HELP_MODEL + " The default, demo, ships with the package.")
+    checkpoint: Path | None = opt(
+        None,
+        example="path/to/codi-checkpoint",
+        help="Local CODI checkpoint folder (model.safetensors or pytorch_model.bin); with a "
+        "preset --model it replaces the preset's download and keeps its settings.",
+    )
+    base: str | None = opt(
+        None,
+        example="meta-llama/Llama-3.2-1B-Instruct",
+        help="Base model: hub id or local folder (config + tokenizer [+ weights]).",
+    )
+    layers: str | list[int] | None = opt(
+        None,
+        list=int,
+        all=True,
+        example=[4, 8, 14],
+        help="Layers to record, e.g. 4,8,14 or all (HF hidden_states index: 0 = embeddings, "
+        "l = output of block l). Default: the model's analysis layers.",
+    )
+    batch_size: int = opt(32, min=1, help="Problems per forward pass (results do not change).")
+    max_new_tokens: int = opt(
+        DEFAULT_MAX_NEW_TOKENS, min=1, help="Answer tokens decoded at most (stops at EOS)."
+    )
+    dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
+    device: str = opt("auto", help=HELP_DEVICE)
+    store_dtype: str = opt(
+        "float16",
+        choices=STORE_DTYPES,
+        help="Dtype of the stored hidden states: float16 (half the size) or float32.",
+    )
+    shard_size: int = opt(
+        256, min=1, help="Problems per store shard: the unit in which extraction resumes."
+    )
+    merge: bool = opt(True, help="Merge the LoRA adapters into the base (same results, faster).")
+    top_k: int = opt(5, min=1, help="Logit-lens tokens kept per position.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+# --- analysis ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AnalyzeOptions:
+    """`opcircuits analyze` (and the [analyze] table of `opcircuits run`)."""
+
+    positions: str | list[str] | None = opt(
+        None,
+        list=str,
+        example=["bot", "latent_1", "latent_2", "latent_3", "latent_4", "latent_5", "latent_6"],
+        help="Positions to analyze, e.g. bot,latent_1,latent_2 (default: all in the store). "
+        "Keep bot for the pre-thought control.",
+    )
+    layers: str | list[int] | None = opt(
+        None,
+        list=int,
+        example=[4, 8, 14],
+        help="Layers to analyze, e.g. 4,8,14 (default: all in the store).",
+    )
+    folds: int = opt(5, min=2, help="Stratified cross-validation folds.")
+    repeats: int = opt(3, min=1, help="Times the k-fold split is repeated with new shuffles.")
+    permutations: int = opt(
+        200, min=0, help="Label permutations of the permutation tests (0 = no tests)."
+    )
+    seed: int = opt(0, help="Seed of the folds, permutations and every model.")
+    jobs: int = opt(-1, help="Worker processes (-1 = all cores); results do not depend on it.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        jobs = self.jobs
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
+            raise OpcircuitsError(f"must be ≥ 1 or -1 (all cores), got {jobs!r}", field="jobs")
+
+
+@dataclass
+class AnalyzePaths:
+    """The input and output of `opcircuits analyze` (the run sets them itself)."""
+
+    store: Path = opt(
+        aliases=("STORE",), help="Thought store directory (from extract or store import-legacy)."
+    )
+    out: Path = opt(
+        help="Output directory: analysis_report.json, ANALYSIS_SUMMARY.md, report.html, PNGs."
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+# --- stores ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportLegacyOptions:
+    """`opcircuits store import-legacy`."""
+
+    file: Path = opt(
+        flag="store",
+        aliases=("FILE",),
+        help="The earlier scripts' continuous_thoughts_*.json: a list of {id, question, answer, "
+        "operation_type, thoughts: {early|middle|late: 6 x D}}.",
+    )
+    out: Path = opt(help="Store directory to create.")
+    layers: list[int] = opt(
+        [4, 8, 14],
+        list=int,
+        help="HF hidden_states indices of the layers, in --layer-names order (not recorded in "
+        "the legacy file; 4,8,14 were the earlier experiment's for CODI-LLaMA-3.2-1B).",
+    )
+    layer_names: list[str] = opt(
+        ["early", "middle", "late"],
+        list=str,
+        help="The keys of each item's 'thoughts', comma-separated; kept as layer_names.",
+    )
+    model: str = opt("codi-llama3.2-1b", help="Model name to record in the manifest.")
+    num_latent: int = opt(6, min=1, help="The model's number of latent steps K (manifest).")
+    store_dtype: str = opt(
+        "float16", choices=STORE_DTYPES, help="float16 (half the size) or float32."
+    )
+    overwrite: bool = opt(False, help="Replace an existing store at --out.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class StoreInfoOptions:
+    """`opcircuits store info`."""
+
+    store: Path = opt(aliases=("STORE",), help="Thought store directory.")
+    allow_incomplete: bool = opt(
+        False, help="Describe an unfinished store (the shards done so far)."
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class StoreVerifyOptions:
+    """`opcircuits store verify`."""
+
+    store: Path = opt(aliases=("STORE",), help="Thought store directory.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+# --- the whole experiment ----------------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    """`opcircuits run`: the [run] table (mode, out, store) plus command-line-only switches."""
+
+    mode: str = opt(
+        "prototype",
+        choices=MODES,
+        help="prototype: GSM8K → classify and sample → 60-problem subset → extract → analyze → "
+        "report. full: the same on the 600 sampled problems. analysis_only: analyze --store "
+        "(a store, or a legacy continuous_thoughts_*.json).",
+    )
+    out: Path | None = opt(
+        None,
+        example="runs/prototype",
+        help="Run directory (default runs/<mode>). Rerun into it to resume.",
+    )
+    store: Path | None = opt(
+        None,
+        example="runs/prototype/store",
+        help="analysis_only: the store or legacy JSON to analyze. Otherwise: where to write the "
+        "store (default <out>/store); an existing store there must come from the same model "
+        "and data.",
+    )
+    force: bool = opt(False, toml=False, help="Recompute every stage, even up-to-date ones.")
+    config: Path | None = opt(
+        None,
+        toml=False,
+        short="-c",
+        help="Experiment TOML with tables [run], [data], [extract], [analyze] (see "
+        "experiment.toml). Flags given here override it.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
