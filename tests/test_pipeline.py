@@ -4,8 +4,6 @@ on a legacy JSON, and the bad inputs a user can give."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -16,13 +14,12 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from codi_factory import build_tiny_codi, sample_texts
 
-from opcircuits.cli import main
 from opcircuits.config import resolve
 from opcircuits.files import manifest_path, sha256_file
 from opcircuits.stages import Hasher
@@ -49,22 +46,6 @@ def tiny(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     tiny.config.save(tiny.checkpoint)  # the checkpoint dir carries its own codi_config.json
     return tiny
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    """`opcircuits ARGS` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with (
-        mock.patch.object(sys, "argv", ["opcircuits", *args]),
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def model_args(tiny, *, checkpoint: Path | None = None) -> list[str]:
@@ -403,3 +384,64 @@ def test_store_from_another_model_is_refused_and_left_intact(
     assert code == 2 and "stage 'extract' failed:" in err
     assert "different settings" in err and "weights_sha256: store has" in err
     assert Hasher().tree(store) == before
+
+
+# --- files the run did not write are never deleted nor overwritten (issue 13 item 2) ----------
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def copied_run(reference, tmp_path) -> Path:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    return run_dir
+
+
+def test_a_foreign_file_in_the_analysis_folder_stops_the_run_and_is_kept(
+    copied_run, gsm8k_dir, tiny
+):
+    notes = copied_run / "analysis" / "notes.txt"
+    notes.write_text("my notes")
+    before = tree(copied_run / "analysis")
+    args = prototype_args(gsm8k_dir, tiny, copied_run)
+    args[args.index("--folds") + 1] = "3"  # a changed analysis option: the analysis reruns
+    code, _, err = run_cli(*args)
+    assert code == 2 and "stage 'analyze' failed:" in err
+    assert f"{notes}: not written by opcircuits" in err
+    assert tree(copied_run / "analysis") == before
+
+
+@pytest.mark.parametrize("change", ["an extraction option", "--force"])
+def test_a_foreign_file_in_the_store_folder_stops_the_run_and_nothing_is_removed(
+    copied_run, gsm8k_dir, tiny, change
+):
+    precious = copied_run / "store" / "precious.bin"
+    precious.write_bytes(b"\x00" * 100)
+    before = tree(copied_run / "store")
+    args = prototype_args(gsm8k_dir, tiny, copied_run)
+    if change == "--force":
+        args.append("--force")
+    else:
+        args[args.index("--max-new-tokens") + 1] = "6"  # the store is stale: it would be cleared
+    code, _, err = run_cli(*args)
+    assert code == 2 and "stage 'extract' failed:" in err
+    assert f"{precious}: not written by opcircuits" in err
+    assert tree(copied_run / "store") == before
+
+
+def test_a_data_file_the_run_did_not_write_is_not_overwritten(gsm8k_dir, tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    mine = run_dir / "data" / "gsm8k_full.jsonl"
+    mine.parent.mkdir(parents=True)
+    mine.write_text('{"id": "mine"}\n')
+    code, _, err = run_cli(*prototype_args(gsm8k_dir, tiny, run_dir))
+    assert code == 2 and "stage 'download' failed:" in err
+    assert f"{mine}: not written by this run" in err
+    assert mine.read_text() == '{"id": "mine"}\n'

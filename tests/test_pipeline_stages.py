@@ -22,7 +22,7 @@ from opcircuits.stages import (
 )
 
 
-def upper_stage(src: Path, dst: Path, calls: list[str], *, suffix: str = "", owned: bool = False):
+def upper_stage(src: Path, dst: Path, calls: list[str], *, suffix: str = ""):
     def action() -> None:
         calls.append("ran")
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,6 @@ def upper_stage(src: Path, dst: Path, calls: list[str], *, suffix: str = "", own
         inputs={"text": src, "tool": "upper-v1"},
         options={"suffix": suffix},
         outputs={"out": dst},
-        owned=[dst] if owned else [],
     )
 
 
@@ -120,7 +119,13 @@ def test_interrupted_stage_resumes_its_partial_output_unless_its_key_changed(tmp
                 raise KeyboardInterrupt
             (partial / "shard-1").write_text("1")
 
-        return Stage("extract", action, {"text": src}, {"s": suffix}, {"store": partial}, [partial])
+        def clear(forced: bool) -> None:
+            for shard in partial.glob("shard-*"):
+                shard.unlink()
+
+        return Stage(
+            "extract", action, {"text": src}, {"s": suffix}, {"store": partial}, clear=clear
+        )
 
     with pytest.raises(KeyboardInterrupt):
         runner(run_dir).run(stage("crash"), 1, 1)
@@ -216,10 +221,10 @@ def test_force_clears_outputs_kept_outside_the_run_dir_only_through_their_own_ho
 
     def stage() -> Stage:
         return Stage("extract", action, {}, {}, {"out": outside / "out.txt"},
-                     on_force=lambda: cleared.append("cleared"))  # fmt: skip
+                     clear=lambda forced: cleared.append(forced))  # fmt: skip
 
     runner(run_dir).run(stage(), 1, 1)
     runner(run_dir).run(stage(), 1, 1)
     assert cleared == []
     runner(run_dir, force=True).run(stage(), 1, 1)
-    assert cleared == ["cleared"] and (outside / "keep.txt").exists()
+    assert cleared == [True] and (outside / "keep.txt").exists()

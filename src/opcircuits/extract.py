@@ -184,7 +184,13 @@ def extract_shard(
 def extract(options: ExtractOptions) -> Path:
     """Extract every problem of `options.dataset` into the store `options.out`; returns its path."""
     from opcircuits.data.io import read_problems
+    from opcircuits.files import check_replaceable, refuse_same_files
+    from opcircuits.store import is_store_file
 
+    refuse_same_files(
+        {"out": options.out}, {"dataset": options.dataset, "checkpoint": options.checkpoint}
+    )
+    check_replaceable(options.out, is_store_file)  # never write beside someone else's files
     problems = read_problems(options.dataset)
     dist = _Dist()
     try:

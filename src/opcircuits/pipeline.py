@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,6 @@ from opcircuits.stages import (
     log_to_file_only,
     prepare_run_dir,
     relative_to_run,
-    remove_path,
     run_log,
     utc_now,
 )
@@ -260,15 +258,16 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
     # Results do not depend on the batch size (batch invariance is tested by extraction), so a
     # rerun with another batch size resumes the same store instead of recomputing it.
     settings = {k: v for k, v in values.items() if k in BATCH_ONLY}
-    owned = _is_inside(store, run_dir)
+    inside = _is_inside(store, run_dir)
 
-    def clear_external() -> None:
-        # --force recomputes a store kept outside the run dir too, deleting only the store's own
-        # files; without --force such a store is never touched (a mismatch is an error instead).
+    def clear(forced: bool) -> None:
+        # Only the store's own files go, and only if nothing else is in the folder. A store kept
+        # outside the run dir is cleared by --force alone; otherwise it is never touched (a
+        # mismatch is an error instead).
         from opcircuits.store import MANIFEST, remove_store
 
-        if (store / MANIFEST).is_file():
-            log.info("--force: removing the store files in %s", store)
+        if (inside or forced) and (store / MANIFEST).is_file():
+            log.info("removing the store files in %s", store)
             remove_store(store)
 
     return Stage(
@@ -280,9 +279,8 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
             "store": relative_to_run(store, run_dir),
         },
         outputs={"store": store},
-        owned=[store] if owned else [],
         settings=settings,
-        on_force=None if owned else clear_external,
+        clear=clear,
     )
 
 
@@ -290,18 +288,14 @@ def _import_stage(legacy: Path, store: Path) -> Stage:
     from opcircuits.options import ImportLegacyOptions
     from opcircuits.store.legacy import import_legacy
 
-    def action() -> None:
-        # An import is quick: always from scratch, never merged with a partial one.
-        remove_path(store)
-        import_legacy(ImportLegacyOptions(file=legacy, out=store, overwrite=True))
-
+    # An import is quick: always from scratch, swapped in whole for the previous one.
+    opts = ImportLegacyOptions(file=legacy, out=store, overwrite=True)
     return Stage(
         name="import",
-        action=action,
+        action=lambda: import_legacy(opts),
         inputs={"legacy": legacy},
         options={},
         outputs={"store": store},
-        owned=[store],
     )
 
 
@@ -309,27 +303,14 @@ def _analyze_stage(values: dict[str, Any], store: Path, analysis_dir: Path) -> S
     from opcircuits.analysis.analyze import AnalyzeOptions, analyze
 
     opts = _make(AnalyzeOptions, values)
-
-    def action() -> None:
-        # Write into a scratch folder and swap it in whole: a crash never leaves a half report.
-        partial = analysis_dir.with_name(f".{analysis_dir.name}.partial")
-        remove_path(partial)
-        analyze(store, partial, opts)
-        old = analysis_dir.with_name(f".{analysis_dir.name}.old")
-        remove_path(old)
-        if analysis_dir.exists():
-            os.replace(analysis_dir, old)
-        os.replace(partial, analysis_dir)
-        remove_path(old)
-        log.info("analysis moved into %s", analysis_dir)
-
     return Stage(
         name="analyze",
-        action=action,
+        # analyze() writes a scratch folder and swaps it in whole: never a half report, and it
+        # refuses to replace a folder holding files it did not write.
+        action=lambda: analyze(store, analysis_dir, opts),
         inputs={"store": store},
         options={k: v for k, v in values.items() if k not in JOBS_ONLY},
         outputs={"analysis": analysis_dir},
-        owned=[analysis_dir],
         settings={k: v for k, v in values.items() if k in JOBS_ONLY},
     )
 

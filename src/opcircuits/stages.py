@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -123,19 +122,26 @@ def _tree_files(path: Path) -> Iterator[Path]:
 @dataclass
 class Stage:
     """One step of the run. `inputs` values are paths (hashed) or identity strings (compared as is).
-    `owned` outputs belong to the run directory and are cleared when the stage must recompute."""
+
+    Output files are ours only once a record of this stage lists them: an existing output file
+    that no record lists is someone else's, and the stage refuses to run rather than overwrite
+    it. Output folders are guarded by their writers (`files.atomic_dir`, the store's layout).
+    """
 
     name: str
     action: Callable[[], Any]
     inputs: dict[str, Path | str]
     options: dict[str, Any]
     outputs: dict[str, Path]
-    owned: list[Path] = field(default_factory=list)
     optional_outputs: dict[str, Path] = field(default_factory=dict)  # hashed when present
     # Recorded, not compared: options the results do not depend on.
     settings: dict[str, Any] = field(default_factory=dict)
     reuse_any: bool = False  # skip whenever the recorded outputs are intact, whatever the key
-    on_force: Callable[[], None] | None = None  # clears outputs that are not owned, for --force
+    # Called before the stage recomputes from scratch: clear(False) when its key changed since an
+    # earlier attempt (a stale partial output must not be resumed), clear(True) for --force. It
+    # deletes only files the stage wrote and raises an OpcircuitsError naming any other file in
+    # the way, with nothing removed.
+    clear: Callable[[bool], None] | None = None
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -224,40 +230,66 @@ class StageRunner:
             return
 
         started = self._read(started_file)
+        written = self._refuse_foreign_outputs(stage, done, started)
         stale = self.force or (started is not None and started.get("key") != key)
         stale = stale or (done is not None and done.get("key") != key)
-        if stale:
-            for path in stage.owned:
-                remove_path(path)
-        if self.force and stage.on_force is not None:
-            stage.on_force()
+        if stale and stage.clear is not None:
+            self._guarded(stage.name, lambda: stage.clear(self.force))  # type: ignore[misc]
         elif started is not None:
             log.info("[%d/%d] %s: resuming an interrupted run", index, total, stage.name)
         done_file.unlink(missing_ok=True)
-        write_json_atomic(started_file, {"stage": stage.name, "key": key, "started": utc_now()})
+        # Before the first byte is written: which paths this stage owns from now on.
+        started = {"stage": stage.name, "key": key, "started": utc_now(), "written": written}
+        write_json_atomic(started_file, started)
 
         log.info("[%d/%d] %s ...", index, total, stage.name)
-        try:
-            stage.action()
-        except (KeyboardInterrupt, StageError):
-            raise
-        except OpcircuitsError as exc:
-            raise StageError(stage.name, exc) from exc
-        except Exception as exc:
-            self._trace(stage.name, exc)
-            raise StageError(stage.name, exc, self.run_dir / "run.log") from exc
-
+        self._guarded(stage.name, stage.action)
         record = {
             "stage": stage.name,
             "key": key,
             "settings": jsonable(stage.settings),
             "outputs": self._output_digests(stage),
+            "written": written,
             "finished": utc_now(),
         }
         write_json_atomic(done_file, record)  # last: only now may a later run trust the outputs
         started_file.unlink(missing_ok=True)
         self.hasher.save()
         self.outcomes.append((stage.name, "ran"))
+
+    def _guarded(self, name: str, step: Callable[[], Any]) -> None:
+        """Run `step`; a failure becomes a StageError naming the stage (a bug's trace: run.log)."""
+        try:
+            step()
+        except (KeyboardInterrupt, StageError):
+            raise
+        except OpcircuitsError as exc:
+            raise StageError(name, exc) from exc
+        except Exception as exc:
+            self._trace(name, exc)
+            raise StageError(name, exc, self.run_dir / "run.log") from exc
+
+    def _refuse_foreign_outputs(self, stage: Stage, *records: dict[str, Any] | None) -> list[str]:
+        """The paths this stage has ever been recorded writing, with its outputs added; an
+        existing output file none of its records lists is not ours: error, nothing touched."""
+        written: set[str] = set()
+        for record in records:
+            if record is not None:
+                written.update(str(p) for p in record.get("written", []))
+                written.update(str(o.get("path")) for o in record.get("outputs", {}).values())
+        for path in [*stage.outputs.values(), *stage.optional_outputs.values()]:
+            name = relative_to_run(path, self.run_dir)
+            if (path.is_file() or path.is_symlink()) and name not in written:
+                raise StageError(
+                    stage.name,
+                    OpcircuitsError(
+                        "not written by this run, so it will not be overwritten and nothing was "
+                        "changed; move it away or choose another --out",
+                        path=path,
+                    ),
+                )
+            written.add(name)
+        return sorted(written)
 
     def _trace(self, stage: str, exc: BaseException) -> None:
         """An unexpected failure's traceback goes to run.log only; the console gets one line."""
@@ -268,13 +300,6 @@ class StageRunner:
 
 def log_to_file_only(handler: logging.Handler, level: int, message: str) -> None:
     handler.handle(log.makeRecord(log.name, level, __file__, 0, message, (), None))
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def utc_now() -> str:

@@ -27,7 +27,7 @@ from opcircuits.analysis import sections, tasks
 from opcircuits.analysis.features import MAIN_VIEWS
 from opcircuits.analysis.inputs import AnalysisInput, load_input
 from opcircuits.analysis.sections import BASELINE_CONTROLS
-from opcircuits.files import write_json_atomic
+from opcircuits.files import atomic_dir, check_replaceable, refuse_same_files, write_json_atomic
 from opcircuits.jsonable import jsonable
 from opcircuits.options import AnalyzeOptions
 
@@ -59,14 +59,18 @@ def analyze(
     from opcircuits.analysis import plots  # matplotlib only where figures are drawn
     from opcircuits.report import write_reports
 
+    # Before any computing: the output must not be the store, nor a folder of someone else's.
+    refuse_same_files({"out": out_dir}, {"--store": store_path})
+    check_replaceable(out_dir)
     started = time.perf_counter()
     computed = _compute(store_path, options or AnalyzeOptions())
     report = computed.report
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report["figures"] = plots.draw_all(report, computed.pca_coords, computed.y, out_dir)
-    write_json_atomic(out_dir / JSON_NAME, report)
-    write_reports(report, out_dir)
+    # Written into a scratch folder swapped in whole: a crash or a full disk leaves the previous
+    # report as it was, never a mix of old and new files.
+    with atomic_dir(out_dir) as scratch:
+        report["figures"] = plots.draw_all(report, computed.pca_coords, computed.y, scratch)
+        write_json_atomic(scratch / JSON_NAME, report)
+        write_reports(report, scratch)
     log.info("analysis written to %s in %.1f s", out_dir, time.perf_counter() - started)
     return report
 

@@ -52,6 +52,12 @@ def build_demo_base(options: NewBaseOptions) -> Path:
     """Write the demo base (tokenizer + LLaMA config, no weights) into `options.out`."""
     from transformers import LlamaConfig
 
+    from opcircuits.files import atomic_dir, check_replaceable, refuse_same_files
+
+    out = Path(options.out)
+    data = None if options.data == "hf" else options.data
+    refuse_same_files({"out": out}, {"--data": data})
+    check_replaceable(out)  # before training the tokenizer
     examples = read_train_problems(options.data)
     texts = [t for ex in examples for t in (ex.question, ex.cot, ex.answer) if t]
     tokenizer = train_tokenizer(texts, options.vocab_size, options.split_digits)
@@ -70,10 +76,9 @@ def build_demo_base(options: NewBaseOptions) -> Path:
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
     )
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with atomic_dir(out) as scratch:  # a half-written base never replaces a whole one
+        config.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
     log.info(
         "demo base: vocab %d, %d layers × %d, written to %s",
         vocab,

@@ -11,7 +11,7 @@ from typing import Any
 
 from opcircuits.data.annotations import extract_steps
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import write_jsonl_atomic
+from opcircuits.files import refuse_same_files, text_lines, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +82,22 @@ def make_record(
 
 
 def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; malformed lines name file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise OpcircuitsError(
-                    f"malformed JSON: {exc.msg} (column {exc.colno})", path=path, line=lineno
-                ) from exc
-            if not isinstance(obj, dict):
-                raise OpcircuitsError(
-                    f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno
-                )
-            yield lineno, obj
+    """(line number, object) for each non-blank line; malformed lines (bad JSON, bytes that are
+    not UTF-8) name file and line."""
+    for lineno, text in text_lines(path):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise OpcircuitsError(
+                f"malformed JSON: {exc.msg} (column {exc.colno})", path=path, line=lineno
+            ) from exc
+        if not isinstance(obj, dict):
+            raise OpcircuitsError(
+                f"expected a JSON object, got {type(obj).__name__}", path=path, line=lineno
+            )
+        yield lineno, obj
 
 
 def _find_parquet(folder: Path, split: str) -> list[Path]:
@@ -148,6 +148,9 @@ def load_local(folder: str | Path) -> list[dict[str, Any]]:
             for lineno, raw in rows:
                 records.append(make_record(raw, split=split, index=index, path=path, line=lineno))
                 index += 1
+        if index == 0:  # an empty split would give a smaller, silently different dataset
+            names = ", ".join(str(path) for path, _ in sources)
+            raise OpcircuitsError(f"no {split} problems in {names}", path=folder)
     return records
 
 
@@ -177,6 +180,10 @@ def download(source: str = "hf", out: Path = DEFAULT_OUT) -> Path:
 
     `source` is "hf" for the hub or a folder holding a local copy. Nothing is written on error.
     """
+    if source != "hf":
+        folder = Path(source)
+        inputs = sorted(folder.glob("*.jsonl")) + sorted(folder.rglob("*.parquet"))
+        refuse_same_files({"out": out}, {"source": [folder, *inputs]})
     records = load_hub() if source == "hf" else load_local(source)
     counts = {s: sum(r["split"] == s for r in records) for s in SPLITS}
     log.info(

@@ -16,6 +16,7 @@ from typing import Any
 from opcircuits.data.annotations import CATEGORIES, OPERATOR_SYMBOLS, UNCLASSIFIED, extract_steps
 from opcircuits.data.gsm8k import parse_final_answer, read_jsonl_objects
 from opcircuits.errors import OpcircuitsError
+from opcircuits.files import read_text, text_lines
 
 # Field order of a record as written by every stage of the data package.
 RECORD_FIELDS: tuple[str, ...] = (
@@ -66,10 +67,9 @@ def read_problems(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _first_char(path: Path) -> str:
-    with open(path, encoding="utf-8") as fh:
-        for text in fh:
-            if text.strip():
-                return text.lstrip()[0]
+    for _, text in text_lines(path):
+        if text.strip():
+            return text.lstrip()[0]
     return ""
 
 
@@ -83,8 +83,7 @@ def _jsonl_items(path: Path) -> Iterator[Item]:
 
 def _legacy_items(path: Path) -> Iterator[Item]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise OpcircuitsError(
             f"malformed JSON: {exc.msg} (column {exc.colno})", path=path, line=exc.lineno

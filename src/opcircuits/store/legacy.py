@@ -25,9 +25,16 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from opcircuits.data.gsm8k import parse_final_answer
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import sha256_file
+from opcircuits.files import (
+    atomic_dir,
+    check_replaceable,
+    read_text,
+    refuse_same_files,
+    sha256_file,
+)
 from opcircuits.options import ImportLegacyOptions
-from opcircuits.store.reader import Store
+from opcircuits.store.reader import Store, open_store
+from opcircuits.store.schema import MANIFEST, is_store_file
 from opcircuits.store.writer import write_store
 
 log = logging.getLogger(__name__)
@@ -187,10 +194,14 @@ def import_legacy(options: ImportLegacyOptions) -> Store:
         raise OpcircuitsError(
             f"{len(names)} layer names {names} for {len(layers)} layers {layers}", field="layers"
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise OpcircuitsError(f"not UTF-8 text ({exc.reason})", path=path) from exc
+    out = Path(options.out)
+    refuse_same_files({"out": out}, {"file": path})
+    if (out / MANIFEST).is_file() and not options.overwrite:
+        raise OpcircuitsError(
+            "a store already exists here; pass --overwrite or choose another --out", path=out
+        )
+    check_replaceable(out, is_store_file)  # before the (long) read
+    text = read_text(path)
     records: list[dict[str, Any]] = []
     hidden: list[np.ndarray] = []
     shape: list[int] | None = None
@@ -224,25 +235,25 @@ def import_legacy(options: ImportLegacyOptions) -> Store:
         len(layers),
         shape[1] if shape else None,
     )
-    return write_store(
-        options.out,
-        np.stack(hidden),
-        records,
-        layers,
-        positions,
-        None,
-        overwrite=options.overwrite,
-        model=options.model,
-        num_latent=options.num_latent,
-        layer_names=names,
-        store_dtype=options.store_dtype,
-        dataset=str(path),
-        dataset_sha256=sha256_file(path),
-        source="legacy",
-        note=(
-            "imported from the earlier scripts' thoughts JSON: layer numbers assumed "
-            f"({','.join(map(str, layers))}), positions bot, latent_1 … latent_{n_pos - 1} "
-            "as recorded; "
-            "no model outputs, logit lens or latent inputs"
-        ),
-    )
+    with atomic_dir(out, is_store_file) as scratch:  # the old store stays until the new is whole
+        write_store(
+            scratch,
+            np.stack(hidden),
+            records,
+            layers,
+            positions,
+            None,
+            model=options.model,
+            num_latent=options.num_latent,
+            layer_names=names,
+            store_dtype=options.store_dtype,
+            dataset=str(path),
+            dataset_sha256=sha256_file(path),
+            source="legacy",
+            note=(
+                "imported from the earlier scripts' thoughts JSON: layer numbers assumed "
+                f"({','.join(map(str, layers))}), positions bot, latent_1 … latent_{n_pos - 1} "
+                "as recorded; no model outputs, logit lens or latent inputs"
+            ),
+        )
+    return open_store(out)

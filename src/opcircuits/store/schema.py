@@ -87,6 +87,23 @@ def hash_name(index: int) -> str:
     return f"hidden-{index:05d}.sha256"
 
 
+_OWN_RE = re.compile(
+    rf"^(?:{re.escape(MANIFEST)}|{re.escape(RECORDS)}|hidden-\d{{5,}}\.safetensors"
+    rf"|{PARTS}/records-\d{{5,}}\.parquet|{PARTS}/hidden-\d{{5,}}\.sha256)$"
+)
+# A temporary file of an interrupted atomic write: `.<name>.<random>.tmp` beside <name>.
+_TMP_RE = re.compile(r"^(?P<dir>(?:[^/]+/)?)\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def is_store_file(name: str) -> bool:
+    """Whether `name` (relative to a store folder, POSIX) is a file the store layout defines (or a
+    temporary file of an interrupted write of one): the files a store's writer may delete."""
+    if _OWN_RE.match(name):
+        return True
+    tmp = _TMP_RE.match(name)
+    return tmp is not None and is_store_file(tmp["dir"] + tmp["name"])
+
+
 def default_positions(num_latent: int) -> list[str]:
     """`["bot", "latent_1", …, "latent_K"]`: the positions extraction records."""
     return ["bot"] + [f"latent_{k}" for k in range(1, num_latent + 1)]

@@ -17,7 +17,13 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import atomic_path, sha256_file, write_json_atomic, write_text_atomic
+from opcircuits.files import (
+    atomic_path,
+    check_replaceable,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from opcircuits.store.integrity import (
     check_sha256,
     check_shard,
@@ -34,13 +40,13 @@ from opcircuits.store.schema import (
     PARTS,
     RECORD_SCHEMA,
     RECORDS,
-    SHARD_RE,
     as_float_array,
     cast_to_store_dtype,
     check_finite,
     check_layers,
     check_names,
     hash_name,
+    is_store_file,
     part_name,
     records_table,
     shard_name,
@@ -339,12 +345,14 @@ def write_store(
 
 
 def remove_store(path: str | Path) -> None:
-    """Delete a store's own files (never anything else in the directory)."""
+    """Delete a store's own files. Anything else in the folder is an error naming it, and then
+    nothing is removed."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise OpcircuitsError("not a thought store (no manifest.json)", path=path)
-    (path / MANIFEST).unlink()
-    for p in path.iterdir():
-        if p.name == RECORDS or SHARD_RE.match(p.name):
-            p.unlink()
-    shutil.rmtree(path / PARTS, ignore_errors=True)
+    check_replaceable(path, is_store_file)
+    for child in path.iterdir():  # every file here is the store's by now
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
