@@ -214,7 +214,8 @@ def _synth_stage(data: dict[str, Any], data_dir: Path) -> Stage:
 
 
 def _classify_stage(data: dict[str, Any], problems: Path, data_dir: Path) -> Stage:
-    from opcircuits.data.sampling import ClassifyOptions, classify
+    from opcircuits.data.sampling import classify
+    from opcircuits.options import ClassifyOptions
 
     values = {
         k: v
@@ -234,7 +235,8 @@ def _classify_stage(data: dict[str, Any], problems: Path, data_dir: Path) -> Sta
 
 
 def _prototype_stage(data: dict[str, Any], samples: Path, data_dir: Path) -> Stage:
-    from opcircuits.data.sampling import CATEGORIES, PrototypeOptions, prototype
+    from opcircuits.data.sampling import CATEGORIES, prototype
+    from opcircuits.options import PrototypeOptions
 
     values = {k[len("prototype_") :]: v for k, v in data.items() if k.startswith("prototype_")}
     values["seed"] = data.get("seed")
@@ -252,7 +254,8 @@ def _prototype_stage(data: dict[str, Any], samples: Path, data_dir: Path) -> Sta
 
 
 def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: Path) -> Stage:
-    from opcircuits.extract import ExtractOptions, extract
+    from opcircuits.extract import extract
+    from opcircuits.options import ExtractOptions
 
     opts = _make(ExtractOptions, {**values, "dataset": dataset, "out": store})
     # Results do not depend on the batch size (batch invariance is tested by extraction), so a
@@ -300,7 +303,8 @@ def _import_stage(legacy: Path, store: Path) -> Stage:
 
 
 def _analyze_stage(values: dict[str, Any], store: Path, analysis_dir: Path) -> Stage:
-    from opcircuits.analysis.analyze import AnalyzeOptions, analyze
+    from opcircuits.analysis.analyze import analyze
+    from opcircuits.options import AnalyzeOptions
 
     opts = _make(AnalyzeOptions, values)
     return Stage(
