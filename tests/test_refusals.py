@@ -177,7 +177,7 @@ def test_import_legacy_replaces_only_its_own_store_and_whole(tmp_path, monkeypat
 
     _legacy_json(src, scale=2.0)
     with monkeypatch.context() as m:
-        m.setattr("opcircuits.store.save_file", full)
+        m.setattr("opcircuits.store.writer.save_file", full)
         code, _, err = run_cli("store", "import-legacy", str(src), "--out", str(out), "--overwrite")
     assert code == 2
     assert one_error_line(err).startswith(f"error: {out / 'hidden-00000.safetensors'}: no space")
@@ -309,3 +309,22 @@ def test_an_empty_gsm8k_copy_is_an_error_not_an_empty_file(gsm8k_dir, tmp_path):
     code, _, err = run_cli("data", "download", "--source", str(src), "--out", str(out))
     assert code == 2 and "no test problems" in one_error_line(err)
     assert not out.exists()
+
+
+def test_a_config_file_with_bytes_that_are_not_utf8_names_its_line(tmp_path):
+    config = tmp_path / "experiment.toml"
+    config.write_bytes(b'[run]\nmode = "prototype"\nout = "r\xe9s"\n')
+    code, _, err = run_cli("run", "--config", str(config))
+    assert code == 2
+    assert one_error_line(err) == f"error: {config}:3: not UTF-8 text: byte 0xe9 at column 9"
+
+
+def test_a_permission_error_anywhere_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    target = tmp_path / "full.jsonl"
+
+    def denied(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+
+    monkeypatch.setattr("opcircuits.data.gsm8k.download", denied)
+    code, _, err = run_cli("data", "download", "--source", str(tmp_path), "--out", str(target))
+    assert code == 2 and one_error_line(err) == f"error: {target}: permission denied"

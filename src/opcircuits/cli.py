@@ -278,6 +278,14 @@ def main() -> None:
     except OpcircuitsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except OSError as exc:  # a full disk or no permission anywhere: one line, not a traceback
+        from opcircuits.files import write_error
+
+        user = write_error(exc)
+        if user is None:
+            raise
+        typer.secho(f"error: {user}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         _interrupted()
     except typer.TyperException as exc:  # usage errors (click's, vendored by Typer)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.files import read_text
 from opcircuits.options import (
     MODES,
     AnalyzeOptions,
@@ -159,13 +160,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise OpcircuitsError("config file not found", path=path)
+    text = read_text(path)  # a byte that is not UTF-8: an error naming the line
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise OpcircuitsError(f"not valid TOML: {exc}", path=path) from exc
-    except UnicodeDecodeError as exc:
-        raise OpcircuitsError(f"not UTF-8 text: {exc}", path=path) from exc
 
 
 def _suggest(word: str, choices: list[str]) -> str:

@@ -49,17 +49,19 @@ def _size(n: float) -> str:
 
 
 def write_error(
-    exc: OSError, path: str | Path, needed: int | None = None
+    exc: OSError, path: str | Path | None = None, needed: int | None = None
 ) -> OpcircuitsError | None:
     """A one-line user error for an OS error that stops writing `path` (disk full, no
     permission, read-only disk), or None for other errors (bugs keep their traceback)."""
     reason = _WRITE_ERRNOS.get(exc.errno) if exc.errno is not None else None
     if reason is None:
         return None
-    where = Path(exc.filename) if isinstance(exc.filename, str) else Path(path)
+    named = exc.filename if isinstance(exc.filename, str) else path
+    where = Path(named) if named is not None else None
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         parts = [f"needs {_size(needed)}"] if needed is not None else []
-        probe = next((p for p in (where, *where.parents) if p.exists()), None)
+        near = (where, *where.parents) if where is not None else (Path.cwd(),)
+        probe = next((p for p in near if p.exists()), None)
         if probe is not None:
             with contextlib.suppress(OSError):
                 parts.append(f"{_size(shutil.disk_usage(probe).free)} free")
