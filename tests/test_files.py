@@ -145,13 +145,13 @@ def test_an_output_that_is_an_input_is_refused_however_it_is_spelled(tmp_path, s
         out.symlink_to(src)
     if spelling == "hardlink":
         os.link(src, out)
-    with pytest.raises(OpcircuitsError, match="would overwrite the input in") as info:
-        refuse_same_files({"out": out}, {"in": src})
+    with pytest.raises(OpcircuitsError, match="would overwrite the input --data") as info:
+        refuse_same_files({"out": out}, {"--data": src})
     assert info.value.field == "out"
     # A folder output holding an input would be replaced with it; distinct paths pass.
-    with pytest.raises(OpcircuitsError, match="input store"):
-        refuse_same_files({"out": tmp_path}, {"store": src})
-    refuse_same_files({"out": tmp_path / "other.jsonl"}, {"in": src, "none": None})
+    with pytest.raises(OpcircuitsError, match="input --store"):
+        refuse_same_files({"out": tmp_path}, {"--store": src})
+    refuse_same_files({"out": tmp_path / "other.jsonl"}, {"--data": src, "--none": None})
 
 
 def test_bytes_that_are_not_utf8_name_the_file_line_and_column(tmp_path):

@@ -67,7 +67,7 @@ def test_analyze_out_a_folder_holding_a_foreign_file_is_refused_before_computing
     out = tmp_path / "analysis"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
-    code, _, err = run_cli("analyze", str(store), "--out", str(out), *FAST)
+    code, _, err = run_cli("analyze", "--store", str(store), "--out", str(out), *FAST)
     assert code == 2
     line = one_error_line(err)
     assert str(out / "notes.txt") in line and "not written by opcircuits" in line
@@ -79,15 +79,15 @@ def test_analyze_out_an_existing_file_is_refused_before_computing(
 ):
     out = tmp_path / "report"
     out.write_text("a file")
-    code, _, err = run_cli("analyze", str(store), "--out", str(out), *FAST)
+    code, _, err = run_cli("analyze", "--store", str(store), "--out", str(out), *FAST)
     assert code == 2 and "exists and is not a folder" in one_error_line(err)
     assert out.read_text() == "a file"
 
 
 def test_analyze_out_the_store_itself_is_refused(store, never_open_the_store):
     before = tree(store)
-    code, _, err = run_cli("analyze", str(store), "--out", str(store), *FAST)
-    assert code == 2 and "would overwrite the input store" in one_error_line(err)
+    code, _, err = run_cli("analyze", "--store", str(store), "--out", str(store), *FAST)
+    assert code == 2 and "would overwrite the input --store" in one_error_line(err)
     assert tree(store) == before
 
 
@@ -95,7 +95,7 @@ def test_disk_full_while_report_html_is_written_leaves_the_previous_analysis(
     store, tmp_path, monkeypatch
 ):
     out = tmp_path / "analysis"
-    code, _, err = run_cli("analyze", str(store), "--out", str(out), *FAST)
+    code, _, err = run_cli("analyze", "--store", str(store), "--out", str(out), *FAST)
     assert code == 0, err
     before = tree(out)
     assert {"analysis_report.json", "ANALYSIS_SUMMARY.md", "report.html"} <= set(before)
@@ -110,7 +110,9 @@ def test_disk_full_while_report_html_is_written_leaves_the_previous_analysis(
 
     monkeypatch.setattr(Path, "write_bytes", full_at_the_html(Path.write_bytes))
     monkeypatch.setattr(Path, "write_text", full_at_the_html(Path.write_text))
-    code, _, err = run_cli("analyze", str(store), "--out", str(out), "--seed", "1", *FAST)
+    code, _, err = run_cli(
+        "analyze", "--store", str(store), "--out", str(out), "--seed", "1", *FAST
+    )
     assert code == 2
     line = one_error_line(err)
     assert line.startswith(f"error: {out / 'report.html'}: no space left on the disk (needs ")
@@ -136,11 +138,11 @@ def test_extract_out_a_store_holding_a_foreign_file_is_refused_before_loading(
         raise AssertionError("the model was loaded before the output was checked")
 
     monkeypatch.setattr("opcircuits.codi.checkpoint.load_codi", fail)
-    code, _, err = run_cli("extract", "--dataset", str(tiny_problems), "--out", str(target))
+    code, _, err = run_cli("extract", "--data", str(tiny_problems), "--out", str(target))
     assert code == 2 and str(target / "parts" / "precious.bin") in one_error_line(err)
     assert tree(target) == before
-    code, _, err = run_cli("extract", "--dataset", str(tiny_problems), "--out", str(tiny_problems))
-    assert code == 2 and "would overwrite the input dataset" in one_error_line(err)
+    code, _, err = run_cli("extract", "--data", str(tiny_problems), "--out", str(tiny_problems))
+    assert code == 2 and "would overwrite the input --data" in one_error_line(err)
 
 
 def _legacy_json(path: Path, n: int = 6, scale: float = 1.0) -> Path:
@@ -165,9 +167,9 @@ def _legacy_json(path: Path, n: int = 6, scale: float = 1.0) -> Path:
 def test_import_legacy_replaces_only_its_own_store_and_whole(tmp_path, monkeypatch):
     src = _legacy_json(tmp_path / "continuous_thoughts_x.json")
     out = tmp_path / "store"
-    code, _, err = run_cli("store", "import-legacy", str(src), "--out", str(out))
+    code, _, err = run_cli("store", "import-legacy", "--store", str(src), "--out", str(out))
     assert code == 0, err
-    code, _, err = run_cli("store", "import-legacy", str(src), "--out", str(out))
+    code, _, err = run_cli("store", "import-legacy", "--store", str(src), "--out", str(out))
     assert code == 2 and "a store already exists here" in one_error_line(err)
     before = tree(out)
 
@@ -178,19 +180,25 @@ def test_import_legacy_replaces_only_its_own_store_and_whole(tmp_path, monkeypat
     _legacy_json(src, scale=2.0)
     with monkeypatch.context() as m:
         m.setattr("opcircuits.store.writer.save_file", full)
-        code, _, err = run_cli("store", "import-legacy", str(src), "--out", str(out), "--overwrite")
+        code, _, err = run_cli(
+            "store", "import-legacy", "--store", str(src), "--out", str(out), "--overwrite"
+        )
     assert code == 2
     assert one_error_line(err).startswith(f"error: {out / 'hidden-00000.safetensors'}: no space")
     assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "continuous_thoughts_x.json",
         "store",
     ]
-    code, _, err = run_cli("store", "import-legacy", str(src), "--out", str(out), "--overwrite")
+    code, _, err = run_cli(
+        "store", "import-legacy", "--store", str(src), "--out", str(out), "--overwrite"
+    )
     assert code == 0 and tree(out) != before, err
 
     (out / "precious.bin").write_bytes(b"mine")
     before = tree(out)
-    code, _, err = run_cli("store", "import-legacy", str(src), "--out", str(out), "--overwrite")
+    code, _, err = run_cli(
+        "store", "import-legacy", "--store", str(src), "--out", str(out), "--overwrite"
+    )
     assert code == 2 and str(out / "precious.bin") in one_error_line(err)
     assert tree(out) == before
 
@@ -213,7 +221,7 @@ def test_new_base_out_a_folder_holding_a_foreign_file_is_refused(tmp_path, gsm8k
     assert code == 2 and str(out / "weights.safetensors") in one_error_line(err)
     assert tree(out) == before
     code, _, err = run_cli(*args, "--out", str(tmp_path))
-    assert code == 2 and "would overwrite the input data" in one_error_line(err)
+    assert code == 2 and "would overwrite the input --data" in one_error_line(err)
 
 
 # --- data commands --------------------------------------------------------------------------------
@@ -223,7 +231,7 @@ def test_new_base_out_a_folder_holding_a_foreign_file_is_refused(tmp_path, gsm8k
 def problems(tmp_path_factory, gsm8k_dir) -> Path:
     """GSM8K's test split as problem records (download from the local copy)."""
     path = tmp_path_factory.mktemp("data") / "gsm8k_full.jsonl"
-    code, _, err = run_cli("data", "download", "--source", str(gsm8k_dir), "--out", str(path))
+    code, _, err = run_cli("data", "download", "--data", str(gsm8k_dir), "--out", str(path))
     assert code == 0, err
     return path
 
@@ -243,23 +251,23 @@ def test_classify_out_its_own_input_is_refused_and_the_input_kept(problems, tmp_
     if spelling == "hardlink":
         os.link(src, out)
     code, _, err = run_cli(
-        "data", "classify", "--in", str(src), "--out", out, "--per-category", "5"
+        "data", "classify", "--data", str(src), "--out", out, "--per-category", "5"
     )
-    assert code == 2 and "would overwrite the input in" in one_error_line(err)
+    assert code == 2 and "would overwrite the input --data" in one_error_line(err)
     assert src.read_bytes() == problems.read_bytes()
 
 
 def test_prototype_out_its_own_input_is_refused(problems, tmp_path):
     sampled = tmp_path / "sampled.jsonl"
     code, _, err = run_cli(
-        "data", "classify", "--in", str(problems), "--out", str(sampled), "--per-category", "10"
+        "data", "classify", "--data", str(problems), "--out", str(sampled), "--per-category", "10"
     )
     assert code == 0, err
     before = sampled.read_bytes()
     code, _, err = run_cli(
-        "data", "prototype", "--in", str(sampled), "--out", str(sampled), "--per-category", "5"
+        "data", "prototype", "--data", str(sampled), "--out", str(sampled), "--per-category", "5"
     )
-    assert code == 2 and "would overwrite the input in" in one_error_line(err)
+    assert code == 2 and "would overwrite the input --data" in one_error_line(err)
     assert sampled.read_bytes() == before
 
 
@@ -267,13 +275,13 @@ def test_bytes_that_are_not_utf8_in_a_problem_file_name_its_line(problems, tmp_p
     lines = problems.read_bytes().splitlines(keepends=True)
     bad = tmp_path / "problems.jsonl"
     bad.write_bytes(b"".join(lines[:2]) + lines[2][:20] + b"\xe9" + lines[2][20:] + lines[3])
-    code, _, err = run_cli("data", "classify", "--in", str(bad), "--out", str(tmp_path / "o"))
+    code, _, err = run_cli("data", "classify", "--data", str(bad), "--out", str(tmp_path / "o"))
     assert code == 2 and one_error_line(err).startswith(
         f"error: {bad}:3: not UTF-8 text: byte 0xe9"
     )
     legacy = tmp_path / "gsm8k_full.json"  # the earlier scripts' JSON list
     legacy.write_bytes(b'[{"id": "test_0", "question": "\xff", "answer": "#### 1"}]')
-    code, _, err = run_cli("data", "classify", "--in", str(legacy), "--out", str(tmp_path / "o"))
+    code, _, err = run_cli("data", "classify", "--data", str(legacy), "--out", str(tmp_path / "o"))
     assert code == 2 and one_error_line(err).startswith(f"error: {legacy}:1: not UTF-8 text")
     assert not (tmp_path / "o").exists()
 
@@ -293,7 +301,7 @@ def test_a_gsm8k_copy_with_bytes_that_are_not_utf8_names_file_and_line(gsm8k_dir
         first = [next(fh) for _ in range(2)]
     src = _gsm8k_copy(gsm8k_dir, tmp_path / "gsm8k", first[0] + first[1][:30] + b"\x80" + first[1])
     out = tmp_path / "full.jsonl"
-    code, _, err = run_cli("data", "download", "--source", str(src), "--out", str(out))
+    code, _, err = run_cli("data", "download", "--data", str(src), "--out", str(out))
     assert code == 2
     line = one_error_line(err)
     assert line.startswith(f"error: {src / 'train.jsonl'}:2: not UTF-8 text: byte 0x80")
@@ -303,10 +311,10 @@ def test_a_gsm8k_copy_with_bytes_that_are_not_utf8_names_file_and_line(gsm8k_dir
 def test_an_empty_gsm8k_copy_is_an_error_not_an_empty_file(gsm8k_dir, tmp_path):
     src = _gsm8k_copy(gsm8k_dir, tmp_path / "gsm8k", train=b"")
     out = tmp_path / "full.jsonl"
-    code, _, err = run_cli("data", "download", "--source", str(src), "--out", str(out))
+    code, _, err = run_cli("data", "download", "--data", str(src), "--out", str(out))
     assert code == 2 and f"no train problems in {src / 'train.jsonl'}" in one_error_line(err)
     (src / "test.jsonl").write_bytes(b"\n")
-    code, _, err = run_cli("data", "download", "--source", str(src), "--out", str(out))
+    code, _, err = run_cli("data", "download", "--data", str(src), "--out", str(out))
     assert code == 2 and "no test problems" in one_error_line(err)
     assert not out.exists()
 
@@ -326,5 +334,5 @@ def test_a_permission_error_anywhere_is_one_line_naming_the_file(tmp_path, monke
         raise PermissionError(errno.EACCES, "Permission denied", str(target))
 
     monkeypatch.setattr("opcircuits.data.gsm8k.download", denied)
-    code, _, err = run_cli("data", "download", "--source", str(tmp_path), "--out", str(target))
+    code, _, err = run_cli("data", "download", "--data", str(tmp_path), "--out", str(target))
     assert code == 2 and one_error_line(err) == f"error: {target}: permission denied"

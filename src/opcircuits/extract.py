@@ -188,7 +188,7 @@ def extract(options: ExtractOptions) -> Path:
     from opcircuits.store import is_store_file
 
     refuse_same_files(
-        {"out": options.out}, {"dataset": options.dataset, "checkpoint": options.checkpoint}
+        {"out": options.out}, {"--data": options.dataset, "--checkpoint": options.checkpoint}
     )
     check_replaceable(options.out, is_store_file)  # never write beside someone else's files
     problems = read_problems(options.dataset)

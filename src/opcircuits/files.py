@@ -214,7 +214,8 @@ def refuse_same_files(
 ) -> None:
     """An output that is one of the inputs (by path, `./x`, symlink or hard link), or a folder
     holding one, would destroy it: an error naming both, before anything is read or written.
-    Keys are the option names; a value may list several paths (an output and its manifest)."""
+    Keys name the options (`--data`); a value may list several paths (an output and its
+    manifest)."""
     for out_name, outs in outputs.items():
         for out in _paths(outs):
             for in_name, ins in inputs.items():

@@ -183,7 +183,7 @@ def download(source: str = "hf", out: Path = DEFAULT_OUT) -> Path:
     if source != "hf":
         folder = Path(source)
         inputs = sorted(folder.glob("*.jsonl")) + sorted(folder.rglob("*.parquet"))
-        refuse_same_files({"out": out}, {"source": [folder, *inputs]})
+        refuse_same_files({"out": out}, {"--data": [folder, *inputs]})
     records = load_hub() if source == "hf" else load_local(source)
     counts = {s: sum(r["split"] == s for r in records) for s in SPLITS}
     log.info(

@@ -178,7 +178,7 @@ def _options_dict(options: Any, out: Path) -> dict[str, Any]:
 def classify(options: ClassifyOptions) -> Path:
     """Label all problems of `options.in_path`, sample per category, write output + manifest."""
     out = classify_out(options)
-    refuse_same_files({"out": [out, manifest_path(out)]}, {"in": options.in_path})
+    refuse_same_files({"out": [out, manifest_path(out)]}, {"--data": options.in_path})
     records = read_problems(options.in_path)
     labelled, distribution = label_all(records)
     log.info("labelled %d problems: %s", distribution["total"], distribution["categories"])
@@ -218,7 +218,7 @@ def prototype(options: PrototypeOptions) -> Path:
     the prototype is drawn step-matched too, so the matching survives.
     """
     out = prototype_out(options)
-    refuse_same_files({"out": [out, manifest_path(out)]}, {"in": options.in_path})
+    refuse_same_files({"out": [out, manifest_path(out)]}, {"--data": options.in_path})
     records = read_problems(options.in_path)
     groups: dict[str, list[dict[str, Any]]] = {c: [] for c in CATEGORIES}
     for rec in records:

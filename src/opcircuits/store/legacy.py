@@ -195,7 +195,7 @@ def import_legacy(options: ImportLegacyOptions) -> Store:
             f"{len(names)} layer names {names} for {len(layers)} layers {layers}", field="layers"
         )
     out = Path(options.out)
-    refuse_same_files({"out": out}, {"file": path})
+    refuse_same_files({"out": out}, {"--store": path})
     if (out / MANIFEST).is_file() and not options.overwrite:
         raise OpcircuitsError(
             "a store already exists here; pass --overwrite or choose another --out", path=out
