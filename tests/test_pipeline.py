@@ -193,6 +193,9 @@ def _interrupt_after_a_new_shard(args: list[str], store: Path, sig: int) -> tupl
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then installs no Ctrl-C
+        # handler; give the child the default disposition a terminal's foreground process has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
