@@ -470,19 +470,16 @@ class Engine:
         )
 
     # -- batches ----------------------------------------------------------------------------
-    def open_batch(
-        self, problems: Sequence[Problem], rows: Sequence[int], room: int = 0, window: bool = True
-    ) -> _Batch:
+    def open_batch(self, problems: Sequence[Problem], rows: Sequence[int], room: int = 0) -> _Batch:
         """Left-pad the prompts, prefill all but bot once, allocate the cache for the loop (and
-        for answer prompts of up to `room` tokens besides the batch's own gold answers; without
-        `window`, only for token-by-token decoding)."""
+        for answer prompts of up to `room` tokens besides the batch's own gold answers)."""
         m = self.model
         prompts = [prompt_ids(m, self.tokenizer, problems[i].question) for i in rows]
         B, T = len(prompts), max(map(len, prompts))
         room = max([room] + [len(self.gold_ids(problems[i].gold)[0]) for i in rows])
-        # Room for the answer: a draft, or a continuation window then the remaining tokens.
-        answer = (2 if window else 1) * self.max_new_tokens + len(self.answer_prefix) + 1
-        extra = self.K + 1 + max(answer, room)
+        # Room for a draft or token-by-token decoding; no more, since attention reads the whole
+        # preallocated cache at every step (a continuation needing more gets a cache of its own).
+        extra = self.K + 1 + max(self.max_new_tokens + len(self.answer_prefix) + 1, room)
         ids = torch.full((B, T), m.pad_id, dtype=torch.long)
         mask = torch.zeros((B, T + extra), dtype=torch.long)
         for i, p in enumerate(prompts):
@@ -592,16 +589,20 @@ class Engine:
             complete.append(len(got) >= self.max_new_tokens or (bool(got) and got[-1] == self.eos))
         return prefixes, complete, scores
 
-    def _subset(self, b: _Batch, keep: Sequence[int], index: int) -> _Batch:
-        """A batch of some rows, with a copy of their first `index` cache positions."""
-        if len(keep) == len(b.rows):
+    def _subset(self, b: _Batch, keep: Sequence[int], index: int, capacity: int = 0) -> _Batch:
+        """A batch of some rows, with a copy of their first `index` cache positions in a cache of
+        at least `capacity` positions (the batch itself when it has all rows and room)."""
+        capacity = max(capacity, b.mask.shape[1])
+        if len(keep) == len(b.rows) and capacity == b.mask.shape[1]:
             return b
         r = torch.tensor(list(keep), device=self.device)
-        cache = _new_cache(self.model, b.mask.shape[1])
+        cache = _new_cache(self.model, capacity)
         for layer in range(self.n_layers):
             k, v = _layer_kv(b.cache, layer)
             cache.update(k[r, :, :index].contiguous(), v[r, :, :index].contiguous(), layer)
-        return _Batch([b.rows[i] for i in keep], cache, b.mask[r], b.last[r], b.T)
+        mask = b.mask.new_ones((len(keep), capacity))
+        mask[:, : b.mask.shape[1]] = b.mask[r]
+        return _Batch([b.rows[i] for i in keep], cache, mask, b.last[r], b.T)
 
     def _greedy(self, b: _Batch, index: int, known: Sequence[list[int]]) -> list[list[int]]:
         """Greedy decoding after the answer prompt, each row continuing from its `known` first
@@ -696,8 +697,11 @@ class Engine:
         self.stats["continued"] += sum(bool(known[i]) for i in todo)
         self.stats["decoded"] += sum(not known[i] for i in todo)
         if todo:
-            sub = self._subset(b, todo, index)
-            rest = self._greedy(sub, index, [known[i] for i in todo])
+            start = [known[i] for i in todo]
+            # The window (answer prompt + longest known start), then the shortest one's rest.
+            need = len(P) + max(map(len, start)) + self.max_new_tokens - min(map(len, start))
+            sub = self._subset(b, todo, index, index + need)
+            rest = self._greedy(sub, index, start)
             for i, ids in zip(todo, rest, strict=True):
                 known[i] = ids
         return [Answer(known[i], logp_gold[i], logp_source[i]) for i in range(B)]
@@ -823,7 +827,7 @@ def run_interventions(
     with engine:
         for rows in batches:
             ref_rows = [reference.index[problems[i].id] for i in rows]
-            b = engine.open_batch(problems, rows, room, window=not naive)
+            b = engine.open_batch(problems, rows, room)
             with _one_query_attention(engine.model):
                 engine.run_clean(b, reference.layers)
                 gold = [engine.gold_ids(problems[i].gold) for i in rows]
@@ -877,7 +881,7 @@ def _run_one(
         edits.setdefault(site.step, {})[site.layer] = edit
     start = iv.start(K)
     if naive:  # the whole loop again: the prompt, then every step
-        b = engine.open_batch(problems, rows, room, window=False)
+        b = engine.open_batch(problems, rows, room)
         start = 0
     layers = reference.layers if record else None
     recorded = engine.latents(b, start, thoughts, edits, layers)[1] if start <= thoughts else []
