@@ -46,6 +46,7 @@ from opcircuits.options import (
     ExtractOptions,
     Group,
     ImportLegacyOptions,
+    InterveneOptions,
     NewBaseOptions,
     PrototypeOptions,
     StoreInfoOptions,
@@ -193,6 +194,21 @@ add_command(store_app, "import-legacy", store_import_legacy, Group(ImportLegacyO
 add_command(store_app, "info", store_info, Group(StoreInfoOptions))
 add_command(store_app, "verify", store_verify, Group(StoreVerifyOptions))
 add_command(app, "analyze", analyze_cmd, Group(AnalyzePaths), Group(AnalyzeOptions))
+
+
+def intervene_cmd(options: InterveneOptions) -> None:
+    """Causal tests: ablate, resample, patch and steer the thoughts, or think less; measure the
+    answers. Writes interventions.parquet, interventions.json and figures into --out."""
+    from opcircuits.intervene import intervene
+
+    path = intervene(options)
+    result = json.loads(path.read_text(encoding="utf-8"))
+    for sentence in result["findings"]["sentences"]:
+        typer.echo(sentence)
+    typer.echo(f"wrote {path}")
+
+
+add_command(app, "intervene", intervene_cmd, Group(InterveneOptions))
 
 
 # --- run -----------------------------------------------------------------------------------------

@@ -178,3 +178,196 @@ def excludes_zero(ci: list[float | None]) -> bool:
     """Whether an interval lies wholly on one side of 0 (a detected effect)."""
     lo, hi = ci
     return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
+METHODS = {
+    "effects": "Per intervention and category: the mean over problems of the clean run's value "
+    "minus the intervened run's on the same problem (accuracy drop, gold-answer log-prob drop), "
+    "the share of answers that changed, and for patching the share that became the source's "
+    "gold answer; 95% percentile bootstrap intervals over problems, resampled within category, "
+    "the same resamples for every intervention.",
+    "interactions": "Effect on category a minus effect on category b, with the bootstrap "
+    "interval of that difference (categories resampled independently): an operation-specific "
+    "effect is one whose interval excludes 0.",
+    "log_prob": "log p of the gold answer's value tokens and EOS, teacher-forced after the "
+    "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
+    "eos.",
+    "multiple_tests": "A sweep makes many comparisons: at 95%, about 2.5% of intervals exclude "
+    "0 on each side by chance when nothing has an effect; the findings give those counts.",
+}
+
+VERB = {
+    "zero": "Zero-ablating",
+    "mean": "Mean-ablating",
+    "resample": "Resampling",
+    "patch": "Patching the partner's state into",
+}
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    s = f"{x:.{digits}f}"
+    if s.startswith("-") and float(s) == 0:
+        s = s[1:]
+    return s.replace("-", "−")
+
+
+def _ci(ci: list[float | None]) -> str:
+    return f"CI {_f(ci[0])}…{_f(ci[1])}"
+
+
+def _cat(name: str) -> str:
+    return "all problems" if name == ALL else name.replace("_", " ")
+
+
+def _site(e: dict[str, Any]) -> str:
+    return f"{e['position']} at layer {e['layer']}"
+
+
+def findings(result: dict[str, Any]) -> dict[str, Any]:
+    """The "Causal tests" section: sentences computed from interventions.json's numbers."""
+    eff = result["effects"]
+    pooled = [e for e in eff if e["category"] == ALL]
+    clean = result["clean"][ALL]
+    s: list[str] = []
+    per_cat = "; ".join(
+        f"{_cat(c)} {_f(result['clean'][c]['accuracy'])}" for c in result["categories"]
+    )
+    s.append(
+        f"Clean run: the model answers {_f(clean['accuracy'])} of the {clean['n']} problems "
+        f"correctly (Wilson {_ci(clean['ci'])}; {per_cat})."
+    )
+    if clean["accuracy"] is not None and clean["accuracy"] < 0.05:
+        s.append(
+            "With so few correct answers, accuracy can hardly drop: expect no accuracy effects; "
+            "the gold answer's log-probability is the measure that can still move."
+        )
+
+    curve = sorted(
+        (t for t in result.get("thoughts", []) if t["category"] == ALL), key=lambda t: t["thoughts"]
+    )
+    trunc = sorted((e for e in pooled if e["kind"] == "truncate"), key=lambda e: e["thoughts"])
+    if trunc and curve:
+        points = ", ".join(f"{t['thoughts']}: {_f(t['accuracy'])}" for t in curve)
+        s.append(f"Accuracy by number of thoughts kept ({result['num_latent']} = all): {points}.")
+        zero = trunc[0]
+        if excludes_zero(zero["drop_ci"]):
+            verdict = "lowers" if zero["drop"] > 0 else "raises"
+        else:
+            verdict = "does not detectably change"
+        s.append(
+            f"Going from {result['num_latent']} thoughts to {zero['thoughts']} {verdict} "
+            f"accuracy (drop {_f(zero['drop'])}, {_ci(zero['drop_ci'])}; gold log-prob drop "
+            f"{_f(zero['logp_drop'])}, {_ci(zero['logp_drop_ci'])})."
+        )
+
+    single = [e for e in pooled if e["kind"] in ABLATIONS and e.get("position") is not None]
+    if single:
+        hits = sorted(
+            (e for e in single if e["drop_ci"][0] is not None and e["drop_ci"][0] > 0),
+            key=lambda e: -e["drop"],
+        )
+        chance = 0.025 * len(single)
+        if hits:
+            for e in hits[:3]:
+                s.append(
+                    f"{VERB[e['kind']]} {_site(e)} lowers accuracy by {_f(e['drop'])} "
+                    f"({_ci(e['drop_ci'])}; answers changed {_f(e['changed'])})."
+                )
+            s.append(
+                f"{len(hits)} of {len(single)} single-site ablations lower accuracy with an "
+                f"interval above 0 (about {_f(chance, 1)} would by chance if none mattered)."
+            )
+        else:
+            big = max(single, key=lambda e: abs(e["drop"] or 0))
+            s.append(
+                f"No single-site ablation changed accuracy by more than {_f(abs(big['drop']))}, "
+                f"and none detectably (largest: {VERB[big['kind']].lower()} {_site(big)}, "
+                f"{_f(big['drop'])}, {_ci(big['drop_ci'])})."
+            )
+        lp = [e for e in single if e["logp_drop"] is not None]
+        if lp:
+            top = max(lp, key=lambda e: e["logp_drop"])
+            n_lp = sum(
+                1 for e in lp if e["logp_drop_ci"][0] is not None and e["logp_drop_ci"][0] > 0
+            )
+            s.append(
+                f"The gold answer's log-probability drops most when {VERB[top['kind']].lower()} "
+                f"{_site(top)} ({_f(top['logp_drop'])} nats, {_ci(top['logp_drop_ci'])}); "
+                f"{n_lp} of {len(lp)} single-site ablations lower it with an interval above 0."
+            )
+
+    patch = [e for e in pooled if e["kind"] == "patch" and e["follows_source"] is not None]
+    if patch:
+        best = max(patch, key=lambda e: e["follows_source"])
+        where = _site(best) if best.get("position") else best["intervention"]
+        s.append(
+            f"Patching a counterfactual partner's state makes the model give the partner's "
+            f"answer in at most {_f(best['follows_source'])} of problems ({where}, "
+            f"{_ci(best['follows_source_ci'])}; {best['n']} problems with a partner)."
+        )
+
+    tested = [
+        x
+        for x in result["interactions"]
+        if any(
+            e["intervention"] == x["intervention"] and e["kind"] in (*ABLATIONS, "patch")
+            for e in pooled
+        )
+    ]
+    if tested:
+        by_label = {(e["intervention"], e["category"]): e for e in eff}
+        hits = sorted(
+            (x for x in tested if excludes_zero(x["drop_ci"])), key=lambda x: -abs(x["drop"])
+        )
+        for x in hits[:3]:
+            a, b = by_label[x["intervention"], x["a"]], by_label[x["intervention"], x["b"]]
+            hi, lo = (a, b) if x["drop"] > 0 else (b, a)
+            lo_ci, hi_ci = x["drop_ci"]
+            diff_ci = [lo_ci, hi_ci] if x["drop"] > 0 else [-hi_ci, -lo_ci]  # larger − smaller
+            what = (
+                f"{VERB[a['kind']]} {_site(a)}" if a.get("position") else f"`{x['intervention']}`"
+            )
+            s.append(
+                f"{what} lowers accuracy on {_cat(hi['category'])} by {_f(hi['drop'])} "
+                f"({_ci(hi['drop_ci'])}) and on {_cat(lo['category'])} by {_f(lo['drop'])} "
+                f"({_ci(lo['drop_ci'])}); the difference, {_f(abs(x['drop']))} "
+                f"({_ci(diff_ci)}), is operation-specific."
+            )
+        chance = 0.05 * len(tested)
+        if hits:
+            s.append(
+                f"{len(hits)} of {len(tested)} category-pair comparisons of accuracy drops "
+                f"exclude 0 (about {_f(chance, 1)} would by chance)."
+            )
+        else:
+            s.append(
+                f"No effect is operation-specific: none of {len(tested)} category-pair "
+                "comparisons of accuracy drops has an interval excluding 0."
+            )
+
+    steer = [e for e in pooled if e["kind"] == "steer" and e["alpha"] is not None]
+    if steer:
+        amax = max(abs(e["alpha"]) for e in steer)
+        for e in sorted(steer, key=lambda e: (e["direction"] != "diff", e["alpha"])):
+            if abs(e["alpha"]) != amax or e["direction"] != "diff":
+                continue
+            ctrl = next(
+                (r for r in steer if r["direction"] == "random" and r["alpha"] == e["alpha"]
+                 and r["sites"] == e["sites"]),
+                None,
+            )  # fmt: skip
+            text = (
+                f"Steering {e['sites']} by α = {_f(e['alpha'], 1)} along the category direction "
+                f"changes {_f(e['changed'])} of answers (accuracy drop {_f(e['drop'])}, "
+                f"{_ci(e['drop_ci'])})"
+            )
+            if ctrl is not None:
+                text += (
+                    f"; a random direction of the same length changes {_f(ctrl['changed'])} "
+                    f"(drop {_f(ctrl['drop'])}, {_ci(ctrl['drop_ci'])})"
+                )
+            s.append(text + ".")
+    return {"title": "Causal tests", "sentences": s}

@@ -1,8 +1,8 @@
 """Every option of every command, declared once (torch-free and cheap to import).
 
 One class per command, in `data.py` (data commands), `experiment.py` (extract, stores, analyze,
-run) and `codi.py` (train, new-base, evaluate), built from `core.py`; all are importable from
-here: `from opcircuits.options import ExtractOptions`.
+intervene, run) and `codi.py` (train, new-base, evaluate), built from `core.py`; all are
+importable from here: `from opcircuits.options import ExtractOptions`.
 
 Each option is a dataclass field: its default, its help text (`metadata["help"]`) and its limits
 (`metadata["min"]`, `metadata["choices"]`) live here, and `__post_init__` checks them, raising
@@ -17,7 +17,7 @@ Metadata keys a field may carry (all but `help` optional):
 - `flag`: the command-line name when it differs from the field name (`in_path` → `--data`).
 - `aliases`: old spellings kept working but hidden from `--help` (`--dataset`, `--in`); a name
   without dashes (`STORE`) is a hidden positional argument.
-- `list`: the item type of a list option (`int` or `str`): `--layers 4,8,14` and
+- `list`: the item type of a list option (`int`, `float` or `str`): `--layers 4,8,14` and
   `--layers 4 --layers 8 --layers 14` mean the same, parsed by `split_list` (`"all"` → every).
 - `all`: the list option also accepts "all" (kept as the string "all").
 - `example`: the value `experiment.toml` shows, commented out, for an option unset by default.
@@ -59,6 +59,7 @@ from opcircuits.options.experiment import (
     AnalyzePaths,
     ExtractOptions,
     ImportLegacyOptions,
+    InterveneOptions,
     RunOptions,
     StoreInfoOptions,
     StoreVerifyOptions,
@@ -81,6 +82,7 @@ __all__ = [
     "ExtractOptions",
     "Group",
     "ImportLegacyOptions",
+    "InterveneOptions",
     "NewBaseOptions",
     "PrototypeOptions",
     "RunOptions",

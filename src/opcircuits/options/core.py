@@ -56,7 +56,7 @@ def split_list(
     value: str | Sequence[Any] | None, *, item: type = int, field: str | None = None
 ) -> list[Any] | None:
     """The one parser of list options: "4,8,14", ["4,8", "14"] (repeated flags) or [4, 8, 14]
-    → [4, 8, 14]; None, "" and "all" → None (every one). Items are `item` (int or str)."""
+    → [4, 8, 14]; None, "" and "all" → None (every one). Items are `item` (int, float or str)."""
     if value is None:
         return None
     parts = [value] if isinstance(value, str) else list(value)
@@ -79,6 +79,17 @@ def split_list(
                     raise OpcircuitsError(
                         f"expected comma-separated integers or 'all', got {value!r}", field=field
                     ) from None
+            elif item is float:
+                try:
+                    if isinstance(piece, bool):
+                        raise ValueError
+                    piece = float(piece)
+                except ValueError:
+                    raise OpcircuitsError(
+                        f"expected comma-separated numbers, got {value!r}", field=field
+                    ) from None
+                if not math.isfinite(piece):
+                    raise OpcircuitsError(f"must be finite numbers, got {value!r}", field=field)
             elif not isinstance(piece, str):
                 raise OpcircuitsError(f"expected names, got {value!r}", field=field)
             out.append(piece)

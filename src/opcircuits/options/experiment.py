@@ -1,5 +1,5 @@
-"""Options of the experiment's stages: `extract`, `store import-legacy|info|verify`, `analyze` and
-`run` (whose config tables reuse the data, extract and analyze classes)."""
+"""Options of the experiment's stages: `extract`, `store import-legacy|info|verify`, `analyze`,
+`intervene` and `run` (whose config tables reuse the data, extract and analyze classes)."""
 
 from __future__ import annotations
 
@@ -180,6 +180,95 @@ class StoreVerifyOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+# --- causal tests ------------------------------------------------------------------------------
+
+INTERVENTION_KINDS = ("zero", "mean", "resample", "patch", "steer", "truncate")
+
+
+@dataclass
+class InterveneOptions:
+    """`opcircuits intervene` (and the [intervene] table of `opcircuits run`)."""
+
+    data: Path = opt(
+        aliases=("--dataset",),
+        help="Problem file: JSONL from the data commands (e.g. opcircuits data synth), or the "
+        "earlier scripts' JSON.",
+    )
+    out: Path = opt(
+        help="Output folder: interventions.parquet, interventions.json, figures; rerunning the "
+        "same command resumes it."
+    )
+    model: str = opt("demo", help=HELP_MODEL + " The default, demo, ships with the package.")
+    checkpoint: Path | None = opt(None, help="Local CODI checkpoint folder (as for extract).")
+    base: str | None = opt(
+        None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
+    )
+    kinds: str | list[str] = opt(
+        list(INTERVENTION_KINDS),
+        list=str,
+        help="Interventions: zero, mean, resample (another problem's state), patch (the "
+        "partner's state; skipped without partners), steer, truncate (fewer thoughts).",
+    )
+    sites: str = opt(
+        "all",
+        help="Sites of zero/mean/resample/patch: POS@LAYER items, comma-separated; POS = bot, "
+        "latent_k, latents (all at once) or * (each); LAYER = a number, * (each) or all (all at "
+        "once); 'all' = every single site; '+' joins sites into one intervention.",
+    )
+    steer_sites: str | None = opt(
+        None,
+        example="latents@8",
+        help="Sites steered (same syntax; default: every latent step at once, at the middle "
+        "layer).",
+    )
+    alphas: str | list[float] = opt(
+        [-2.0, -1.0, -0.5, 0.5, 1.0, 2.0],
+        list=float,
+        help="Steering strengths, in units of the site's mean state norm.",
+    )
+    steer_categories: str | list[str] | None = opt(
+        None,
+        list=str,
+        example="pure_addition,pure_multiplication",
+        help="A,B: steer along the direction from category A's mean state to B's (default "
+        "pure_addition,pure_multiplication when present).",
+    )
+    pairs: Path | None = opt(
+        None,
+        example="data/synth.pairs.jsonl",
+        help="Counterfactual partners for patching: records sharing a problem's pair_id "
+        "(default: <data>.pairs.jsonl beside the data, if any; pairs inside the data file are "
+        "used too).",
+    )
+    patch_map: Path | None = opt(
+        None,
+        example="patch_sources.json",
+        help="JSON object {problem id: source id} choosing each problem's patch source among "
+        "the data and the partners (instead of pair_id).",
+    )
+    seed: int = opt(0, help="Seed of the resample draws, the random direction and the bootstrap.")
+    bootstrap: int = opt(2000, min=100, help="Bootstrap resamples of every interval.")
+    batch_size: int = opt(32, min=1, help="Problems per forward pass (results do not change).")
+    max_new_tokens: int = opt(
+        DEFAULT_MAX_NEW_TOKENS, min=1, help="Answer tokens decoded at most (stops at EOS)."
+    )
+    shard_size: int = opt(
+        64, min=1, help="Problems per saved part: the unit in which a sweep resumes."
+    )
+    dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
+    device: str = opt("auto", help=HELP_DEVICE)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        bad = [k for k in self.kinds if k not in INTERVENTION_KINDS]  # type: ignore[union-attr]
+        if bad:
+            raise OpcircuitsError(
+                f"unknown {bad}; kinds are {', '.join(INTERVENTION_KINDS)}", field="kinds"
+            )
+        if self.steer_categories is not None and len(self.steer_categories) != 2:
+            raise OpcircuitsError("give two categories, A,B", field="steer_categories")
 
 
 # --- the whole experiment ----------------------------------------------------------------------
