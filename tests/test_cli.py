@@ -40,10 +40,10 @@ def test_user_error_is_one_line_naming_the_field():
 
 # --- the same names for the same things in every command -----------------------------------------
 
-MODEL_COMMANDS = {"extract", "run", "evaluate"}  # commands that run a CODI model
+MODEL_COMMANDS = {"extract", "run", "evaluate", "intervene"}  # commands that run a CODI model
 DATA_IN = {
     "data download", "data classify", "data prototype", "extract", "run", "train", "evaluate",
-    "new-base",
+    "new-base", "intervene",
 }  # fmt: skip
 STORE_IN = {"analyze", "store info", "store verify", "store import-legacy", "run"}
 OLD_SPELLINGS = {"--dataset", "--in", "--source", "--input", "--output", "--out-dir"}
