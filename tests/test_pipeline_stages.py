@@ -186,7 +186,8 @@ def test_headline_reads_the_report_contract():
                 "ci_low": 0.7,
                 "ci_high": 0.9,
                 "p_value": 0.005,
-                "selectivity": {
+                "p_family": 0.01,
+                "gain_over_baseline": {
                     "control": "question_text",
                     "value": 0.25,
                     "ci_low": 0.1,
@@ -201,8 +202,9 @@ def test_headline_reads_the_report_contract():
         "model": {"answer_accuracy": [{"category": "all", "n": 60, "correct": 6, "accuracy": 0.1}]},
     }
     assert headline(report) == [
-        "best probe: logreg on mean: accuracy 0.800 (95% CI 0.700 to 0.900), permutation p = 0.005",
-        "selectivity vs the best control (question_text): +0.250 (95% CI +0.100 to +0.400)",
+        "best probe: logreg on mean: accuracy 0.800 (95% CI 0.700 to 0.900), "
+        "family-wise permutation p = 0.01",
+        "gain over the best control (question_text): +0.250 (95% CI +0.100 to +0.400)",
         "best control: question_text: accuracy 0.550 (95% CI 0.500 to 0.600)",
         "best token x layer cell: latent_1 @ layer 8: 0.750",
         "model answer accuracy: 0.100 (6/60)",

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opcircuits.analysis.analyze import AnalyzeOptions, analyze
-from opcircuits.report import findings, num, render_html, render_markdown, write_reports
+from opcircuits.analysis.analyze import analyze
+from opcircuits.analysis.inference import decide
+from opcircuits.findings import headline_probe
+from opcircuits.options import AnalyzeOptions
+from opcircuits.report import findings, headline, num, render_html, render_markdown, write_reports
 from opcircuits.store import write_store
 
 
@@ -51,45 +54,81 @@ def _text(rep: dict) -> str:
 
 
 def _best_main(rep: dict) -> dict:
-    main = [p for p in rep["probes"] if p["view_kind"] == "main"]
-    return max(main, key=lambda p: (p["accuracy"], -main.index(p)))
+    return headline_probe(rep)
+
+
+def _with_claims(rep: dict, **families: list[tuple[str, float]]) -> dict:
+    """The report with an `inference` section decided from the given families' p-values."""
+    primary = families.pop("decoding", [])
+    fam = lambda name, ms: {  # noqa: E731
+        "family": name,
+        "members": [{"name": n, "p_value": p} for n, p in ms],
+    }
+    rep["inference"] = decide(fam("decoding", primary), [fam(k, v) for k, v in families.items()])
+    return rep
 
 
 def test_verdict_against_text_control_follows_the_interval(report: tuple[dict, Path]) -> None:
     rep = copy.deepcopy(report[0])
     best = _best_main(rep)
-    best["selectivity_vs"]["question_text"] = {"value": 0.02, "ci_low": -0.03, "ci_high": 0.07}
-    assert "does not beat the question-text control (accuracy " in _text(rep)
-    assert "selectivity 0.02, CI −0.03…0.07" in _text(rep)
-    best["selectivity_vs"]["question_text"] = {"value": 0.2, "ci_low": 0.1, "ci_high": 0.3}
-    assert "It beats the question-text control" in _text(rep)
-    best["selectivity_vs"]["question_text"] = {"value": -0.2, "ci_low": -0.3, "ci_high": -0.1}
-    assert "It is worse than the question-text control" in _text(rep)
+    gain = {"value": 0.02, "ci_low": -0.03, "ci_high": 0.07, "p_value": 0.3}
+    best["gain_vs"]["question_text"] = gain
+    assert "does not outperform a TF-IDF classifier of the question (accuracy " in _text(rep)
+    assert "gain 0.02, CI −0.03…0.07, p = 0.300 uncorrected" in _text(rep)
+    best["gain_vs"]["question_text"] = {**gain, "value": 0.2, "ci_low": 0.1, "ci_high": 0.3}
+    assert "It outperforms a TF-IDF classifier of the question" in _text(rep)
 
 
-def test_conclusion_depends_on_selectivity(report: tuple[dict, Path]) -> None:
+def test_conclusion_follows_the_claims_only(report: tuple[dict, Path]) -> None:
     rep = copy.deepcopy(report[0])
+    best = _best_main(rep)
+    name = f"{best['probe']}:{best['view']}"
+    # Permutations off: nothing is claimed, whatever the intervals say.
     for p in rep["probes"]:
-        p["selectivity"]["ci_low"] = -0.1
-    assert "do not show that the thoughts encode" in _text(rep)
-    _best_main(rep)["selectivity"]["ci_low"] = 0.05
+        p["gain_over_baseline"].update(ci_low=0.1, value=0.3)
+    assert "No permutation test was run" in _text(rep)
+    assert "So these data do not show that the thoughts encode" in _text(rep)
+    # Decoding claimed, nothing beyond the strongest control.
+    _with_claims(rep, decoding=[(name, 0.01)], beyond_baseline=[(name, 0.2)])
     text = _text(rep)
-    assert "1 of 12 probes on the main views beat" in text
-    assert "carry operation-category information beyond" in text
+    assert "carry operation-category information, but not demonstrably beyond" in text
+    assert "0 of 12 main-view probes beat the strongest baseline control" in text
+    # Both claimed.
+    _with_claims(rep, decoding=[(name, 0.01)], beyond_baseline=[(name, 0.001)])
+    text = _text(rep)
+    assert "carry operation-category information, beyond what the" in text
+    assert "1 of 12 main-view probes beat the strongest baseline control" in text
+    # A secondary effect is never claimed while the decoding test fails (the gate).
+    _with_claims(rep, decoding=[(name, 0.2)], beyond_baseline=[(name, 0.001)])
+    assert "0 of 12 main-view probes beat" in _text(rep)
+    assert rep["inference"]["claims"] == []
 
 
 def test_clustering_and_similarity_wording(report: tuple[dict, Path]) -> None:
     rep = copy.deepcopy(report[0])
-    rep["clustering"][0]["silhouette"] = 0.4
-    rep["clustering"][1]["silhouette"] = 0.15
-    rep["clustering"][2]["silhouette"] = 0.01
+    for r, sil in zip(rep["clustering"], (0.6, 0.3, 0.1), strict=False):
+        r["silhouette"] = sil
     text = _text(rep)
-    assert "clear clusters" in text and "weak clusters" in text and "no cluster structure" in text
+    assert "reasonable structure" in text and "weak structure" in text
+    assert "no substantial structure" in text
     sim = next(s for s in rep["similarity"] if s["view"] == "mean")
-    sim["centred"].update(p_value=0.01, difference=0.1, within=0.2, between=0.1)
+    sim["centred"].update(p_value=0.001, difference=0.1, within=0.2, between=0.1)
+    sim["raw"]["mean_direction_share"] = 0.1
+    assert "same-category thoughts are not detectably more similar" in _text(rep)
+    assert "dominated" not in _text(rep)
+    _with_claims(rep, decoding=[("logreg:mean", 0.01)], similarity=[("mean", 0.001)])
     assert "same-category thoughts are more similar" in _text(rep)
-    sim["centred"].update(p_value=0.4)
-    assert "not detectably more similar" in _text(rep)
+    sim["raw"]["mean_direction_share"] = 0.8
+    assert "80% of the thoughts' squared norm lies along their mean direction, so raw" in _text(rep)
+
+
+def test_headline_reads_the_report(report: tuple[dict, Path]) -> None:
+    rep = copy.deepcopy(report[0])
+    best = _best_main(rep)
+    lines = headline(rep)
+    assert lines[0].startswith(f"best probe: {best['probe']} on {best['view']}: accuracy ")
+    assert lines[1].startswith(f"gain over the best control ({rep['best_control']}): ")
+    assert lines[-1] == "claims at family-wise alpha 0.05: 0"
 
 
 def test_rendering_from_json_alone(report: tuple[dict, Path], tmp_path: Path) -> None:

@@ -221,12 +221,20 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         merge=options.merge,
     )
     src = model.source
+    name = src.name
+    if options.reinit is not None:
+        from opcircuits.codi.reinit import reinitialize
+
+        # The random-model baseline; its own model name keeps it from resuming a trained store.
+        reinitialize(model, options.reinit)
+        name = f"{src.name} (re-initialized, seed {options.reinit})"
     layers = parse_layers(options.layers, model.num_layers, src.config.layers)
     # Before any work: a question beyond the model's positions is an error naming its id.
     check_lengths(model, tokenizer, [p["question"] for p in problems], [p["id"] for p in problems])
     K = model.config.num_latent
     manifest = {
-        "model": src.name,
+        "model": name,
+        "reinit": options.reinit,
         "checkpoint": src.checkpoint,
         "weights_sha256": sha256_file(src.weights_path),
         "base": src.base,

@@ -143,8 +143,41 @@ def build_stages(config: ResolvedConfig, run_dir: Path) -> tuple[list[Stage], Pa
         store_opt = t["run"]["store"]
         store = Path(store_opt) if store_opt is not None else run_dir / STORE_DIR
         stages.append(_extract_stage(t["extract"], dataset, store, run_dir))
-    stages.append(_analyze_stage(t["analyze"], store, analysis_dir))
+    baselines: dict[str, Path] = {}
+    if config.mode == "full":
+        more, baselines = _baseline_stages(t, download.outputs["problems"], dataset, run_dir)
+        stages += more
+    stages.append(_analyze_stage(t["analyze"], store, analysis_dir, baselines))
     return stages, store, analysis_dir
+
+
+def _baseline_stages(
+    t: dict[str, dict[str, Any]], problems: Path, dataset: Path, run_dir: Path
+) -> tuple[list[Stage], dict[str, Path]]:
+    """full: what the analysis compares the thoughts with — a step-matched sample (unless the
+    main sample is matched already) and the same problems through the same architecture with
+    re-initialized weights (seeded by the analysis seed), each extracted into its own store."""
+    stages: list[Stage] = []
+    stores: dict[str, Path] = {}
+    if not t["data"].get("match_steps"):
+        matched = _classify_stage(t["data"], problems, run_dir / DATA_DIR, matched=True)
+        stores["matched_store"] = run_dir / "store_matched"
+        stages += [
+            matched,
+            _extract_stage(
+                t["extract"],
+                matched.outputs["samples"],
+                stores["matched_store"],
+                run_dir,
+                name="extract_matched",
+            ),
+        ]
+    stores["random_store"] = run_dir / "store_random"
+    reinit = {**t["extract"], "reinit": t["analyze"].get("seed", 0)}
+    stages.append(
+        _extract_stage(reinit, dataset, stores["random_store"], run_dir, name="extract_random")
+    )
+    return stages, stores
 
 
 def _given_store(store_opt: Any, run_dir: Path) -> tuple[list[Stage], Path]:
@@ -213,7 +246,9 @@ def _synth_stage(data: dict[str, Any], data_dir: Path) -> Stage:
     )
 
 
-def _classify_stage(data: dict[str, Any], problems: Path, data_dir: Path) -> Stage:
+def _classify_stage(
+    data: dict[str, Any], problems: Path, data_dir: Path, *, matched: bool = False
+) -> Stage:
     from opcircuits.data.sampling import classify
     from opcircuits.options import ClassifyOptions
 
@@ -222,10 +257,13 @@ def _classify_stage(data: dict[str, Any], problems: Path, data_dir: Path) -> Sta
         for k, v in data.items()
         if not k.startswith(("prototype_", "synth_")) and k != "source"
     }
-    samples = data_dir / f"operation_samples_{values.get('per_category', 200)}.jsonl"
+    tag = "matched_" if matched else ""
+    if matched:  # every category with the same n_steps histogram, as many as the data allow
+        values = {**values, "match_steps": True, "allow_fewer": True}
+    samples = data_dir / f"operation_samples_{tag}{values.get('per_category', 200)}.jsonl"
     opts = _make(ClassifyOptions, {**values, "in_path": problems, "out": samples})
     return Stage(
-        name="classify",
+        name="classify_matched" if matched else "classify",
         action=lambda: classify(opts),
         inputs={"problems": problems},
         options=values,
@@ -253,7 +291,9 @@ def _prototype_stage(data: dict[str, Any], samples: Path, data_dir: Path) -> Sta
     )
 
 
-def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: Path) -> Stage:
+def _extract_stage(
+    values: dict[str, Any], dataset: Path, store: Path, run_dir: Path, *, name: str = "extract"
+) -> Stage:
     from opcircuits.extract import extract
     from opcircuits.options import ExtractOptions
 
@@ -274,7 +314,7 @@ def _extract_stage(values: dict[str, Any], dataset: Path, store: Path, run_dir: 
             remove_store(store)
 
     return Stage(
-        name="extract",
+        name=name,
         action=lambda: extract(opts),
         inputs={"dataset": dataset, **model_inputs(values)},
         options={
@@ -302,17 +342,23 @@ def _import_stage(legacy: Path, store: Path) -> Stage:
     )
 
 
-def _analyze_stage(values: dict[str, Any], store: Path, analysis_dir: Path) -> Stage:
+def _analyze_stage(
+    values: dict[str, Any],
+    store: Path,
+    analysis_dir: Path,
+    baselines: dict[str, Path] | None = None,
+) -> Stage:
     from opcircuits.analysis.analyze import analyze
     from opcircuits.options import AnalyzeOptions
 
-    opts = _make(AnalyzeOptions, values)
+    baselines = baselines or {}
+    opts = _make(AnalyzeOptions, {**values, **baselines})
     return Stage(
         name="analyze",
         # analyze() writes a scratch folder and swaps it in whole: never a half report, and it
         # refuses to replace a folder holding files it did not write.
         action=lambda: analyze(store, analysis_dir, opts),
-        inputs={"store": store},
+        inputs={"store": store, **baselines},
         options={k: v for k, v in values.items() if k not in JOBS_ONLY},
         outputs={"analysis": analysis_dir},
         settings={k: v for k, v in values.items() if k in JOBS_ONLY},

@@ -81,21 +81,22 @@ def _with_ci(value: float, entry: dict[str, Any], sign: str = "") -> str:
 
 def headline(report: dict[str, Any]) -> list[str]:
     """The few numbers printed at the end of a run, read from analysis_report.json."""
+    from opcircuits.findings import headline_probe
+
     lines: list[str] = []
     probes = [p for p in report.get("probes", []) if _is_number(p.get("accuracy"))]
-    main = [p for p in probes if p.get("view_kind", "main") == "main"] or probes
-    if main:
-        best = max(main, key=lambda p: p["accuracy"])
+    best = headline_probe({**report, "probes": probes}) if probes else None
+    if best is not None:
         text = f"best probe: {best.get('probe')} on {best.get('view')}: accuracy "
         text += _with_ci(best["accuracy"], best)
-        if _is_number(best.get("p_value")):
-            text += f", permutation p = {best['p_value']:.3g}"
+        if _is_number(best.get("p_family")):
+            text += f", family-wise permutation p = {best['p_family']:.3g}"
         lines.append(text)
-        sel = best.get("selectivity")
-        if isinstance(sel, dict) and _is_number(sel.get("value")):
+        gain = best.get("gain_over_baseline")
+        if isinstance(gain, dict) and _is_number(gain.get("value")):
             lines.append(
-                f"selectivity vs the best control ({sel.get('control')}): "
-                + _with_ci(sel["value"], sel, "+")
+                f"gain over the best control ({gain.get('control')}): "
+                + _with_ci(gain["value"], gain, "+")
             )
     controls = [c for c in report.get("controls", []) if _is_number(c.get("accuracy"))]
     if controls:
@@ -114,4 +115,10 @@ def headline(report: dict[str, Any]) -> list[str]:
             lines.append(
                 f"model answer accuracy: {a['accuracy']:.3f} ({a.get('correct')}/{a.get('n')})"
             )
+    claims = (report.get("inference") or {}).get("claims")
+    if claims is not None:
+        lines.append(
+            f"claims at family-wise alpha 0.05: {len(claims)}"
+            + (f" ({', '.join(claims[:4])}{' …' if len(claims) > 4 else ''})" if claims else "")
+        )
     return lines

@@ -23,17 +23,19 @@ from typing import Any
 import joblib
 import numpy as np
 
-from opcircuits.analysis import sections, tasks
+from opcircuits.analysis import claims, secondary, sections, tasks
 from opcircuits.analysis.features import MAIN_VIEWS
 from opcircuits.analysis.inputs import AnalysisInput, load_input
+from opcircuits.analysis.scoring import paired_difference
 from opcircuits.analysis.sections import BASELINE_CONTROLS
+from opcircuits.errors import OpcircuitsError
 from opcircuits.files import atomic_dir, check_replaceable, refuse_same_files, write_json_atomic
 from opcircuits.jsonable import jsonable
 from opcircuits.options import AnalyzeOptions
 
 log = logging.getLogger(__name__)
 
-REPORT_FORMAT = 1
+REPORT_FORMAT = 2
 JSON_NAME = "analysis_report.json"
 DIGITS = 6  # floats in the report are rounded to this many decimals
 
@@ -48,7 +50,12 @@ class Computed:
 
 
 def compute_report(store: Any, options: AnalyzeOptions | None = None) -> dict:
-    """The analysis report of `store` (a path or an opened `Store`) as a dict; writes nothing."""
+    """The analysis report of `store` (a path or an opened `Store`) as a dict; writes nothing.
+
+    With `options.matched_store` (a step-matched sample of problems from the same model: every
+    category with the same `n_steps` histogram) and `options.random_store` (the same problems
+    extracted from the same architecture with re-initialized weights, `extract --reinit`), those
+    stores are analyzed in brief too, for the report's step-matched and random-model sections."""
     return _compute(store, options or AnalyzeOptions()).report
 
 
@@ -60,10 +67,15 @@ def analyze(
     from opcircuits.report import write_reports
 
     # Before any computing: the output must not be the store, nor a folder of someone else's.
-    refuse_same_files({"out": out_dir}, {"--store": store_path})
+    options = options or AnalyzeOptions()
+    inputs = {"--store": store_path}
+    for name in ("matched_store", "random_store"):
+        if getattr(options, name) is not None:
+            inputs["--" + name.replace("_", "-")] = getattr(options, name)
+    refuse_same_files({"out": out_dir}, inputs)
     check_replaceable(out_dir)
     started = time.perf_counter()
-    computed = _compute(store_path, options or AnalyzeOptions())
+    computed = _compute(store_path, options)
     report = computed.report
     # Written into a scratch folder swapped in whole: a crash or a full disk leaves the previous
     # report as it was, never a mix of old and new files.
@@ -75,53 +87,134 @@ def analyze(
     return report
 
 
-def _compute(store: Any, options: AnalyzeOptions) -> Computed:
+def _open(store: Any) -> tuple[Any, str]:
     from opcircuits.store import open_store
 
-    label = str(store) if isinstance(store, str | Path) else str(store.path)
     if isinstance(store, str | Path):
-        store = open_store(store)
-    inp = load_input(store, options)
+        return open_store(store), str(store)
+    return store, str(store.path)
+
+
+def _fit(inp: AnalysisInput, options: AnalyzeOptions, brief: bool = False) -> tuple:
     jobs = joblib.effective_n_jobs(options.jobs)
     log.info(
-        "analyzing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs",
+        "analyzing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs%s",
         inp.n,
         inp.positions,
         inp.layers,
         len(inp.views),
         len(inp.folds),
         jobs,
+        " (brief)" if brief else "",
     )
-    plan = tasks.plan(inp, options.permutations, options.seed)
+    plan = tasks.plan(inp, options, brief=brief)
     fits = tasks.run(plan, inp, jobs, options.seed, options.permutations)
     if fits.not_converged:
         inp.notes.append(
             f"{fits.not_converged} logistic-regression or MLP fits stopped at their iteration "
             "limit before converging."
         )
-    ctrl = sections.controls(inp, fits, plan.shuffle_view)
-    probes = sections.probes(inp, fits, ctrl, options.permutations)
+    return plan, fits
+
+
+def _compute(store: Any, options: AnalyzeOptions) -> Computed:
+    store, label = _open(store)
+    inp = load_input(store, options)
+    plan, fits = _fit(inp, options)
+    ctrl = sections.controls(inp, plan, fits)
+    probes = sections.probes(inp, plan, fits, ctrl, options.permutations)
     report: dict[str, Any] = {
         "format_version": REPORT_FORMAT,
         # `jobs` changes no number, so it is left out: the JSON is the same for any --jobs.
         "options": {k: v for k, v in asdict(options).items() if k != "jobs"},
         "store": {"path": label, "manifest": store.manifest},
         "data": _data(inp, options),
-        "methods": _methods(inp, options),
+        "methods": _methods(options),
         "best_control": ctrl.best,
         "controls": ctrl.json,
         "probes": probes.json,
         "permutation_tests": probes.permutation_json,
-        **sections.token_layer(inp, fits, ctrl),
+        **sections.token_layer(inp, probes),
         "pre_thought": sections.pre_thought(inp, probes.scores, ctrl),
+        "step_confound": secondary.step_confound(inp, plan, fits, ctrl),
+        "binary_probes": secondary.binary_probes(inp, plan, fits),
         **sections.descriptive(fits),
-        "logit_lens": sections.lens(inp),
+        "logit_lens": sections.lens(inp, tasks.CHEAP_FACTOR * options.permutations, options.seed),
         "model": sections.model_answers(inp, fits, options.repeats),
+        "step_matched_sample": None,
+        "random_model": None,
         "examples": sections.examples(inp),
         "notes": inp.notes,
     }
+    if options.matched_store is not None:
+        report["step_matched_sample"] = _brief(options.matched_store, options)[0]
+    if options.random_store is not None:
+        report["random_model"] = _versus_random(options.random_store, options, inp, probes)
+    report["inference"] = claims.decide_claims(report, options.primary)
     coords = {view: c.coords for view, c in fits.clusters.items()}
     return Computed(jsonable(report, digits=DIGITS), coords, inp.y)
+
+
+def _brief(store: Any, options: AnalyzeOptions) -> tuple[dict[str, Any], AnalysisInput, Any]:
+    """Logistic regression on the main views with the baseline controls and the family-wise
+    permutation test over those views: the companion stores' analysis."""
+    store, label = _open(store)
+    inp = load_input(store, options)
+    inp.views = inp.main_views
+    if not inp.views:
+        raise OpcircuitsError("the store has no latent positions to probe", path=label)
+    plan, fits = _fit(inp, options, brief=True)
+    ctrl = sections.controls(inp, plan, fits)
+    probes = sections.probes(inp, plan, fits, ctrl, options.permutations)
+    steps = inp.n_steps
+    out = {
+        "store": label,
+        "model": store.manifest.get("model"),
+        "n_problems": inp.n,
+        "class_counts": {c: int(np.sum(inp.y == i)) for i, c in enumerate(inp.names)},
+        "majority_rate": float(np.bincount(inp.y).max() / inp.n),
+        "mean_steps_by_category": (
+            None
+            if steps is None
+            else {c: float(steps[inp.y == i].mean()) for i, c in enumerate(inp.names)}
+        ),
+        "best_control": ctrl.best,
+        "controls": [
+            {k: c[k] for k in ("name", "accuracy", "ci_low", "ci_high")} for c in ctrl.json
+        ],
+        "probes": [
+            {
+                k: p[k]
+                for k in ("view", "probe", "accuracy", "ci_low", "ci_high", "p_value", "p_family")
+            }
+            | {"gain_over_baseline": p["gain_over_baseline"]}
+            for p in probes.json
+            if p["probe"] == "logreg"
+        ],
+        "notes": inp.notes,
+    }
+    return out, inp, probes
+
+
+def _versus_random(
+    store: Any, options: AnalyzeOptions, inp: AnalysisInput, probes: sections.Probes
+) -> dict[str, Any]:
+    out, rinp, rprobes = _brief(store, options)
+    same = list(rinp.records["id"]) == list(inp.records["id"]) and rinp.categories == inp.categories
+    if not same:
+        raise OpcircuitsError(
+            "the re-initialized model's store holds other problems (or another order) than the "
+            "analyzed store: extract it from the same problem file",
+            path=out["store"],
+        )
+    for row in out["probes"]:
+        trained = probes.scores[(row["view"], "logreg")]
+        random = rprobes.scores[(row["view"], "logreg")]
+        row["trained_accuracy"] = trained.interval.mean
+        row["trained_minus_random"] = paired_difference(
+            trained.fold_accuracy, random.fold_accuracy, inp.folds
+        )
+    return out
 
 
 def _data(inp: AnalysisInput, options: AnalyzeOptions) -> dict[str, Any]:
@@ -143,18 +236,31 @@ def _data(inp: AnalysisInput, options: AnalyzeOptions) -> dict[str, Any]:
     }
 
 
-def _methods(inp: AnalysisInput, options: AnalyzeOptions) -> dict[str, str]:
+def _methods(options: AnalyzeOptions) -> dict[str, str]:
+    family = "every probe" if options.permute_all_probes else "logistic regression"
     return {
-        "ci": "95% corrected resampled t-interval (Nadeau & Bengio 2003) over the "
-        f"{len(inp.folds)} fold scores: mean ± t(J-1) * sqrt((1/J + n_test/n_train) * s²)",
-        "selectivity": "probe accuracy minus a control's accuracy on the same folds; the "
-        "interval is the same corrected t-interval over per-fold differences. "
-        "`selectivity` is against the best of " + ", ".join(BASELINE_CONTROLS),
-        "permutation": f"labels permuted {options.permutations} times; logistic regression "
-        "refitted on the first repeat's folds; p = (1 + #null ≥ observed) / "
-        "(1 + permutations)",
+        "ci": "95% corrected resampled t-interval (Nadeau & Bengio 2003) over the fold scores: "
+        "mean ± t(J-1) * sqrt((1/J + n_test/n_train) * s²); paired differences use the same "
+        "interval on per-fold differences, and their p-value is the one-sided corrected t-test",
+        "gain_over_baseline": "probe accuracy minus the strongest baseline control's ("
+        + ", ".join(BASELINE_CONTROLS)
+        + ") on the same folds",
+        "selectivity": "Hewitt & Liang (2019): probe accuracy minus the same probe's accuracy on "
+        "a control task (labels a fixed random function of the question's first word, with the "
+        "real class sizes), same folds",
+        "permutation": f"labels permuted {options.permutations} times within each test fold of "
+        f"the first repeat; {family} refitted on every view and token × layer cell; p_value: "
+        "(1 + #null ≥ observed) / (1 + permutations) per probe; p_family: the same against "
+        "each permutation's maximum over the family (max-statistic, family-wise)",
+        "claims": "the summary claims an effect only under the gatekeeping rule: the decoding "
+        "family (p_family) at α = 0.05 first, then the secondary families with Holm within "
+        "each and across families (see `inference`)",
         "similarity": "mean cosine within − between categories over distinct pairs; "
-        "p from label permutations",
+        f"p from {tasks.CHEAP_FACTOR * options.permutations} label permutations",
+        "silhouette": "Kaufman & Rousseeuw: ≤ 0.25 no substantial structure, 0.26–0.50 weak, "
+        "0.51–0.70 reasonable, > 0.70 strong; p from label permutations",
+        "logit_lens": "operator matches against permutations of ops_used across problems "
+        "(the problem is the unit)",
     }
 
 

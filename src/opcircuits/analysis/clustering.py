@@ -1,5 +1,11 @@
-"""Do categories form clusters? PCA 2-D coordinates and silhouette scores (descriptive: fitted on
-all problems, no labels involved in the projection)."""
+"""Do categories form clusters? PCA 2-D coordinates and silhouette scores (fitted on all problems,
+no labels involved in the projection), with a label-permutation null for the silhouette.
+
+Silhouette (Rousseeuw 1987) read per Kaufman & Rousseeuw (1990): ≤ 0.25 no substantial structure,
+0.26–0.50 weak (could be artificial), 0.51–0.70 reasonable, > 0.70 strong. On high-dimensional
+states even random labels score near 0, so the p-value asks whether the categories cluster more
+than random groups of the same sizes would.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import numpy as np
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
 
+from opcircuits.analysis.stats import permutation_p_value
+
 
 @dataclass
 class Clustering:
@@ -16,12 +24,16 @@ class Clustering:
     explained_variance_ratio: tuple[float, float]
     silhouette: float  # standardized full feature space, euclidean
     silhouette_pca2: float  # in the 2-D PCA plane
+    silhouette_p: float | None = None  # label-permutation p for the full-space silhouette
+    silhouette_null_q95: float | None = None
 
     def summary(self) -> dict:
         return {
             "explained_variance_ratio": list(self.explained_variance_ratio),
             "silhouette": self.silhouette,
             "silhouette_pca2": self.silhouette_pca2,
+            "silhouette_p": self.silhouette_p,
+            "silhouette_null_q95": self.silhouette_null_q95,
         }
 
 
@@ -53,7 +65,35 @@ def pca2(xs: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, tu
     return coords, ratio
 
 
-def cluster_view(X: np.ndarray, y: np.ndarray) -> Clustering:
+def silhouette(dist: np.ndarray, y: np.ndarray) -> float:
+    """Mean silhouette from a distance matrix (as sklearn's, one matrix product per labelling)."""
+    k = int(y.max()) + 1
+    onehot = np.eye(k)[y]
+    counts = onehot.sum(axis=0)
+    sums = dist @ onehot  # [n, k] summed distance to each category
+    own = counts[y]
+    a = sums[np.arange(len(y)), y] / np.maximum(own - 1, 1)
+    mean_other = sums / np.maximum(counts, 1)
+    mean_other[np.arange(len(y)), y] = np.inf
+    mean_other[:, counts == 0] = np.inf
+    b = mean_other.min(axis=1)
+    s = (b - a) / np.maximum(np.maximum(a, b), 1e-300)
+    s[own <= 1] = 0.0
+    return float(s.mean())
+
+
+def silhouette_null(
+    dist: np.ndarray, y: np.ndarray, permutations: int, seed: int
+) -> tuple[float | None, float | None]:
+    """p-value and 95th percentile of the silhouette under random relabelling (sizes kept)."""
+    if not permutations:
+        return None, None
+    rng = np.random.default_rng([seed, 4])
+    null = np.array([silhouette(dist, y[rng.permutation(len(y))]) for _ in range(permutations)])
+    return permutation_p_value(silhouette(dist, y), null), float(np.quantile(null, 0.95))
+
+
+def cluster_view(X: np.ndarray, y: np.ndarray, permutations: int = 0, seed: int = 0) -> Clustering:
     # Standardized columns are centred, so one Gram matrix gives both the PCA and the
     # euclidean distances for the silhouette (float32 product, float64 after).
     xs = StandardScaler().fit_transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
@@ -66,4 +106,5 @@ def cluster_view(X: np.ndarray, y: np.ndarray) -> Clustering:
     np.fill_diagonal(dist, 0.0)
     sil = float(silhouette_score(dist, y, metric="precomputed"))
     sil2 = float(silhouette_score(coords, y))
-    return Clustering(coords, ratio, sil, sil2)
+    p, q95 = silhouette_null(dist, y, permutations, seed)
+    return Clustering(coords, ratio, sil, sil2, p, q95)

@@ -4,9 +4,12 @@
 - `shuffled_labels`: the logistic-regression probe on the `mean` view trained on shuffled labels
   (fitted in probes.fit_fold, because it shares that fold's scaler and span).
 - `question_text`: TF-IDF (word 1–2-grams) + logistic regression on the question text alone; its
-  C is chosen by an inner 3-fold CV on the training fold, so the text control is no straw man.
+  C is chosen by a grid search over the whole pipeline (an inner stratified 3-fold CV on the
+  training fold, the vocabulary refitted in every inner fold), so the control is no straw man.
 - `confound`: logistic regression on cubic polynomial terms of the number of solution steps and
   the question length (words) alone.
+- `step_lookup`: for each `n_steps` value, the training fold's most frequent category there: the
+  best any function of the step count alone can do (unseen values: the overall majority).
 - `pre_thought`: the logistic-regression probe on the `bot` position (before any latent step),
   computed as the `bot` position view.
 """
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from threadpoolctl import threadpool_limits
@@ -23,46 +27,47 @@ from threadpoolctl import threadpool_limits
 TEXT_CS = (0.1, 1.0, 10.0, 100.0)
 
 
-def text_pipeline(seed: int) -> Pipeline:
-    # TF-IDF rows are L2-normalized: that normalization is this pipeline's scaler.
-    return Pipeline(
+def text_pipeline(seed: int) -> GridSearchCV:
+    # TF-IDF rows are L2-normalized: that normalization is this pipeline's scaler. The grid search
+    # wraps the whole pipeline, so each inner fold builds its own vocabulary.
+    pipe = Pipeline(
         [
             ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True)),
-            (
-                "clf",
-                LogisticRegressionCV(
-                    Cs=list(TEXT_CS),
-                    cv=3,
-                    max_iter=1000,
-                    random_state=seed,
-                    l1_ratios=(0.0,),
-                    scoring="accuracy",
-                    use_legacy_attributes=False,
-                ),
-            ),
+            ("clf", LogisticRegression(max_iter=1000, random_state=seed)),
         ]
+    )
+    inner = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    return GridSearchCV(pipe, {"clf__C": list(TEXT_CS)}, cv=inner, scoring="accuracy", n_jobs=1)
+
+
+def confound_expansion() -> Pipeline:
+    """Cubic terms of the confound features, standardized (fitted on a training fold)."""
+    return Pipeline(
+        [("poly", PolynomialFeatures(degree=3, include_bias=False)), ("scale", StandardScaler())]
     )
 
 
 def confound_pipeline(seed: int) -> Pipeline:
     # Cubic terms let a linear model draw non-linear boundaries in these two features.
     return Pipeline(
-        [
-            ("poly", PolynomialFeatures(degree=3, include_bias=False)),
-            ("scale", StandardScaler()),
-            ("clf", LogisticRegression(C=1.0, max_iter=2000, random_state=seed)),
-        ]
+        [*confound_expansion().steps, ("clf", LogisticRegression(max_iter=2000, random_state=seed))]
     )
-
-
-def confound_features(n_steps: np.ndarray, questions: list[str]) -> np.ndarray:
-    words = np.array([len(q.split()) for q in questions], dtype=np.float64)
-    return np.column_stack([np.asarray(n_steps, dtype=np.float64), words])
 
 
 def majority_predict(y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     counts = np.bincount(y[train])
     return np.full(len(test), int(np.argmax(counts)), dtype=y.dtype)
+
+
+def step_lookup_predict(
+    n_steps: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> np.ndarray:
+    fallback = int(np.argmax(np.bincount(y[train])))
+    best = {
+        int(s): int(np.argmax(np.bincount(y[train][n_steps[train] == s])))
+        for s in np.unique(n_steps[train])
+    }
+    return np.array([best.get(int(s), fallback) for s in n_steps[test]], dtype=y.dtype)
 
 
 def text_fold(

@@ -58,12 +58,20 @@ def build_views(positions: Sequence[str], layers: Sequence[int]) -> list[View]:
 
 
 def view_matrix(
-    hidden: np.ndarray, view: View, positions: Sequence[str], layers: Sequence[int]
+    hidden: np.ndarray,
+    view: View,
+    positions: Sequence[str],
+    layers: Sequence[int],
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Feature matrix [N, F] (float32) of `view` from `hidden` [N, P, L, D] ordered as given."""
+    """Feature matrix [N, F] (float32) of `view` from `hidden` [N, P, L, D] ordered as given
+    (only `rows` of it, when given)."""
     p_idx = [list(positions).index(p) for p in view.positions]
     l_idx = [list(layers).index(x) for x in view.layers]
-    block = np.asarray(hidden[:, p_idx][:, :, l_idx], dtype=np.float32)  # [N, p, l, D]
+    block = hidden[:, p_idx][:, :, l_idx]
+    if rows is not None:
+        block = block[rows]
+    block = np.asarray(block, dtype=np.float32)  # [N, p, l, D]
     if view.pool == "mean":
         block = block.mean(axis=1, keepdims=True)
     return np.ascontiguousarray(block.reshape(block.shape[0], -1))

@@ -32,8 +32,10 @@ class AnalysisInput:
     """The analyzed problems (after leaving out too-small categories) and their features."""
 
     store: Any  # opcircuits.store.Store
-    records: pd.DataFrame
-    hidden: np.ndarray  # [N, P, L, D] for `positions` × `layers`
+    records: pd.DataFrame  # the analyzed problems
+    hidden: np.ndarray  # [N_all, P, L, D] for `positions` × `layers`, every problem of the store
+    rows: np.ndarray  # the analyzed problems' rows in `hidden` and `all_records`
+    all_records: pd.DataFrame  # every problem of the store (for the binary operation probes)
     positions: list[str]
     layers: list[int]
     categories: list[str]  # per problem
@@ -44,6 +46,7 @@ class AnalysisInput:
     questions: list[str] | None  # None when the store has no question text
     confound_x: np.ndarray | None  # [N, k] confound features, None when none is available
     confound_names: list[str]
+    n_steps: np.ndarray | None  # per analyzed problem, None when the store lacks it
     notes: list[str] = field(default_factory=list)  # what was skipped or left out, and why
 
     @property
@@ -114,9 +117,10 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
     lay_idx = store.layer_indices(options.layers)
     positions = [store.positions[i] for i in pos_idx]
     layers = [store.layers[i] for i in lay_idx]
-    records = store.records
+    records = all_records = store.records
     hidden = store.hidden(positions, layers)
     check_finite(hidden, [str(i) for i in records["id"].tolist()], positions, layers)
+    rows = np.arange(len(records))
     notes: list[str] = []
     # A stratified fold needs every category in every test fold: categories with fewer problems
     # than folds (e.g. a stray "unclassified" one) are left out, and the report says so.
@@ -125,7 +129,7 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
     if small and len(counts) - len(small) >= 2:
         keep = ~records["category"].astype(str).isin(small).to_numpy()
         records = records[keep].reset_index(drop=True)
-        hidden = hidden[keep]
+        rows = rows[keep]
         notes.append(
             "Left out categories with fewer problems than --folds: "
             + ", ".join(f"{name(c)} ({counts[c]})" for c in small)
@@ -140,8 +144,10 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
     questions = records_column(records, "question")
     n_steps = records_column(records, "n_steps")
     confound_cols, confound_names = [], []
+    steps = None
     if n_steps is not None and all(v is not None for v in n_steps):
-        confound_cols.append(np.asarray(n_steps, dtype=np.float64))
+        steps = np.asarray(n_steps, dtype=np.int64)
+        confound_cols.append(steps.astype(np.float64))
         confound_names.append("n_steps")
     if questions is not None and all(isinstance(q, str) for q in questions):
         confound_cols.append(np.array([len(q.split()) for q in questions], dtype=np.float64))
@@ -158,6 +164,8 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
         store=store,
         records=records,
         hidden=hidden,
+        rows=rows,
+        all_records=all_records,
         positions=positions,
         layers=layers,
         categories=categories,
@@ -168,5 +176,6 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
         questions=questions,
         confound_x=confound_x,
         confound_names=confound_names,
+        n_steps=steps,
         notes=notes,
     )

@@ -5,6 +5,10 @@ Each top-1 token is classed as an operator symbol (+ − * / and their variants,
 class and the most frequent tokens; and how often an operator read off a thought is one that the
 problem's solution uses (`ops_used`), against the rate expected if operators were read off at
 random with respect to problems (the share of all problems whose solution uses that operator).
+
+The test of the latent steps' match rate takes the problem as the unit: the problems' `ops_used`
+are permuted across problems (each keeps its own reads), so the several reads of one problem are
+never counted as independent trials.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 OPERATORS = {
     "+": "+",
@@ -86,6 +89,8 @@ def analyze(
     category_names: Sequence[str],
     ops_used: Sequence[object] | None,
     store_positions: Sequence[str],
+    permutations: int = 0,
+    seed: int = 0,
 ) -> dict:
     top1 = [_top1(t) for t in tokens]
     n_lens = max((len(t) for t in top1 if t is not None), default=0)
@@ -156,29 +161,51 @@ def analyze(
         "shares": shares,
         "top_tokens": top_tokens,
         "operator_match": matches if have_ops else [],
-        "operator_match_latent": _latent_match(matches) if have_ops else None,
+        "operator_match_latent": (
+            _latent_match(top1, names, ops_sets, permutations, seed) if have_ops else None
+        ),
         "operator_base_rates": base if have_ops else {},
     }
 
 
-def _latent_match(matches: list[dict]) -> dict | None:
-    """All categories, latent positions pooled: match rate vs baseline with an exact binomial
-    test (two-sided; reads treated as independent trials at the mean baseline rate)."""
-    rows = [
-        m
-        for m in matches
-        if m["category"] == "all" and m["position"].startswith("latent") and m["n_operator_reads"]
-    ]
-    if not rows:
+def _latent_match(
+    top1: list[list[str] | None],
+    names: list[str],
+    ops_sets: list[set[str] | None],
+    permutations: int,
+    seed: int,
+) -> dict | None:
+    """All categories, latent positions pooled: how often an operator read off a latent step is
+    one the problem's solution uses, against permutations of `ops_used` across problems."""
+    latent = [j for j, p in enumerate(names) if p.startswith("latent")]
+    ops = "+-*/"
+    rows = [i for i, t in enumerate(top1) if t is not None and ops_sets[i] is not None]
+    reads = np.zeros((len(rows), len(ops)))  # per problem: how often each operator is read
+    for r, i in enumerate(rows):
+        for j in latent:
+            if j < len(top1[i]):
+                kind, op = classify(top1[i][j])
+                if kind == "operator":
+                    reads[r, ops.index(op)] += 1
+    total = float(reads.sum())
+    if not total:
         return None
-    reads = sum(m["n_operator_reads"] for m in rows)
-    hits = sum(m["matches"] for m in rows)
-    base = sum(m["baseline_rate"] * m["n_operator_reads"] for m in rows) / reads
-    p = float(stats.binomtest(hits, reads, min(max(base, 0.0), 1.0)).pvalue)
+    uses = np.array([[op in ops_sets[i] for op in ops] for i in rows], dtype=np.float64)
+    hits = float(np.sum(reads * uses))
+    rng = np.random.default_rng([seed, 5])
+    null = np.array([np.sum(reads * uses[rng.permutation(len(rows))]) for _ in range(permutations)])
+    expected = float(null.mean()) if permutations else float(reads.sum(0) @ uses.mean(0))
+    p = None
+    if permutations:
+        # Two-sided: as far from the permutation mean as observed, either way.
+        far = np.abs(null - expected) >= abs(hits - expected) - 1e-9
+        p = (int(far.sum()) + 1) / (permutations + 1)
     return {
-        "n_operator_reads": reads,
-        "matches": hits,
-        "match_rate": hits / reads,
-        "baseline_rate": base,
+        "n_operator_reads": int(total),
+        "n_problems": int(np.sum(reads.sum(axis=1) > 0)),
+        "matches": int(hits),
+        "match_rate": hits / total,
+        "baseline_rate": expected / total,
         "p_value": p,
+        "test": "permutation of ops_used across problems (two-sided)",
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from opcircuits.analysis.scoring import Fold
 from opcircuits.analysis.stats import wilson_interval
@@ -42,7 +43,8 @@ def probe_by_correctness(
     """Out-of-fold probe accuracy on problems the model answered correctly vs incorrectly.
 
     Every problem is predicted once per repeat; those predictions are pooled, and the Wilson
-    interval counts each problem once (n / repeats), since repeats are not independent.
+    interval counts each problem once (n / repeats), since repeats are not independent. Whether
+    the two accuracies differ is Fisher's exact test on the first repeat (each problem once).
     """
     hit = {True: [0, 0], False: [0, 0]}
     for fold, pred in zip(folds, preds, strict=True):
@@ -50,7 +52,16 @@ def probe_by_correctness(
             m = correct[fold.test] == flag
             hit[flag][0] += int(np.sum(pred[m] == y[fold.test][m]))
             hit[flag][1] += int(m.sum())
-    out = {}
+    table = np.zeros((2, 2), dtype=np.int64)  # rows: answered correctly / not; cols: hit / miss
+    for fold, pred in zip(folds, preds, strict=True):
+        if fold.repeat != 0:
+            continue
+        ok = pred == y[fold.test]
+        for r, flag in enumerate((True, False)):
+            m = correct[fold.test] == flag
+            table[r] += [int(np.sum(ok[m])), int(np.sum(~ok[m]))]
+    both = table.sum(axis=1).all()
+    out: dict = {"difference_p": float(stats.fisher_exact(table)[1]) if both else None}
     for flag, name in ((True, "correct"), (False, "incorrect")):
         k, n = hit[flag]
         iv = wilson_interval(k / repeats, n / repeats)

@@ -25,6 +25,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from opcircuits.analysis.controls import confound_expansion
+
 PROBES = ("logreg", "random_forest", "mlp")
 
 # Fixed hyper-parameters (documented in the README; not tuned on the data).
@@ -114,11 +116,31 @@ def probe_pipeline(name: str, seed: int) -> Pipeline:
 
 @dataclass
 class FoldOutput:
-    """Predictions on one test fold, keyed by probe name; plus permutation-test scores."""
+    """Predictions on one test fold, keyed by name; plus permutation-test scores."""
 
+    # "logreg", "mlp", "random_forest", "shuffled_labels", "control_task:<probe>", "incremental"
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    permutation_correct: np.ndarray | None = None  # [n_permutations] correct counts
+    # probe → correct counts on the test fold under each permutation [n_permutations]
+    permutation_correct: dict[str, np.ndarray] = field(default_factory=dict)
     not_converged: int = 0
+
+
+def _fit_predict(
+    probe: str,
+    seed: int,
+    z: tuple[np.ndarray, np.ndarray],
+    x: tuple[np.ndarray, np.ndarray],
+    y_train: np.ndarray,
+) -> np.ndarray:
+    """Fit `probe` on the training rows and predict the test rows (`z`: span coordinates for the
+    probes that start with the shared scaler → SpanPCA prefix, `x`: raw features for the forest)."""
+    if len(np.unique(y_train)) == 1:  # e.g. a control task whose questions share a first word
+        return np.full(len(x[1]), y_train[0], dtype=y_train.dtype)
+    if probe == "logreg":
+        return logreg(seed).fit(z[0], y_train).predict(z[1])
+    if probe == "mlp":
+        return probe_pipeline("mlp", seed)[-1].fit(z[0], y_train).predict(z[1])
+    return probe_pipeline("random_forest", seed).fit(x[0], y_train).predict(x[1])
 
 
 def fit_fold(
@@ -131,40 +153,51 @@ def fit_fold(
     seed: int,
     shuffled_train_y: np.ndarray | None = None,
     permuted_y: np.ndarray | None = None,
+    permute_probes: tuple[str, ...] = ("logreg",),
+    control_y: np.ndarray | None = None,
+    confound: np.ndarray | None = None,
 ) -> FoldOutput:
     """Fit the requested probes on X[train] and predict X[test].
 
+    Optional extras on the same fold and the same label-free prefix:
     `shuffled_train_y` (labels for the training rows) adds the shuffled-label control (scored
     against the true test labels); `permuted_y` [n_perm, N] adds permutation-test refits of the
-    logistic regression (scored against the permuted test labels).
+    probes in `permute_probes` (scored against the permuted test labels); `control_y` [N] adds
+    every probe fitted on the control task's labels ("control_task:<probe>"); `confound` [N, k]
+    (the confound control's features, expanded and scaled as it does) adds logistic regression
+    on the confound features and the states together ("incremental").
     """
     out = FoldOutput()
     # One BLAS thread per task: results do not depend on --jobs, and jobs do not oversubscribe.
     with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        xtr, xte = X[train], X[test]
-        needs_span = bool({"logreg", "mlp"} & set(probes)) or shuffled_train_y is not None
-        needs_span = needs_span or permuted_y is not None
-        if needs_span:
-            prefix = Pipeline(probe_pipeline("logreg", seed).steps[:-1])
-            ztr, zte = prefix.fit_transform(xtr), prefix.transform(xte)
-        if "logreg" in probes:
-            out.predictions["logreg"] = logreg(seed).fit(ztr, y[train]).predict(zte)
-        if "mlp" in probes:
-            mlp = probe_pipeline("mlp", seed)
-            out.predictions["mlp"] = mlp[-1].fit(ztr, y[train]).predict(zte)
-        if "random_forest" in probes:
-            rf = probe_pipeline("random_forest", seed).fit(xtr, y[train])
-            out.predictions["random_forest"] = rf.predict(xte)
+        x = (X[train], X[test])
+        prefix = Pipeline(probe_pipeline("logreg", seed).steps[:-1])
+        z = (prefix.fit_transform(x[0]), prefix.transform(x[1]))
+        for probe in probes:
+            out.predictions[probe] = _fit_predict(probe, seed, z, x, y[train])
         if shuffled_train_y is not None:
             out.predictions["shuffled_labels"] = (
-                logreg(seed).fit(ztr, shuffled_train_y).predict(zte)
+                logreg(seed).fit(z[0], shuffled_train_y).predict(z[1])
             )
+        if control_y is not None:
+            for probe in probes:
+                out.predictions[f"control_task:{probe}"] = _fit_predict(
+                    probe, seed, z, x, control_y[train]
+                )
+        if confound is not None:
+            expand = confound_expansion().fit(confound[train])
+            both = (
+                np.hstack([expand.transform(confound[train]), z[0]]),
+                np.hstack([expand.transform(confound[test]), z[1]]),
+            )
+            out.predictions["incremental"] = logreg(seed).fit(both[0], y[train]).predict(both[1])
         if permuted_y is not None:
-            correct = np.empty(permuted_y.shape[0], dtype=np.int64)
-            for i, yp in enumerate(permuted_y):
-                pred = logreg(seed).fit(ztr, yp[train]).predict(zte)
-                correct[i] = int(np.sum(pred == yp[test]))
-            out.permutation_correct = correct
+            for probe in permute_probes:
+                correct = np.empty(permuted_y.shape[0], dtype=np.int64)
+                for i, yp in enumerate(permuted_y):
+                    pred = _fit_predict(probe, seed, z, x, yp[train])
+                    correct[i] = int(np.sum(pred == yp[test]))
+                out.permutation_correct[probe] = correct
     out.not_converged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
     return out

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from opcircuits.analysis.inference import corrected_t_p
 from opcircuits.analysis.stats import Interval, corrected_t_interval
 from opcircuits.errors import OpcircuitsError
 
@@ -63,6 +64,11 @@ class Scores:
             "recall_macro": self.recall_macro,
             "f1_macro": self.f1_macro,
             "confusion": self.confusion.tolist(),
+            # Per category (in the report's category order): share of its problems predicted
+            # as it, over all folds of all repeats.
+            "recall_per_category": (
+                np.diag(self.confusion) / np.maximum(self.confusion.sum(axis=1), 1)
+            ).tolist(),
             "fold_accuracy": self.fold_accuracy.tolist(),
         }
 
@@ -94,8 +100,9 @@ def score(y: np.ndarray, folds: list[Fold], preds: list[np.ndarray], n_classes: 
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, folds: list[Fold]) -> dict:
-    """Mean per-fold difference a − b with the corrected resampled t-interval."""
-    iv = corrected_t_interval(
-        np.asarray(a) - np.asarray(b), test_fraction(folds), bounds=(-1.0, 1.0)
-    )
-    return {"value": iv.mean, "ci_low": iv.low, "ci_high": iv.high}
+    """Mean per-fold difference a − b with the corrected resampled t-interval, and the one-sided
+    p-value of the same corrected t-test for a > b (uncorrected for multiplicity)."""
+    diff = np.asarray(a) - np.asarray(b)
+    iv = corrected_t_interval(diff, test_fraction(folds), bounds=(-1.0, 1.0))
+    p = corrected_t_p(diff, test_fraction(folds))
+    return {"value": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "p_value": p}

@@ -3,6 +3,8 @@
 Sections run in the order `analyze.compute_report` calls them; a later one may use an earlier
 one's scores (every probe is compared with the controls). Each returns plain data (numpy values
 are converted when the whole report is cleaned) and appends to `inp.notes` what it had to skip.
+The secondary problems (step confound, binary probes) are in `secondary.py`; what the report may
+claim is decided in `claims.py`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ import numpy as np
 
 from opcircuits.analysis import controls as control_fits
 from opcircuits.analysis import logit_lens, model_accuracy
+from opcircuits.analysis.inference import max_statistic
 from opcircuits.analysis.inputs import AnalysisInput
 from opcircuits.analysis.probes import PROBES
 from opcircuits.analysis.scoring import Scores, paired_difference, score
 from opcircuits.analysis.stats import permutation_p_value
-from opcircuits.analysis.tasks import Fits
+from opcircuits.analysis.tasks import CATEGORY, Fits, Plan, Problem
 
-BASELINE_CONTROLS = ("majority", "shuffled_labels", "question_text", "confound")
+BASELINE_CONTROLS = ("majority", "shuffled_labels", "question_text", "confound", "step_lookup")
 
 
-def _scores(inp: AnalysisInput, fits: Fits, key: tuple[str, str]) -> Scores:
-    return score(inp.y, inp.folds, fits.preds[key], inp.n_classes)
+def scores_of(prob: Problem, fits: Fits, view: str, name: str) -> Scores:
+    return score(prob.y, prob.folds, fits.preds[(prob.name, view, name)], len(prob.class_names))
+
+
+def majority_scores(prob: Problem) -> Scores:
+    preds = [control_fits.majority_predict(prob.y, f.train, f.test) for f in prob.folds]
+    return score(prob.y, prob.folds, preds, len(prob.class_names))
+
+
+def interval(s: Scores) -> dict[str, float]:
+    return {"accuracy": s.interval.mean, "ci_low": s.interval.low, "ci_high": s.interval.high}
 
 
 # --- controls -------------------------------------------------------------------------------------
@@ -38,25 +50,31 @@ class Controls:
     json: list[dict]
 
 
-def controls(inp: AnalysisInput, fits: Fits, shuffle_view: str) -> Controls:
+def controls(inp: AnalysisInput, plan: Plan, fits: Fits) -> Controls:
+    cat = plan.problems[CATEGORY]
     folds, y = inp.folds, inp.y
-    ctrl: dict[str, Scores] = {}
-    majority = [control_fits.majority_predict(y, f.train, f.test) for f in folds]
-    ctrl["majority"] = score(y, folds, majority, inp.n_classes)
-    ctrl["shuffled_labels"] = _scores(inp, fits, (shuffle_view, "shuffled_labels"))
+    ctrl: dict[str, Scores] = {"majority": majority_scores(cat)}
+    ctrl["shuffled_labels"] = scores_of(cat, fits, plan.shuffle_view, "shuffled_labels")
     if inp.questions is not None:
-        ctrl["question_text"] = _scores(inp, fits, ("control", "text"))
+        ctrl["question_text"] = scores_of(cat, fits, "control", "text")
     if inp.confound_x is not None:
-        ctrl["confound"] = _scores(inp, fits, ("control", "confound"))
-    pre = _scores(inp, fits, ("bot", "logreg")) if "bot" in inp.positions else None
-    if pre is None:
+        ctrl["confound"] = scores_of(cat, fits, "control", "confound")
+    if inp.n_steps is not None:
+        preds = [control_fits.step_lookup_predict(inp.n_steps, y, f.train, f.test) for f in folds]
+        ctrl["step_lookup"] = score(y, folds, preds, inp.n_classes)
+    has_bot = (CATEGORY, "bot", "logreg") in fits.preds
+    pre = scores_of(cat, fits, "bot", "logreg") if has_bot else None
+    if pre is None and "bot" not in inp.positions:
         inp.notes.append("No `bot` position selected: the pre-thought control is skipped.")
     description = {
         "majority": "always the training fold's most frequent category",
-        "shuffled_labels": f"logistic regression on the `{shuffle_view}` view, trained on "
+        "shuffled_labels": f"logistic regression on the `{plan.shuffle_view}` view, trained on "
         "shuffled labels",
-        "question_text": "TF-IDF (word 1-2-grams) + logistic regression on the question text",
+        "question_text": "TF-IDF (word 1-2-grams) + logistic regression on the question text, C "
+        "chosen by a grid search over the whole pipeline",
         "confound": "logistic regression on cubic terms of " + " and ".join(inp.confound_names),
+        "step_lookup": "the training fold's most frequent category for each n_steps value: the "
+        "best any function of the step count alone can do",
         "pre_thought": "logistic regression on the `bot` position (before any latent step), "
         "layers concatenated",
     }
@@ -69,94 +87,107 @@ def controls(inp: AnalysisInput, fits: Fits, shuffle_view: str) -> Controls:
     return Controls(ctrl, pre, best, out)
 
 
-# --- probes ---------------------------------------------------------------------------------------
+# --- probes and the token × layer map -------------------------------------------------------------
 
 
 @dataclass
 class Probes:
     scores: dict[tuple[str, str], Scores]  # (view, probe) → scores
-    json: list[dict]
+    json: list[dict]  # main and position views
+    cells: list[dict]  # the token × layer map
     permutation_json: list[dict]
 
 
-def probes(inp: AnalysisInput, fits: Fits, ctrl: Controls, permutations: int) -> Probes:
-    """Main views × every probe, position views × logistic regression; each against the controls."""
-    y, folds = inp.y, inp.folds
+def _permutation(
+    inp: AnalysisInput, fits: Fits, plan: Plan, permutations: int
+) -> tuple[dict[tuple[str, str], dict], dict[tuple[str, str], float]]:
+    """Per (view, probe) refitted on the shared permutations: observed first-repeat accuracy and
+    its null; then the family-wise (max-statistic) p-value of every member."""
+    y, folds, n = inp.y, inp.folds, inp.n
     repeat0 = [i for i, f in enumerate(folds) if f.repeat == 0]
-    out, perm_out, scores = [], [], {}
-    for view in [v for v in inp.views if v.kind in ("main", "position")]:
+    tests: dict[tuple[str, str], dict] = {}
+    for (prob, view, probe), correct in fits.perm_correct.items():
+        if prob != CATEGORY:
+            continue
+        preds = fits.preds[(CATEGORY, view, probe)]
+        observed = float(sum(np.sum(preds[i] == y[folds[i].test]) for i in repeat0)) / n
+        tests[(view, probe)] = {"observed": observed, "null": correct / n}
+    family = max_statistic(
+        {f"{v}|{p}": t["observed"] for (v, p), t in tests.items()},
+        {f"{v}|{p}": t["null"] for (v, p), t in tests.items()},
+    )
+    return tests, {k: family[f"{k[0]}|{k[1]}"] for k in tests}
+
+
+def probes(inp: AnalysisInput, plan: Plan, fits: Fits, ctrl: Controls, permutations: int) -> Probes:
+    """Every probe on every view, against the controls, its control task and the permutations."""
+    cat = plan.problems[CATEGORY]
+    folds = inp.folds
+    tests, family = _permutation(inp, fits, plan, permutations)
+    rows, cells, perm_out, all_scores = [], [], [], {}
+    for view in inp.views:
         for probe in PROBES if view.kind == "main" else ("logreg",):
-            s = _scores(inp, fits, (view.name, probe))
-            scores[(view.name, probe)] = s
+            if (CATEGORY, view.name, probe) not in fits.preds:  # a brief analysis
+                continue
+            s = scores_of(cat, fits, view.name, probe)
+            all_scores[(view.name, probe)] = s
+            test = tests.get((view.name, probe))
             p_value = None
-            if probe == "logreg" and view.name in fits.perm_correct:
-                preds = fits.preds[(view.name, probe)]
-                hits = sum(np.sum(preds[i] == y[folds[i].test]) for i in repeat0)
-                observed = float(hits) / inp.n
-                null = fits.perm_correct[view.name] / inp.n
-                p_value = permutation_p_value(observed, null)
+            if test is not None:
+                p_value = permutation_p_value(test["observed"], test["null"])
                 perm_out.append(
                     {
                         "view": view.name,
                         "probe": probe,
                         "n_permutations": permutations,
-                        "observed_accuracy": observed,
-                        "null_mean": float(null.mean()),
-                        "null_q95": float(np.quantile(null, 0.95)),
+                        "observed_accuracy": test["observed"],
+                        "null_mean": float(test["null"].mean()),
+                        "null_q95": float(np.quantile(test["null"], 0.95)),
                         "p_value": p_value,
+                        "p_family": family[(view.name, probe)],
                     }
                 )
             vs = {
                 k: paired_difference(s.fold_accuracy, c.fold_accuracy, folds)
                 for k, c in ctrl.scores.items()
             }
-            out.append(
-                {
-                    "view": view.name,
-                    "view_kind": view.kind,
-                    "probe": probe,
-                    **s.summary(),
-                    "p_value": p_value,
-                    "selectivity": {"control": ctrl.best, **vs[ctrl.best]},
-                    "selectivity_vs": vs,
-                    "selectivity_vs_pre_thought": (
-                        paired_difference(s.fold_accuracy, ctrl.pre.fold_accuracy, folds)
-                        if ctrl.pre is not None and view.name != "bot"
-                        else None
-                    ),
-                }
-            )
-    return Probes(scores, out, perm_out)
-
-
-# --- token × layer --------------------------------------------------------------------------------
-
-
-def token_layer(inp: AnalysisInput, fits: Fits, ctrl: Controls) -> dict[str, Any]:
-    """Logistic regression on every single (position, layer) cell."""
-    best_control = ctrl.scores[ctrl.best]
-    cells = []
-    for view in [v for v in inp.views if v.kind == "cell"]:
-        s = _scores(inp, fits, (view.name, "logreg"))
-        cells.append(
-            {
-                "position": view.positions[0],
-                "layer": view.layers[0],
-                "accuracy": s.interval.mean,
-                "ci_low": s.interval.low,
-                "ci_high": s.interval.high,
-                "f1_macro": s.f1_macro,
-                "selectivity": {
-                    "control": ctrl.best,
-                    **paired_difference(s.fold_accuracy, best_control.fold_accuracy, inp.folds),
-                },
+            entry: dict[str, Any] = {
+                "view": view.name,
+                "view_kind": view.kind,
+                "probe": probe,
+                **s.summary(),
+                "p_value": p_value,
+                "p_family": family.get((view.name, probe)),
+                "gain_over_baseline": {"control": ctrl.best, **vs[ctrl.best]},
+                "gain_vs": vs,
+                "gain_vs_pre_thought": (
+                    paired_difference(s.fold_accuracy, ctrl.pre.fold_accuracy, folds)
+                    if ctrl.pre is not None and view.name != "bot"
+                    else None
+                ),
+                "control_task": None,
+                "selectivity": None,
             }
-        )
+            key = (CATEGORY, view.name, f"control_task:{probe}")
+            if key in fits.preds:
+                c = scores_of(cat, fits, view.name, f"control_task:{probe}")
+                entry["control_task"] = {**interval(c), "f1_macro": c.f1_macro}
+                entry["selectivity"] = paired_difference(s.fold_accuracy, c.fold_accuracy, folds)
+            if view.kind == "cell":
+                cells.append({"position": view.positions[0], "layer": view.layers[0], **entry})
+            else:
+                rows.append(entry)
+    return Probes(all_scores, rows, cells, perm_out)
+
+
+def token_layer(inp: AnalysisInput, probes_: Probes) -> dict[str, Any]:
+    """The token × layer map (logistic regression on every single (position, layer) cell)."""
+    cells = probes_.cells
     best = max(cells, key=lambda c: c["accuracy"])
     layers = inp.layers
     return {
         "token_layer_map": cells,
-        "best_cell": {k: best[k] for k in ("position", "layer", "accuracy")},
+        "best_cell": {k: best[k] for k in ("position", "layer", "accuracy", "p_family")},
         # A layer sweep plot needs several consecutive layers.
         "layer_sweep": len(layers) >= 3
         and layers == list(range(layers[0], layers[0] + len(layers))),
@@ -176,9 +207,7 @@ def pre_thought(inp: AnalysisInput, probe_scores: dict, ctrl: Controls) -> list[
         rows.append(
             {
                 "position": view.name,
-                "accuracy": s.interval.mean,
-                "ci_low": s.interval.low,
-                "ci_high": s.interval.high,
+                **interval(s),
                 "minus_pre_thought": paired_difference(
                     s.fold_accuracy, ctrl.pre.fold_accuracy, inp.folds
                 ),
@@ -190,7 +219,7 @@ def pre_thought(inp: AnalysisInput, probe_scores: dict, ctrl: Controls) -> list[
 # --- logit lens -----------------------------------------------------------------------------------
 
 
-def lens(inp: AnalysisInput) -> dict[str, Any]:
+def lens(inp: AnalysisInput, permutations: int, seed: int) -> dict[str, Any]:
     tokens = inp.column("lens_top_tokens")
     ops_used = inp.column("ops_used")
     out: dict[str, Any] = {"available": tokens is not None}
@@ -198,7 +227,11 @@ def lens(inp: AnalysisInput) -> dict[str, Any]:
         inp.notes.append("The store has no logit-lens columns: the logit-lens section is skipped.")
         return out
     # The lens covers every stored position (not only the analyzed ones).
-    out.update(logit_lens.analyze(tokens, inp.categories, inp.names, ops_used, inp.store.positions))
+    out.update(
+        logit_lens.analyze(
+            tokens, inp.categories, inp.names, ops_used, inp.store.positions, permutations, seed
+        )
+    )
     if ops_used is None:
         inp.notes.append("The store has no ops_used column: operator matches are not computed.")
     return out
@@ -221,7 +254,7 @@ def model_answers(inp: AnalysisInput, fits: Fits, repeats: int) -> dict[str, Any
             "view": view.name,
             "probe": probe,
             **model_accuracy.probe_by_correctness(
-                inp.y, inp.folds, fits.preds[(view.name, probe)], ok, repeats
+                inp.y, inp.folds, fits.preds[(CATEGORY, view.name, probe)], ok, repeats
             ),
         }
         for view in inp.main_views

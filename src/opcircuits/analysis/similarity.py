@@ -1,7 +1,9 @@
 """Within- vs between-category cosine similarity, raw and mean-centred.
 
-Raw cosine between LLM activations is dominated by one direction shared by all inputs, so every
-pair looks similar; subtracting the mean activation (over all problems) removes it. The statistic
+Raw cosine between LLM activations is often dominated by one direction shared by all inputs, so
+every pair looks similar; subtracting the mean activation (over all problems) removes it. How much
+the shared direction weighs is measured, not assumed: `mean_direction_share` is the share of the
+thoughts' summed squared norm that lies along their mean direction. The statistic
 is mean within-category cosine − mean between-category cosine over distinct pairs; its p-value
 comes from permuting the category labels (class sizes fixed), one-sided for within > between.
 """
@@ -72,4 +74,16 @@ def within_between(
             "p_value": permutation_p_value(observed, null) if permutations else None,
             "category_matrix": matrix.tolist(),
         }
+    out["raw"]["mean_direction_share"] = mean_direction_share(X)
     return out
+
+
+def mean_direction_share(X: np.ndarray) -> float:
+    """Σ (x·u)² / Σ |x|² with u the unit mean vector (1: every row along the mean, ~1/d: none)."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    total = float(np.sum(X * X))
+    if norm == 0 or total == 0:
+        return 0.0
+    return float(np.sum((X @ (mean / norm)) ** 2) / total)

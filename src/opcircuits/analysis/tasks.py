@@ -1,12 +1,15 @@
 """The task planner: every fit an analysis needs, as independent tasks run in worker processes.
 
-A task is one (view, fold) probe fit, one control fit on one fold, or one descriptive analysis of
-a view. `plan` lists them in a fixed order (heavy ones first), `run` executes them with joblib and
-gathers the results by kind, in plan order, so the numbers never depend on --jobs: each task runs
-single-threaded BLAS with fixed random states.
+A *problem* is one learning problem on the stored states: which rows, which labels, which folds
+(the operation category; the same on a step-matched subsample; the step count itself; the binary
+"uses ×/÷?" and "uses +/−?"). A task is one (problem, view, fold) probe fit with its extras
+(shuffled labels, control task, permutation refits, confound + states), one control fit on one
+fold, or one descriptive analysis of a view. `plan` lists them in a fixed order (heavy ones
+first), `run` executes them with joblib and gathers the results by key, in plan order, so the
+numbers never depend on --jobs: each task runs single-threaded BLAS with fixed random states.
 
-A report section that needs new fits adds a task kind here (`Task.kind`, a branch in `_run_one`
-and its slot in `Fits`) and reads its results from `Fits`.
+A report section that needs new fits adds a problem, or a task kind here (`Task.kind`, a branch
+in `_run_one` and its slot in `Fits`), and reads its results from `Fits`.
 """
 
 from __future__ import annotations
@@ -21,58 +24,169 @@ from typing import Any
 import joblib
 import numpy as np
 
-from opcircuits.analysis import clustering, controls, similarity
+from opcircuits.analysis import clustering, confound, controls, similarity
+from opcircuits.analysis.control_task import control_labels, first_word
 from opcircuits.analysis.features import View, view_matrix
-from opcircuits.analysis.inputs import AnalysisInput
+from opcircuits.analysis.inference import stratified_permutations
+from opcircuits.analysis.inputs import AnalysisInput, records_column
 from opcircuits.analysis.probes import PROBES, fit_fold
-from opcircuits.analysis.scoring import Fold
+from opcircuits.analysis.scoring import Fold, make_folds
 from opcircuits.analysis.workers import worker_config
 from opcircuits.progress import stage_progress
+
+CATEGORY = "category"
+# The descriptive permutation tests need no refits, so they afford this many times more
+# permutations (and p-values small enough to survive the multiplicity correction).
+CHEAP_FACTOR = 5
+MUL_DIV, ADD_SUB = frozenset("*/"), frozenset("+-")
+
+
+@dataclass
+class Problem:
+    """One learning problem: rows of the stored states, their labels, folds over them."""
+
+    name: str
+    rows: np.ndarray  # rows of AnalysisInput.hidden
+    y: np.ndarray
+    class_names: list[str]
+    folds: list[Fold]
+    views: list[View]  # the views probed (logistic regression)
+    questions: list[str] | None = None  # for the question-text control
+    confound_x: np.ndarray | None = None  # for the confound control and the incremental test
+    n_steps: np.ndarray | None = None  # for the step-lookup control
+    control_y: np.ndarray | None = None  # the control task's labels (Hewitt & Liang)
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
 
 
 @dataclass(frozen=True)
 class Task:
     kind: str  # "view" | "text" | "confound" | "cluster" | "similarity"
+    problem: str = CATEGORY
     fold: Fold | None = None
     view: View | None = None
     probes: tuple[str, ...] = ()
     shuffled: bool = False
     permute: bool = False
+    control_task: bool = False
+    incremental: bool = False
 
 
 @dataclass
 class Fits:
-    """Every task's result, gathered by kind (lists follow the folds' order)."""
+    """Every task's result, gathered by key (lists follow the problem's folds)."""
 
-    preds: dict[tuple[str, str], list[np.ndarray]] = field(default_factory=dict)
-    perm_correct: dict[str, np.ndarray] = field(default_factory=dict)  # view → [perm] counts
+    # (problem, view, name) → per-fold predictions; name: a probe, "shuffled_labels",
+    # "control_task:<probe>", "incremental", or ("control", kind) views for controls.
+    preds: dict[tuple[str, str, str], list[np.ndarray]] = field(default_factory=dict)
+    # (problem, view, probe) → correct counts per permutation, summed over the first repeat
+    perm_correct: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
     not_converged: int = 0
     clusters: dict[str, clustering.Clustering] = field(default_factory=dict)
     similarity: dict[str, dict] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Plan:
     tasks: list[Task]
+    problems: dict[str, Problem]
     shuffle_view: str  # the view whose fits also give the shuffled-label control
     same_as: dict[str, str]  # position view → main view with exactly its features
-    permuted_y: np.ndarray | None  # [permutations, N] labels shared by every permutation test
+    permuted_y: np.ndarray | None  # [permutations, N] labels of the category problem
+    permute_probes: tuple[str, ...]  # the probes refitted on every permutation
 
 
-def plan(inp: AnalysisInput, permutations: int, seed: int) -> Plan:
-    """Every fit of the analysis, heavy tasks first."""
-    views, folds, y = inp.views, inp.folds, inp.y
+def problems(inp: AnalysisInput, options: Any) -> dict[str, Problem]:
+    """The category problem and, where the store allows, the secondary ones."""
+    main_views = inp.main_views
+    control_y = None
+    if inp.questions is not None:
+        control_y = control_labels([first_word(q) for q in inp.questions], inp.y, options.seed)
+    out = {
+        CATEGORY: Problem(
+            CATEGORY,
+            inp.rows,
+            inp.y,
+            inp.names,
+            inp.folds,
+            inp.views,
+            inp.questions,
+            inp.confound_x,
+            inp.n_steps,
+            control_y,
+        )
+    }
+    if not main_views:
+        return out
+    steps = inp.n_steps
+    if steps is not None and not confound.is_matched(inp.y, steps):
+        keep = confound.matched_subsample(inp.y, steps, options.seed)
+        y = inp.y[keep]
+        if len(keep) and np.bincount(y, minlength=inp.n_classes).min() >= options.folds:
+            out["step_matched"] = Problem(
+                "step_matched",
+                inp.rows[keep],
+                y,
+                inp.names,
+                make_folds(y, options.folds, options.repeats, options.seed),
+                main_views,
+                n_steps=steps[keep],
+            )
+    if steps is not None:
+        bins, names = confound.step_bins(steps, options.folds)
+        if len(names) >= 2:
+            out["n_steps"] = Problem(
+                "n_steps",
+                inp.rows,
+                bins,
+                names,
+                make_folds(bins, options.folds, options.repeats, options.seed),
+                main_views,
+            )
+    ops = records_column(inp.all_records, "ops_used")
+    if ops is not None:
+        rows = np.array([i for i, o in enumerate(ops) if o is not None], dtype=np.int64)
+        texts = records_column(inp.all_records, "question")
+        for name, family in (("uses_mul_div", MUL_DIV), ("uses_add_sub", ADD_SUB)):
+            y = np.array([int(bool(family & {str(s) for s in ops[i]})) for i in rows])
+            if len(rows) and np.bincount(y, minlength=2).min() >= options.folds:
+                questions = None
+                if texts is not None and all(isinstance(texts[i], str) for i in rows):
+                    questions = [texts[i] for i in rows]
+                out[name] = Problem(
+                    name,
+                    rows,
+                    y,
+                    ["no", "yes"],
+                    make_folds(y, options.folds, options.repeats, options.seed),
+                    main_views,
+                    questions,
+                )
+    return out
+
+
+def plan(inp: AnalysisInput, options: Any, brief: bool = False) -> Plan:
+    """Every fit of the analysis, heavy tasks first. `brief`: only the category problem's
+    logistic regression (with its controls and permutations) on `inp.views`."""
+    probs = problems(inp, options)
+    if brief:
+        probs = {CATEGORY: probs[CATEGORY]}
+    cat = probs[CATEGORY]
+    views, folds = inp.views, inp.folds
     main_views = inp.main_views
     shuffle_view = main_views[0].name if main_views else views[-1].name
-    rng = np.random.default_rng([seed, 1])
-    permuted_y = (
-        np.stack([y[rng.permutation(inp.n)] for _ in range(permutations)]).astype(np.int16)
-        if permutations
-        else None
-    )
+    permuted_y = None
+    if options.permutations:
+        # Shuffled within each test fold of the first repeat: every fold keeps its class counts.
+        rng = np.random.default_rng([options.seed, 1])
+        groups = [f.test for f in folds if f.repeat == 0]
+        permuted_y = stratified_permutations(inp.y, groups, options.permutations, rng)
+    permute_probes = PROBES if options.permute_all_probes and not brief else ("logreg",)
     tasks: list[Task] = []
     # `first` and `last` hold exactly the features of the first and last latent positions' views,
-    # so those position views reuse their logistic-regression predictions instead of refitting.
+    # so those position views reuse their predictions instead of refitting.
     same_as = {v.positions[0]: v.name for v in main_views if v.name in ("first", "last")}
     for view in sorted(views, key=lambda v: v.kind != "main"):
         if view.kind == "position" and view.name in same_as:
@@ -81,21 +195,33 @@ def plan(inp: AnalysisInput, permutations: int, seed: int) -> Plan:
             tasks.append(
                 Task(
                     "view",
+                    CATEGORY,
                     fold,
                     view,
-                    PROBES if view.kind == "main" else ("logreg",),
+                    PROBES if view.kind == "main" and not brief else ("logreg",),
                     shuffled=view.name == shuffle_view,
-                    permute=view.kind == "main" and fold.repeat == 0 and permuted_y is not None,
+                    permute=fold.repeat == 0 and permuted_y is not None,
+                    control_task=cat.control_y is not None and not brief,
+                    incremental=view.kind == "main" and cat.confound_x is not None and not brief,
                 )
             )
-    if inp.questions is not None:
-        tasks += [Task("text", f) for f in folds]
-    if inp.confound_x is not None:
-        tasks += [Task("confound", f) for f in folds]
+    for prob in probs.values():
+        if prob.name == CATEGORY:
+            continue
+        tasks += [
+            Task("view", prob.name, f, v, ("logreg",)) for v in prob.views for f in prob.folds
+        ]
+    for prob in probs.values():
+        if prob.questions is not None:
+            tasks += [Task("text", prob.name, f) for f in prob.folds]
+    if cat.confound_x is not None:
+        tasks += [Task("confound", CATEGORY, f) for f in folds]
+    if brief:
+        return Plan(tasks, probs, shuffle_view, same_as, permuted_y, permute_probes)
     # Descriptive analyses (all problems, no folds) share the worker pool.
     tasks += [Task("cluster", view=v) for v in views if v.kind == "main" or v.name == "bot"]
     tasks += [Task("similarity", view=v) for v in views if v.kind in ("main", "position")]
-    return Plan(tasks, shuffle_view, same_as, permuted_y)
+    return Plan(tasks, probs, shuffle_view, same_as, permuted_y, permute_probes)
 
 
 def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: int) -> Fits:
@@ -103,12 +229,11 @@ def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: 
     shared = dict(
         positions=inp.positions,
         layers=inp.layers,
-        y=inp.y,
-        questions=inp.questions,
-        confound_x=inp.confound_x,
+        problems=the_plan.problems,
         permuted_y=the_plan.permuted_y,
+        permute_probes=the_plan.permute_probes,
         seed=seed,
-        permutations=permutations,
+        cheap_permutations=CHEAP_FACTOR * permutations,
     )
     results: list[Any] = []
     with (
@@ -129,16 +254,22 @@ def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: 
         elif task.kind == "similarity":
             fits.similarity[task.view.name] = res
         elif task.kind != "view":
-            fits.preds.setdefault(("control", task.kind), []).append(res)
+            fits.preds.setdefault((task.problem, "control", task.kind), []).append(res)
         else:
-            for probe, p in res.predictions.items():
-                fits.preds.setdefault((task.view.name, probe), []).append(p)
+            for name, p in res.predictions.items():
+                fits.preds.setdefault((task.problem, task.view.name, name), []).append(p)
             fits.not_converged += res.not_converged
-            if res.permutation_correct is not None:
-                acc = fits.perm_correct.setdefault(task.view.name, np.zeros(permutations))
-                acc += res.permutation_correct
+            for probe, correct in res.permutation_correct.items():
+                key = (task.problem, task.view.name, probe)
+                fits.perm_correct[key] = fits.perm_correct.get(key, 0) + correct
     for pos, main_name in the_plan.same_as.items():
-        fits.preds[(pos, "logreg")] = fits.preds[(main_name, "logreg")]
+        for name in ("logreg", "control_task:logreg"):
+            if (CATEGORY, main_name, name) in fits.preds:
+                fits.preds[(CATEGORY, pos, name)] = fits.preds[(CATEGORY, main_name, name)]
+        if (CATEGORY, main_name, "logreg") in fits.perm_correct:
+            fits.perm_correct[(CATEGORY, pos, "logreg")] = fits.perm_correct[
+                (CATEGORY, main_name, "logreg")
+            ]
     return fits
 
 
@@ -159,24 +290,24 @@ def _run_one(
     source: np.ndarray,
     positions: list[str],
     layers: list[int],
-    y: np.ndarray,
-    questions: list[str] | None,
-    confound_x: np.ndarray | None,
+    problems: dict[str, Problem],
     permuted_y: np.ndarray | None,
+    permute_probes: tuple[str, ...],
     seed: int,
-    permutations: int,
+    cheap_permutations: int,
 ) -> Any:
-    fold = task.fold
-    if task.kind == "cluster":
-        return clustering.cluster_view(view_matrix(source, task.view, positions, layers), y)
-    if task.kind == "similarity":
-        X = view_matrix(source, task.view, positions, layers)
-        return similarity.within_between(X, y, int(y.max()) + 1, permutations, seed)
+    prob = problems[task.problem]
+    y, fold = prob.y, task.fold
+    if task.kind in ("cluster", "similarity"):
+        X = view_matrix(source, task.view, positions, layers, prob.rows)
+        if task.kind == "cluster":
+            return clustering.cluster_view(X, y, cheap_permutations, seed)
+        return similarity.within_between(X, y, int(y.max()) + 1, cheap_permutations, seed)
     if task.kind == "text":
-        return controls.text_fold(questions or [], y, fold.train, fold.test, seed)
+        return controls.text_fold(prob.questions or [], y, fold.train, fold.test, seed)
     if task.kind == "confound":
-        return controls.confound_fold(confound_x, y, fold.train, fold.test, seed)
-    X = view_matrix(source, task.view, positions, layers)
+        return controls.confound_fold(prob.confound_x, y, fold.train, fold.test, seed)
+    X = view_matrix(source, task.view, positions, layers, prob.rows)
     shuffled = None
     if task.shuffled:
         rng = np.random.default_rng([seed, 2, fold.index])
@@ -190,4 +321,7 @@ def _run_one(
         seed=seed,
         shuffled_train_y=shuffled,
         permuted_y=permuted_y if task.permute else None,
+        permute_probes=permute_probes if task.view.kind == "main" else ("logreg",),
+        control_y=prob.control_y if task.control_task else None,
+        confound=prob.confound_x if task.incremental else None,
     )

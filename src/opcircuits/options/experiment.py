@@ -68,6 +68,11 @@ class ExtractOptions:
     )
     merge: bool = opt(True, help="Merge the LoRA adapters into the base (same results, faster).")
     top_k: int = opt(5, min=1, help="Logit-lens tokens kept per position.")
+    reinit: int | None = opt(
+        None,
+        help="Re-initialize every weight of the model with this seed before extracting: the "
+        "random-model baseline (what the architecture and the input give without training).",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -100,9 +105,33 @@ class AnalyzeOptions:
     )
     seed: int = opt(0, help="Seed of the folds, permutations and every model.")
     jobs: int = opt(-1, help="Worker processes (-1 = all cores); results do not depend on it.")
+    permute_all_probes: bool = opt(
+        False,
+        help="Refit the random forest and MLP on every permutation too, so they join the "
+        "family-wise test (about 10x the analysis time; default: logistic regression only).",
+    )
+    primary: str | None = opt(
+        None,
+        help="Pre-register one probe as probe:view (e.g. logreg:mean): its permutation test "
+        "alone decides the headline, uncorrected (default: the family-wise test over all).",
+    )
+    matched_store: Path | None = opt(
+        None,
+        help="Store of a step-matched sample from the same model (every category with the same "
+        "n_steps histogram): analyzed too, for the report's step-matched section.",
+    )
+    random_store: Path | None = opt(
+        None,
+        help="Store of the same problems from the same architecture with re-initialized "
+        "weights (extract --reinit): analyzed too and compared probe by probe.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.primary is not None and ":" not in str(self.primary):
+            raise OpcircuitsError(
+                f"give probe:view, e.g. logreg:mean, got {self.primary!r}", field="primary"
+            )
         jobs = self.jobs
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0 or jobs < -1:
             raise OpcircuitsError(f"must be ≥ 1 or -1 (all cores), got {jobs!r}", field="jobs")

@@ -1,0 +1,124 @@
+"""Validation of the report's claims: 20 seeded pure-noise stores and one planted-signal store.
+
+    python benchmarks/validate_claims.py [--stores 20] [--jobs -1] [--out validate_claims.json]
+
+Each store holds 600 problems (200 per category) × 7 positions × 3 layers × 64 Gaussian features,
+with question text, step counts, operations and logit-lens tokens drawn independently of the
+category (so nothing but the planted cell carries the category). Every store is analyzed with the
+default options (5 folds × 3 repeats, 200 permutations). The report may claim an effect on at most
+about 5% of the noise stores (its family-wise error rate) and must find the planted cell.
+Not part of the test run (about 21 full analyses); its output is quoted in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from opcircuits.analysis.analyze import compute_report
+from opcircuits.options import AnalyzeOptions
+from opcircuits.store import write_store
+
+CATS = ["pure_addition", "pure_multiplication", "mixed"]
+POSITIONS = ["bot"] + [f"latent_{k}" for k in range(1, 7)]
+LAYERS = [4, 8, 14]
+PLANTED = ("latent_3", 8)  # the planted cell
+WORDS = "apples each more total left times cost week buys has pens boxes friend store".split()
+
+
+def build(path: Path, seed: int, planted: bool, n: int = 600, dim: int = 64) -> Path:
+    rng = np.random.default_rng([seed, 7])
+    y = np.arange(n) % 3
+    rng.shuffle(y)
+    hidden = rng.standard_normal((n, len(POSITIONS), len(LAYERS), dim), dtype=np.float32)
+    if planted:
+        p, layer = POSITIONS.index(PLANTED[0]), LAYERS.index(PLANTED[1])
+        hidden[:, p, layer, :3] += 0.8 * np.eye(3, dtype=np.float32)[y]
+    records = []
+    for i in range(n):
+        ops = [["+"], ["*"], ["+", "*"]][int(rng.integers(3))]  # independent of the category
+        records.append(
+            {
+                "id": f"test_{i}",
+                "category": CATS[y[i]],
+                "question": " ".join(rng.choice(WORDS, size=20)) + f" {i}?",
+                "gold": 1.0,
+                "predicted": 1.0,
+                "correct": bool(rng.random() < 0.5),
+                "n_steps": int(rng.integers(2, 7)),
+                "ops_used": ops,
+                "lens_top_tokens": [
+                    [str(rng.choice([" +", " *", "5", " the"]))] for _ in POSITIONS
+                ],
+            }
+        )
+    write_store(path, hidden, records, LAYERS, POSITIONS, model="validation", store_dtype="float32")
+    return path
+
+
+def summarize(name: str, report: dict) -> dict:
+    cells = report["token_layer_map"]
+    best = max(cells, key=lambda c: c["accuracy"])
+    inf = report["inference"]
+    return {
+        "store": name,
+        "claims": inf["claims"],
+        "decoding_p_family": inf["primary"]["p_family"],
+        "best_cell": f"{best['position']}@{best['layer']}",
+        "best_cell_accuracy": best["accuracy"],
+        "best_cell_p_family": best["p_family"],
+        # The uncorrected view of the same question: the best cell's CI above chance.
+        "best_cell_ci_low_above_chance": best["ci_low"] > report["data"]["chance"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--stores", type=int, default=20)
+    ap.add_argument("--jobs", type=int, default=-1)
+    ap.add_argument("--out", type=Path, default=Path("validate_claims.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = [(f"noise_{s}", s, False) for s in range(args.stores)] + [("planted", 100, True)]
+        for name, seed, planted in stores:
+            path = build(Path(tmp) / name, seed, planted)
+            rows.append(summarize(name, compute_report(path, AnalyzeOptions(jobs=args.jobs))))
+            print(json.dumps(rows[-1]), flush=True)
+    noise = [r for r in rows if r["store"] != "planted"]
+    planted = rows[-1]
+    cpu = sum(
+        getattr(resource.getrusage(w), f)
+        for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
+    result = {
+        "noise_stores": len(noise),
+        "noise_stores_with_any_claim": sum(bool(r["claims"]) for r in noise),
+        "noise_stores_best_cell_ci_above_chance_uncorrected": sum(
+            r["best_cell_ci_low_above_chance"] for r in noise
+        ),
+        "planted_cell_claimed": f"decoding: logreg:{PLANTED[0]}@{PLANTED[1]}" in planted["claims"],
+        "planted": planted,
+        "rows": rows,
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": cpu,
+        "load_average_before": load,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
