@@ -3,8 +3,11 @@
     python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--keep DIR]
 
 Builds the store with `write_store` (float16, as extraction writes it; a weak category signal is
-planted so the probes have something to fit), then times `analyze` with default options.
-Prints the wall time and the per-stage log. Not a test: the figure goes into the README.
+planted so the probes have something to fit), then times `analyze` with default options: every
+probe, control and control task, the permutation family (logistic regression refitted on every
+view and cell for each permutation), the step-confound problems, the binary probes, the
+descriptive tests, figures and report. Prints the wall time, the CPU-seconds of the process and
+its workers, and the load average. Not a test: the figure goes into the README.
 """
 
 from __future__ import annotations

@@ -8,26 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_extract import _options
 
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.reinit import reinitialize
 from opcircuits.errors import OpcircuitsError
-from opcircuits.extract import ExtractOptions, extract
+from opcircuits.extract import extract
 from opcircuits.store import open_store
-
-torch.set_num_threads(1)
-
-
-def _options(tiny, problems, out, **kw) -> ExtractOptions:
-    kw = {"layers": "0,2,4", "batch_size": 8, "shard_size": 24, "max_new_tokens": 4, **kw}
-    return ExtractOptions(
-        dataset=problems,
-        out=out,
-        checkpoint=tiny.checkpoint,
-        base=str(tiny.base),
-        device="cpu",
-        **kw,
-    )
 
 
 def test_reinitialize_redraws_every_weight_seeded(tiny_llama) -> None:
