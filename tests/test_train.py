@@ -216,6 +216,10 @@ def test_resume_reproduces_uninterrupted_run(
     assert {"training_state.json", "optimizer.safetensors", "rng-0.safetensors"} <= {
         p.name for p in (part / "last").iterdir()
     }
+    # a run killed after logging step 3 but before its next checkpoint left a row behind
+    killed = dict(_log(part)[-1], step=3, loss=123.0, elapsed_s=_log(part)[-1]["elapsed_s"] + 1)
+    with open(part / "train_log.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(killed) + "\n")
     torch.manual_seed(1234)  # a resumed run must not depend on the caller's RNG
     train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1))
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
@@ -224,6 +228,10 @@ def test_resume_reproduces_uninterrupted_run(
         assert torch.equal(a[k], b[k]), k
     log_full, log_part = _log(full), _log(part)
     assert [r["loss"] for r in log_full] == [r["loss"] for r in log_part]
+    # each step logged once, the killed run's row replaced; elapsed time counts on across resume
+    assert [r["step"] for r in log_part] == list(range(1, len(log_full) + 1))
+    elapsed = [r["elapsed_s"] for r in log_part]
+    assert elapsed == sorted(elapsed)
     # resuming with different options is refused, never mixed
     with pytest.raises(OpcircuitsError, match="different options"):
         train(_options(tiny_base, gsm8k_dir, part, teacher_only_steps=1, lr=1e-2))

@@ -42,7 +42,7 @@ from opcircuits.codi.train_state import (
     save_state,
 )
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import write_json_atomic
+from opcircuits.files import write_json_atomic, write_text_atomic
 from opcircuits.options import TrainOptions
 from opcircuits.progress import stage_progress
 
@@ -138,6 +138,21 @@ def _save_checkpoint(
 
 
 # --- the loop ------------------------------------------------------------------------------
+
+
+def _trim_log(log_path: Path, start: int) -> float:
+    """Keep the log rows of steps 1..`start` (what the checkpoint resumed from holds) and return
+    the last kept row's elapsed seconds. Rows after it were logged by a run killed before its next
+    checkpoint; the resumed run redoes those steps, so keeping them would log each step twice."""
+    if not log_path.exists():
+        return 0.0
+    kept = [
+        line
+        for line in log_path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line)["step"] <= start
+    ]
+    write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+    return float(json.loads(kept[-1])["elapsed_s"]) if kept else 0.0
 
 
 def _build_model(options: TrainOptions) -> tuple[CodiModel, Any]:
@@ -312,7 +327,9 @@ def train(options: TrainOptions) -> Path:
     objective.train()
     step = start
     log_path = out / LOG_NAME
-    t0 = time.time()
+    # elapsed_s counts on from the resumed checkpoint, so the log holds the run's training time
+    before = _trim_log(log_path, start) if acc.is_main_process else 0.0
+    t0 = time.time() - before
     with _progress(acc.is_main_process, total, start) as advance:
         for step in range(start, end):
             student = step >= options.teacher_only_steps
