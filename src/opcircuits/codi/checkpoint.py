@@ -200,10 +200,11 @@ def resolve(
     elif preset is not None:
         ckpt = preset.checkpoint
         ckpt_dir = Path(ckpt)
-        if model == "demo" and not ckpt_dir.is_dir():
+        if model in ("demo", "demo-arith") and not ckpt_dir.is_dir():
             raise OpcircuitsError(
-                f"the demo model is not installed at {ckpt_dir}; train it with `opcircuits train` "
-                "or choose --model codi-gpt2 / codi-llama3.2-1b / --checkpoint DIR --base DIR"
+                f"the {model} model is not installed at {ckpt_dir}; train it with `opcircuits "
+                "train` (its MODEL_CARD.md has the commands) or choose --model codi-gpt2 / "
+                "codi-llama3.2-1b / --checkpoint DIR --base DIR"
             )
         if not ckpt_dir.is_dir():
             ckpt_dir = hub.download(ckpt)

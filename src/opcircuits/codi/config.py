@@ -150,9 +150,10 @@ def lora_targets_for(model_type: str) -> list[str]:
         ) from None
 
 
-def demo_dir() -> Path:
-    """The small demo CODI model shipped inside the package."""
-    return Path(__file__).resolve().parent.parent / "models" / "demo"
+def demo_dir(name: str = "demo") -> Path:
+    """A small CODI model shipped inside the package: `demo` (GSM8K) or `demo-arith` (the
+    synthetic problems of `data synth`)."""
+    return Path(__file__).resolve().parent.parent / "models" / name
 
 
 @dataclass(frozen=True)
@@ -190,4 +191,6 @@ PRESETS: dict[str, Preset] = {
     ),
     # Layers and the rest come from the demo dir's own codi_config.json.
     "demo": Preset(checkpoint=str(demo_dir()), base="."),
+    # The model organism: trained on synthetic problems (see its MODEL_CARD.md).
+    "demo-arith": Preset(checkpoint=str(demo_dir("demo-arith")), base="."),
 }
