@@ -286,6 +286,28 @@ def test_undeclared_settings_are_required(tiny_llama, tmp_path):
     assert "num_latent" not in str(err.value)
 
 
+def test_extract_takes_the_undeclared_settings_as_flags(tiny_llama, tiny_problems, tmp_path):
+    """`opcircuits extract` on a bare weights file: refused naming the settings and their flags,
+    then run with --num-latent/--remove-eos/--lora-alpha, which the store records."""
+    from cli_runner import run_cli
+
+    from opcircuits.store import open_store
+
+    ckpt = _weights_only(tiny_llama, tmp_path / "c")
+    out = tmp_path / "store"
+    common = ["extract", "--data", str(tiny_problems), "--model", str(ckpt), "--base",
+              str(tiny_llama.base), "--device", "cpu", "--layers", "0,2", "--max-new-tokens",
+              "2", "--out", str(out)]  # fmt: skip
+    code, _, err = run_cli(*common)
+    assert code == 2 and "--num-latent" in err and "--lora-alpha" in err, err
+    assert not out.exists()
+    code, _, err = run_cli(*common, "--num-latent", "3", "--remove-eos", "--lora-alpha", "32")
+    assert code == 0, err
+    store = open_store(out)
+    assert store.manifest["num_latent"] == 3
+    assert store.positions[-1] == "latent_3"
+
+
 # --- refusals: non-finite weights, files of the wrong kind (issue 13 items 4, 9) ---------------
 
 

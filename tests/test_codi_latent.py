@@ -175,7 +175,7 @@ def test_a_model_trained_with_eos_kept_answers(gsm8k_dir, tiny_texts, tmp_path, 
         base=str(base),
         data=str(gsm8k_dir / "train.jsonl"),
         from_scratch=True,
-        remove_eos=False,  # `opcircuits train --keep-eos`
+        remove_eos=False,  # `opcircuits train --no-remove-eos`
         lora_r=0,
         prj_dim=32,
         num_latent=1,

@@ -219,6 +219,9 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         dtype=options.dtype,
         device=dist.device(options.device),
         merge=options.merge,
+        num_latent=options.num_latent,
+        remove_eos=options.remove_eos,
+        lora_alpha=options.lora_alpha,
     )
     src = model.source
     name = src.name

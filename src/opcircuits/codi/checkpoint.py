@@ -174,7 +174,8 @@ def _require_declared(config: CodiConfig, declared: set[str], ckpt_dir: Path) ->
         raise OpcircuitsError(
             f"{', '.join(missing)} unknown: this checkpoint is not a preset and {where} them; "
             f"write them into {file} (e.g. {{{shown}}}, the released CODI checkpoints' values) "
-            "or pass them to load_codi",
+            "or give them (extract: --num-latent, --remove-eos/--no-remove-eos, --lora-alpha; "
+            "load_codi: keyword arguments)",
             path=ckpt_dir,
             field=missing[0],
         )

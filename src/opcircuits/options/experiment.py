@@ -44,6 +44,24 @@ class ExtractOptions:
         example="meta-llama/Llama-3.2-1B-Instruct",
         help="Base model: hub id or local folder (config + tokenizer [+ weights]).",
     )
+    num_latent: int | None = opt(
+        None,
+        min=1,
+        help="K continuous thoughts. Default: the checkpoint's codi_config.json or preset; "
+        "required for any other checkpoint.",
+    )
+    remove_eos: bool | None = opt(
+        None,
+        help="Whether the model was trained without EOS between the question and the "
+        "thoughts (--no-remove-eos: with it, as the official code's default). Default: the "
+        "checkpoint's codi_config.json or preset; required for any other checkpoint.",
+    )
+    lora_alpha: int | None = opt(
+        None,
+        min=1,
+        help="LoRA alpha the checkpoint was trained with (scales its adapters). Default: the "
+        "checkpoint's codi_config.json or preset; required for any other checkpoint with LoRA.",
+    )
     layers: str | list[int] | None = opt(
         None,
         list=int,
