@@ -24,9 +24,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float16", "float32")
 SPLITS = ("train", "test")
 
-HELP_MODEL = (
-    "Preset (demo, demo-arith, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint folder."
-)
+HELP_MODEL = "Preset (demo, demo-arith, codi-gpt2, codi-llama3.2-1b), hub id or checkpoint folder."
 HELP_DEVICE = "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps."
 HELP_DTYPE = "Model weights' dtype: float32, bfloat16 or float16."
 
