@@ -336,3 +336,33 @@ def test_a_permission_error_anywhere_is_one_line_naming_the_file(tmp_path, monke
     monkeypatch.setattr("opcircuits.data.gsm8k.download", denied)
     code, _, err = run_cli("data", "download", "--data", str(tmp_path), "--out", str(target))
     assert code == 2 and one_error_line(err) == f"error: {target}: permission denied"
+
+
+def test_train_out_the_base_folder_is_refused_before_training(tmp_path, gsm8k_dir):
+    """Training into its own base folder would overwrite the base's config and tokenizer."""
+    data = tmp_path / "train.jsonl"
+    with open(gsm8k_dir / "train.jsonl", encoding="utf-8") as fh:
+        data.write_text("".join(next(fh) for _ in range(40)), encoding="utf-8")
+    base = tmp_path / "base"
+    code, _, err = run_cli(
+        "new-base", "--data", str(data), "--vocab-size", "300", "--hidden-size", "32",
+        "--num-layers", "1", "--out", str(base),
+    )  # fmt: skip
+    assert code == 0, err
+    before = tree(base)
+    code, _, err = run_cli(
+        "train", "--base", str(base), "--data", str(data), "--from-scratch", "--lora-r", "0",
+        "--max-steps", "1", "--out", str(base),
+    )  # fmt: skip
+    assert code == 2 and "would overwrite the input --base" in one_error_line(err), err
+    assert tree(base) == before
+
+
+def test_evaluate_out_its_problem_file_is_refused_before_loading(tmp_path, gsm8k_dir):
+    data = tmp_path / "test.jsonl"
+    with open(gsm8k_dir / "test.jsonl", encoding="utf-8") as fh:
+        data.write_text("".join(next(fh) for _ in range(3)), encoding="utf-8")
+    before = data.read_bytes()
+    code, _, err = run_cli("evaluate", "--model", "demo", "--data", str(data), "--out", str(data))
+    assert code == 2 and "would overwrite the input --data" in one_error_line(err), err
+    assert data.read_bytes() == before

@@ -156,10 +156,15 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
 
     from opcircuits.codi.checkpoint import load_codi
     from opcircuits.codi.latent import check_lengths, extract_number
-    from opcircuits.files import write_json_atomic
+    from opcircuits.files import refuse_same_files, write_json_atomic
 
     if options.threads:
         torch.set_num_threads(options.threads)
+    model_dir = Path(options.model).expanduser()
+    refuse_same_files(
+        {"--out": options.out},
+        {"--data": options.data, "--model": model_dir if model_dir.is_dir() else None},
+    )
     problems = read_eval_problems(options.data)
     if options.limit:
         problems = problems[: options.limit]

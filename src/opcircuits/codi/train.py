@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from opcircuits.codi.checkpoint import load_weights_strict, read_weights
-from opcircuits.codi.config import CodiConfig
+from opcircuits.codi.config import CONFIG_NAME, CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
 from opcircuits.codi.objective import CodiObjective
 from opcircuits.codi.train_data import IGNORE, TokenExample, build_examples, read_train_data
@@ -256,6 +256,33 @@ def _cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# What a run writes into --out (besides last/); the base's own files have the same names.
+WRITTEN = (
+    WEIGHTS_NAME,
+    CONFIG_NAME,
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    LOG_NAME,
+    DATA_SUMMARY_NAME,
+)
+
+
+def _refuse_inputs_as_outputs(options: TrainOptions) -> None:
+    """--out equal to --base (or a training file named like an output) would overwrite an input."""
+    from opcircuits.files import refuse_same_files
+
+    base = Path(str(options.base)).expanduser()
+    data = Path(str(options.data)).expanduser()
+    refuse_same_files(
+        {"--out": [Path(options.out) / name for name in WRITTEN]},
+        {
+            "--base": [base / name for name in WRITTEN] if base.is_dir() else [],
+            "--data": [data] if data.exists() else [],
+        },
+    )
+
+
 def train(options: TrainOptions) -> Path:
     """Train (or resume training) a CODI model; returns `options.out`, holding the final
     checkpoint in the released layout once all steps are done."""
@@ -269,6 +296,7 @@ def train(options: TrainOptions) -> Path:
     cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
     acc = Accelerator(mixed_precision=options.mixed_precision, cpu=cpu or None)
     out = Path(options.out)
+    _refuse_inputs_as_outputs(options)
     resume = find_checkpoint(out)
     state = None
     if resume is not None:
