@@ -76,6 +76,12 @@ def test_verdict_against_text_control_follows_the_interval(report: tuple[dict, P
     assert "does not outperform a TF-IDF classifier of the question (accuracy " in _text(rep)
     assert "gain 0.02, CI −0.03…0.07, p = 0.300 uncorrected" in _text(rep)
     best["gain_vs"]["question_text"] = {**gain, "value": 0.2, "ci_low": 0.1, "ci_high": 0.3}
+    # An interval above zero alone is no claim (no permutation test ran here)...
+    assert "Only uncorrected (no family-wise claim), it scores above a TF-IDF" in _text(rep)
+    assert "It outperforms" not in _text(rep)
+    # ...the family-wise claim over the strongest baseline control is.
+    name = f"{best['probe']}:{best['view']}"
+    _with_claims(rep, decoding=[(name, 0.01)], beyond_baseline=[(name, 0.001)])
     assert "It outperforms a TF-IDF classifier of the question" in _text(rep)
 
 

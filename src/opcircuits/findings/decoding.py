@@ -86,18 +86,26 @@ def probes(report: dict) -> Section | None:
             f"{probe_phrase(top)} scores higher ({num(top['accuracy'])}) but is not in the "
             "permutation family (set permute_all_probes to test it)."
         )
+    # "Outperforms" is a claim: only when the probe beats the strongest of these controls after
+    # the family-wise correction. An interval above zero without it is said to be uncorrected.
+    beats_all = claimed(report, "beyond_baseline", member)
     for name in ("question_text", "confound", "step_lookup", "majority"):
         c = control(report, name)
         if c is None:
             continue
         diff = best["gain_vs"][name]
-        verb = "outperforms" if (diff["ci_low"] or 0) > 0 else "does not outperform"
         what = (
             "a TF-IDF classifier of the question"
             if name == "question_text"
             else (f"the {CONTROL_LABELS[name]} control")
         )
-        s.append(f"It {verb} {what} (accuracy {num(c['accuracy'])}; {diff_text(diff, 'gain')}).")
+        if beats_all and (diff["ci_low"] or 0) > 0:
+            verb = "It outperforms"
+        elif (diff["ci_low"] or 0) > 0:
+            verb = "Only uncorrected (no family-wise claim), it scores above"
+        else:
+            verb = "It does not outperform"
+        s.append(f"{verb} {what} (accuracy {num(c['accuracy'])}; {diff_text(diff, 'gain')}).")
     if best.get("selectivity") is not None:
         ct = best["control_task"]
         s.append(
