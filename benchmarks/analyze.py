@@ -1,6 +1,7 @@
 """Benchmark: default `analyze` on a random 600-problem store (7 positions × 3 layers × 2048).
 
     python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--keep DIR]
+    python benchmarks/analyze.py --refit-cost [--refits 5]
 
 Builds the store with `write_store` (float16, as extraction writes it; a weak category signal is
 planted so the probes have something to fit), then times `analyze` with default options: every
@@ -8,6 +9,11 @@ probe, control and control task, the permutation family (logistic regression ref
 view and cell for each permutation), the step-confound problems, the binary probes, the
 descriptive tests, figures and report. Prints the wall time, the CPU-seconds of the process and
 its workers, and the load average. Not a test: the figure goes into the README.
+
+`--refit-cost` analyzes nothing: it plans the default analysis of the same store, counts the
+permutation-family refits (logistic regression on each permuted labelling, per view and fold) and
+times a few of them per view kind, single-threaded as the workers run them, so the cost of the
+family can be stated on a machine too busy to run the whole analysis.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--jobs", type=int, default=-1)
     ap.add_argument("--keep", type=Path, default=None, help="write store and outputs here")
+    ap.add_argument("--refit-cost", action="store_true", help="time permutation refits only")
+    ap.add_argument("--refits", type=int, default=5, help="refits timed per view kind")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,6 +79,9 @@ def main() -> None:
         store = base / "store"
         if not (store / "manifest.json").exists():
             build(store, args.problems, args.dim)
+        if args.refit_cost:
+            refit_cost(store, args.refits)
+            return
         load_before = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
         start = time.perf_counter()
@@ -86,6 +97,48 @@ def main() -> None:
         f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall "
         f"(1-min load average {load_before:.1f} before, {load_after:.1f} after); "
         f"{cpu:.1f} CPU-seconds in this process and its workers"
+    )
+
+
+def refit_cost(store: Path, refits: int) -> None:
+    """Count the default plan's permutation refits and time `refits` of them per view kind."""
+    from sklearn.pipeline import Pipeline
+    from threadpoolctl import threadpool_limits
+
+    from opcircuits.analysis import tasks
+    from opcircuits.analysis.features import view_matrix
+    from opcircuits.analysis.inputs import load_input
+    from opcircuits.analysis.probes import logreg, probe_pipeline
+    from opcircuits.store import open_store
+
+    options = AnalyzeOptions()
+    inp = load_input(open_store(store), options)
+    plan = tasks.plan(inp, options)
+    cat = plan.problems[tasks.CATEGORY]
+    permuted = [t for t in plan.tasks if t.permute]
+    total = 0.0
+    by_kind: dict[str, list] = {}
+    for t in permuted:
+        by_kind.setdefault(t.view.kind, []).append(t)
+    for kind, group in sorted(by_kind.items()):
+        t = group[0]
+        X = view_matrix(inp.hidden, t.view, inp.positions, inp.layers, cat.rows)
+        train = t.fold.train
+        with threadpool_limits(1):
+            z = Pipeline(probe_pipeline("logreg", 0).steps[:-1]).fit_transform(X[train])
+            start = time.process_time()
+            for yp in plan.permuted_y[:refits]:
+                logreg(0).fit(z, yp[train])
+            each = (time.process_time() - start) / refits
+        n = len(group) * options.permutations
+        total += n * each
+        print(
+            f"{kind}: {len(group)} view × fold tasks × {options.permutations} permutations = "
+            f"{n} refits on {z.shape[0]} × {z.shape[1]} span coordinates, {each:.3f} CPU-s each"
+        )
+    print(
+        f"permutation family: {len(permuted) * options.permutations} refits, about {total:.0f} "
+        f"CPU-seconds (1-min load average {os.getloadavg()[0]:.1f})"
     )
 
 

@@ -35,6 +35,11 @@ def _family(name: str, members: list[tuple[str, float | None]], adjust: bool = T
     }
 
 
+def _views_family(name: str, rows: list[dict], key: str) -> dict:
+    """A family of logistic-regression views, each tested by the p-value of `row[key]`."""
+    return _family(name, [(member_name("logreg", r["view"]), r[key]["p_value"]) for r in rows])
+
+
 def _primary(report: dict[str, Any], primary: str | None) -> dict:
     tests = report["permutation_tests"]
     members = [(member_name(t["probe"], t["view"]), t["p_family"]) for t in tests]
@@ -75,37 +80,14 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
     ]
     steps = report.get("step_confound") or {}
     if steps.get("incremental"):
-        fams.append(
-            _family(
-                "beyond_confound_features",
-                [
-                    (member_name("logreg", r["view"]), r["difference"]["p_value"])
-                    for r in steps["incremental"]
-                ],
-            )
-        )
+        fams.append(_views_family("beyond_confound_features", steps["incremental"], "difference"))
     if steps.get("step_matched"):
-        fams.append(
-            _family(
-                "step_matched",
-                [
-                    (member_name("logreg", r["view"]), r["gain_over_majority"]["p_value"])
-                    for r in steps["step_matched"]["probes"]
-                ],
-            )
-        )
+        rows = steps["step_matched"]["probes"]
+        fams.append(_views_family("step_matched", rows, "gain_over_majority"))
     sample = report.get("step_matched_sample") or {}
     if sample.get("probes"):
         # Beyond that sample's strongest baseline control (its step-count lookup included).
-        fams.append(
-            _family(
-                "step_matched_sample",
-                [
-                    (member_name("logreg", r["view"]), r["gain_over_baseline"]["p_value"])
-                    for r in sample["probes"]
-                ],
-            )
-        )
+        fams.append(_views_family("step_matched_sample", sample["probes"], "gain_over_baseline"))
     if report["pre_thought"]:
         fams.append(
             _family(
@@ -158,15 +140,8 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
             )
     baseline = report.get("random_model") or {}
     if baseline.get("probes"):
-        fams.append(
-            _family(
-                "trained_vs_random",
-                [
-                    (member_name("logreg", r["view"]), r["trained_minus_random"]["p_value"])
-                    for r in baseline["probes"]
-                ],
-            )
-        )
+        rows = baseline["probes"]
+        fams.append(_views_family("trained_vs_random", rows, "trained_minus_random"))
     fams = [f for f in fams if any(m["p_value"] is not None for m in f["members"])]
     return decide(_primary(report, primary), fams, ALPHA)
 
