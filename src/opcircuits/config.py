@@ -9,6 +9,9 @@ Tables and keys (every key is optional; defaults are the stages' own):
   those of `SynthOptions` that a synthetic run does not set itself.
 - `[extract]`: the fields of `ExtractOptions` except the paths the run sets (`dataset`, `out`).
 - `[analyze]`: the fields of `AnalyzeOptions`.
+- `[intervene]`: `enabled` (auto | on | off: the causal-test stage runs in full mode, or when
+  on) and the fields of `InterveneOptions` except the data, output, pairs and model, which the
+  run sets (the model and decoding are `[extract]`'s, so the causal tests use the probed model).
 
 Keys are the CLI option names with `-` → `_`. An unknown table or key is an error naming the file,
 the table and the key, with a "did you mean" suggestion: a typo must never be silently ignored.
@@ -40,15 +43,25 @@ from opcircuits.options import (
     DownloadOptions,
     ExtractOptions,
     Group,
+    InterveneOptions,
     PrototypeOptions,
+    RunInterveneOptions,
     RunOptions,
     SynthOptions,
 )
 
-TABLES = ("run", "data", "extract", "analyze")
+TABLES = ("run", "data", "extract", "analyze", "intervene")
 _DATA = "Data (prototype, full)"
 _MODEL = "Model and extraction (prototype, full)"
 _ANALYSIS = "Analysis"
+_CAUSAL = "Causal tests (full; prototype with --intervene on)"
+# [intervene] keys the run sets: the problems, output and partners of its own data, and the
+# model (with its precision and decoding) of [extract].
+INTERVENE_SET = frozenset(
+    {"data", "out", "pairs", "model", "checkpoint", "base", "dtype", "device", "max_new_tokens"}
+)
+# The [intervene] keys offered as `run` flags (the others live in the config file only).
+INTERVENE_FLAGS = {"kinds": "intervene_kinds", "sites": "intervene_sites"}
 
 # The run's tables, made of the stages' own option classes (`run --help` lists them by panel).
 # `skip`: paths the run decides itself; setting them would break the run directory's layout.
@@ -89,6 +102,17 @@ RUN_GROUPS = (
         flags={"layers": "analyze_layers"},
         help={"layers": "Layers to analyze (default: all in the store); [analyze] layers."},
         panel=_ANALYSIS,
+    ),
+    Group(RunInterveneOptions, table="intervene", flags={"enabled": "intervene"}, panel=_CAUSAL),
+    Group(
+        InterveneOptions,
+        table="intervene",
+        skip=INTERVENE_SET,
+        cli_skip=frozenset(
+            f.name for f in dataclasses.fields(InterveneOptions) if f.name not in INTERVENE_FLAGS
+        ),
+        flags=INTERVENE_FLAGS,
+        panel=_CAUSAL,
     ),
 )
 RUN_SET = {g.table: set(g.skip) for g in RUN_GROUPS if g.table != "run"}
@@ -216,7 +240,12 @@ def _check_table(
         if key not in keys:
             line = _key_line(path, table, key)
             if key in RUN_SET.get(table, set()):
-                msg = f"'{key}' in [{table}] is set by the run itself (use [run] out / store)"
+                where = (
+                    "the model and decoding are [extract]'s, the problems the run's"
+                    if table == "intervene"
+                    else "use [run] out / store"
+                )
+                msg = f"'{key}' in [{table}] is set by the run itself ({where})"
             else:
                 elsewhere = [t for t in TABLES if t != table and key in schema[t]]
                 hint = _suggest(key, sorted(keys))

@@ -24,6 +24,8 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import atomic_path, read_json_object, sha256_file, write_json_atomic
+from opcircuits.files import (
+    atomic_path,
+    check_replaceable,
+    read_json_object,
+    sha256_file,
+    write_json_atomic,
+)
 from opcircuits.options import InterveneOptions
 from opcircuits.progress import stage_progress
 
@@ -77,6 +85,37 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+# The files an intervene folder's layout defines (the manifest is its record), and the
+# temporaries of an interrupted atomic write of one (`.<name>.<random>.tmp` beside it).
+_OWN_RE = re.compile(
+    rf"^(?:{re.escape(MANIFEST)}|{re.escape(TABLE)}|{re.escape(RESULT)}|causal_[a-z_]+\.png"
+    rf"|{PARTS}/part-\d{{5,}}\.parquet)$"
+)
+_TMP_RE = re.compile(r"^(?P<dir>(?:[^/]+/)?)\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def is_intervene_file(name: str) -> bool:
+    """Whether `name` (relative to an intervene folder, POSIX) is a file `intervene` writes."""
+    if _OWN_RE.match(name):
+        return True
+    tmp = _TMP_RE.match(name)
+    return tmp is not None and is_intervene_file(tmp["dir"] + tmp["name"])
+
+
+def remove_interventions(path: str | Path) -> None:
+    """Delete an intervene folder's own files (a sweep with other options is never resumed
+    into it). Any other file in the folder is an error naming it, and then nothing is removed."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise OpcircuitsError("not an intervene output folder (no manifest.json)", path=path)
+    check_replaceable(path, is_intervene_file)
+    for child in path.iterdir():  # every file here is ours by now
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     """Deterministic parquet (fixed schema and options, no timestamps), written atomically."""
     for r in rows:  # a non-finite log-probability (underflow) is recorded as missing
@@ -92,25 +131,18 @@ def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
-    """Problem records (the data stage's reader), with their category (derived when absent) and
-    `pair_id` (which the reader does not keep: read from the JSONL lines themselves)."""
-    from opcircuits.data.gsm8k import read_jsonl_objects
+    """Problem records (the data stage's reader, which keeps `pair_id`), with their category
+    (derived when absent)."""
     from opcircuits.data.io import read_problems
     from opcircuits.extract import problem_fields
 
-    records = read_problems(path)
-    pair_ids: dict[str, Any] = {}
-    if path.suffix != ".json":
-        for _, obj in read_jsonl_objects(path):
-            if obj.get("pair_id") is not None:
-                pair_ids[str(obj.get("id"))] = obj["pair_id"]
     out = []
-    for i, r in enumerate(records):
+    for i, r in enumerate(read_problems(path)):
         try:
             fields = problem_fields(r)
         except OpcircuitsError as exc:
             raise OpcircuitsError(exc.message, path=path, line=i + 1, field=exc.field) from None
-        out.append({**r, "category": fields["category"], "pair_id": pair_ids.get(str(r["id"]))})
+        out.append({**r, "category": fields["category"], "pair_id": r.get("pair_id")})
     return out
 
 
@@ -280,7 +312,8 @@ def intervene(options: InterveneOptions) -> Path:
     records = _read(options.data)
     if not records:
         raise OpcircuitsError("no problems", path=options.data)
-    partners = _read(pairs) if pairs is not None else []
+    # Partners are only patch sources: without patching they would only cost clean runs.
+    partners = _read(pairs) if pairs is not None and "patch" in options.kinds else []
     ids = {str(r["id"]) for r in records}
     partners = [r for r in partners if str(r["id"]) not in ids]  # a problem is its own record
     patch_map = _read_patch_map(options.patch_map) if options.patch_map is not None else None

@@ -12,6 +12,7 @@ Run directory layout (see README "One command: opcircuits run"):
     data/                  gsm8k_full.jsonl (or synth_N.jsonl), operation_samples_*.jsonl
                            (+ manifests)
     store/                 the thought store (unless --store puts it elsewhere)
+    interventions/         the causal tests (full mode, or [intervene] enabled = "on")
     analysis/              analysis_report.json, ANALYSIS_SUMMARY.md, report.html, figures
     stages/                one record per completed stage
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opcircuits.config import ResolvedConfig
+from opcircuits.config import INTERVENE_SET, ResolvedConfig
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import manifest_path, write_json_atomic, write_text_atomic
 from opcircuits.report import headline
@@ -48,6 +49,7 @@ from opcircuits.versions import RUN_PACKAGES, package_versions
 log = logging.getLogger(__name__)
 
 ANALYSIS_DIR = "analysis"
+INTERVENE_DIR = "interventions"
 STORE_DIR = "store"
 DATA_DIR = "data"
 # Options that change how fast a stage runs, never what it writes: not part of its key.
@@ -127,6 +129,12 @@ def build_stages(config: ResolvedConfig, run_dir: Path) -> tuple[list[Stage], Pa
     t = config.tables
     analysis_dir = run_dir / ANALYSIS_DIR
     if config.mode == "analysis_only":
+        if t["intervene"]["enabled"] == "on":
+            raise OpcircuitsError(
+                "the intervene stage needs the run's problems and model; analysis_only has "
+                "neither (run `opcircuits intervene` on the problem file instead)",
+                field="intervene.enabled",
+            )
         stages, store = _given_store(t["run"]["store"], run_dir)
     else:
         data_dir = run_dir / DATA_DIR
@@ -147,6 +155,10 @@ def build_stages(config: ResolvedConfig, run_dir: Path) -> tuple[list[Stage], Pa
     if config.mode == "full":
         more, baselines = _baseline_stages(t, download.outputs["problems"], dataset, run_dir)
         stages += more
+    if config.mode != "analysis_only" and intervene_enabled(config):
+        pairs = download.optional_outputs.get("pairs")
+        stages.append(_intervene_stage(t, dataset, pairs, run_dir))
+        baselines["interventions"] = stages[-1].outputs["interventions"]
     stages.append(_analyze_stage(t["analyze"], store, analysis_dir, baselines))
     return stages, store, analysis_dir
 
@@ -178,6 +190,15 @@ def _baseline_stages(
         _extract_stage(reinit, dataset, stores["random_store"], run_dir, name="extract_random")
     )
     return stages, stores
+
+
+def intervene_enabled(config: ResolvedConfig) -> bool:
+    """The causal tests run in full mode, and in prototype mode when asked (`[intervene]
+    enabled = "on"`): a sweep re-runs the model many times per problem."""
+    switch = config.tables["intervene"]["enabled"]
+    if config.mode == "analysis_only" or switch == "off":
+        return False
+    return switch == "on" or config.mode == "full"
 
 
 def _given_store(store_opt: Any, run_dir: Path) -> tuple[list[Stage], Path]:
@@ -323,6 +344,44 @@ def _extract_stage(
         },
         outputs={"store": store},
         settings=settings,
+        clear=clear,
+    )
+
+
+def _intervene_stage(
+    t: dict[str, dict[str, Any]], dataset: Path, pairs: Path | None, run_dir: Path
+) -> Stage:
+    """The causal tests on the run's problems with the extracted model ([extract]'s model,
+    precision and decoding); the counterfactual partners of synthetic problems are patched in."""
+    from opcircuits.intervene import MANIFEST, remove_interventions
+    from opcircuits.intervene import intervene as run_sweep
+    from opcircuits.options import InterveneOptions
+
+    out = run_dir / INTERVENE_DIR
+    values = {k: v for k, v in t["intervene"].items() if k != "enabled"}
+    model = {k: v for k, v in t["extract"].items() if k in INTERVENE_SET}
+    opts = _make(InterveneOptions, {**values, **model, "data": dataset, "out": out, "pairs": pairs})
+    speed = ("batch_size", "device")  # intervene.SPEED_ONLY: results do not depend on them
+    inputs: dict[str, Path | str] = {"dataset": dataset, **model_inputs(t["extract"])}
+    if pairs is not None:
+        inputs["pairs"] = pairs
+    if values.get("patch_map") is not None:
+        inputs["patch_map"] = Path(values["patch_map"])
+
+    def clear(forced: bool) -> None:
+        # A sweep with other options must not resume into the old parts: only the folder's own
+        # files go (anything else in it stops the stage, nothing removed).
+        if (out / MANIFEST).is_file():
+            log.info("removing the intervention files in %s", out)
+            remove_interventions(out)
+
+    return Stage(
+        name="intervene",
+        action=lambda: run_sweep(opts),
+        inputs=inputs,
+        options={k: v for k, v in {**values, **model}.items() if k not in speed},
+        outputs={"interventions": out},
+        settings={k: v for k, v in {**values, **model}.items() if k in speed},
         clear=clear,
     )
 

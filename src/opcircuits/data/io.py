@@ -32,6 +32,9 @@ RECORD_FIELDS: tuple[str, ...] = (
     "operators",
 )
 _KNOWN_CATEGORIES = (*CATEGORIES, UNCLASSIFIED)
+# Optional fields kept after RECORD_FIELDS: a synthetic problem's link to its counterfactual
+# partner (same `pair_id`) and the step that differs, so sampled files can still be patched.
+PAIR_FIELDS: tuple[str, ...] = ("pair_id", "changed_step")
 
 
 def read_problems(path: str | Path) -> list[dict[str, Any]]:
@@ -178,6 +181,13 @@ def normalize_record(
         ):
             raise _fail("expected a dict operator → count", path, line, where, "operators")
         rec["operators"] = {s: ops.get(s, 0) for s in OPERATOR_SYMBOLS}
+    for name in PAIR_FIELDS:  # a synthetic problem's counterfactual link (data/synth.py)
+        value = raw.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise _fail(f"expected a string or integer, got {value!r}", path, line, where, name)
+        rec[name] = value
     return rec
 
 

@@ -25,7 +25,7 @@ from opcircuits.data.annotations import (
     Label,
     label_record,
 )
-from opcircuits.data.io import RECORD_FIELDS, read_problems
+from opcircuits.data.io import PAIR_FIELDS, RECORD_FIELDS, read_problems
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import (
     manifest_path,
@@ -61,6 +61,9 @@ def label(
     out["category"] = category or lab.category
     out["n_steps"] = len(record["steps"])
     out["operators"] = lab.operators
+    # A synthetic problem's link to its counterfactual partner (data/synth.py) survives sampling,
+    # so the sampled file can still be patched from its partners (`opcircuits intervene`).
+    out.update({k: record[k] for k in PAIR_FIELDS if record.get(k) is not None})
     return out
 
 

@@ -318,6 +318,25 @@ class InterveneOptions:
             raise OpcircuitsError("give two categories, A,B", field="steer_categories")
 
 
+INTERVENE_SWITCH = ("auto", "on", "off")
+
+
+@dataclass
+class RunInterveneOptions:
+    """The [intervene] table's own key: whether `opcircuits run` runs the causal tests. Its other
+    keys are `InterveneOptions` (the model and decoding are [extract]'s: the same model)."""
+
+    enabled: str = opt(
+        "auto",
+        choices=INTERVENE_SWITCH,
+        help="The intervene stage (causal tests on the run's problems, reported in 'Causal "
+        "tests'): auto = in full mode only; on = also in prototype mode; off = never.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 # --- the whole experiment ----------------------------------------------------------------------
 
 
