@@ -129,3 +129,45 @@ def test_a_table_without_its_clean_run_is_refused():
         effects(t[t.kind != "none"])
     with pytest.raises(OpcircuitsError, match="lacks columns"):
         effects(t.drop(columns=["logp_gold"]))
+
+
+def test_family_wise_p_claims_the_planted_effect_and_holds_the_error_rate_on_noise():
+    eff, _ = effects(table(), n_boot=999, seed=2)
+    knock, noise = pick(eff, "knock mul", "all"), pick(eff, "noise", "all")
+    assert knock["drop_p_family"] == pytest.approx(1 / 1000)  # no flip reaches the planted drop
+    assert knock["logp_drop_p_family"] == pytest.approx(1 / 1000)
+    assert noise["drop_p_family"] > 0.05
+    assert "drop_p_family" not in pick(eff, "knock mul", "pure_addition")  # pooled rows only
+    # Tables with no effect at all: a claim (p_family < 0.05) in about 5% of them at most.
+    claims = 0
+    for seed in range(40):
+        t = table(n=30, seed=100 + seed)
+        t = t[t.intervention.isin(["none", "noise"])]
+        rows, _ = effects(t, n_boot=199, seed=seed)
+        claims += pick(rows, "noise", "all")["drop_p_family"] < 0.05
+    assert claims <= 5
+
+
+def test_causal_sentences_claim_only_what_passes_and_say_when_nothing_does():
+    from opcircuits.findings.causal import sentences
+
+    def result(t):
+        eff, inter = effects(t, n_boot=500, seed=0)
+        for e in eff:
+            e["position"] = "latent_2" if e["kind"] == "zero" else None
+        clean = {c: {"n": 60, "accuracy": 0.8, "ci": [0.7, 0.9]} for c in ("all", *CATS)}
+        return {"effects": eff, "interactions": inter, "clean": clean, "categories": list(CATS),
+                "num_latent": 6, "thoughts": []}  # fmt: skip
+
+    text = " ".join(sentences(result(table()))["sentences"])
+    assert "Zero-ablating `latent_2` at layer 2 lowers accuracy by" in text
+    assert "is operation-specific" in text and "pure multiplication" in text
+    nothing = table()
+    nothing = nothing[nothing.intervention.isin(["none", "noise"])]
+    text = " ".join(sentences(result(nothing))["sentences"])
+    assert "No single-site ablation lowers accuracy at family-wise" in text
+    assert "lowers accuracy by" not in text and "the difference," not in text
+    assert "No effect is operation-specific" in text
+
+
+CATS = ("pure_addition", "pure_multiplication")

@@ -28,15 +28,14 @@ def tiny(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     return tiny
 
 
-def run_args(tiny, out: Path, *more: str) -> list[str]:
+def run_args(tiny, out: Path, kinds: str = "zero,patch,truncate") -> list[str]:
     return [
         "run", "--mode", "prototype", "--data", "synthetic", "--out", str(out),
         "--per-category", "6", "--prototype-per-category", "6", "--synth-steps", "2,3",
         "--synth-max-operand", "9", "--synth-max-result", "40",
         "--checkpoint", str(tiny.checkpoint), "--layers", "1,3", "--batch-size", "6",
         "--max-new-tokens", "8", *ANALYSIS,
-        "--intervene", "on", "--intervene-kinds", "zero,patch,truncate",
-        "--intervene-sites", "latent_1@1", *more,
+        "--intervene", "on", "--intervene-kinds", kinds, "--intervene-sites", "latent_1@1",
     ]  # fmt: skip
 
 
@@ -77,6 +76,16 @@ def test_the_run_patches_the_sampled_problems_from_their_synthetic_partners(fini
     sweep = json.loads((out / "interventions" / "manifest.json").read_text())
     assert sweep["weights_sha256"] == store["weights_sha256"]
     assert sweep["options"]["max_new_tokens"] == 8
+    # The report's Causal tests section and figures, from the same sweep.
+    report = json.loads((out / "analysis" / "analysis_report.json").read_text())
+    section = report["causal_tests"]
+    assert section["same_as_store"] == {"model": True, "problems": True}
+    effects = json.loads((out / "interventions" / "interventions.json").read_text())["effects"]
+    assert section["effects"] == effects
+    summary = (out / "analysis" / "ANALYSIS_SUMMARY.md").read_text()
+    assert "## Causal tests" in summary and "Clean run: the model answers" in summary
+    assert "causal_thoughts.png" in {f["file"] for f in report["figures"]}
+    assert (out / "analysis" / "causal_thoughts.png").is_file()
     record = json.loads((out / "stages" / "intervene.json").read_text())
     assert record["key"]["inputs"]["pairs"]["path"] == "data/synth_18.pairs.jsonl"
     assert "batch_size" in record["settings"] and "batch_size" not in record["key"]["options"]
@@ -91,7 +100,7 @@ def test_rerun_skips_and_a_changed_sweep_recomputes_only_itself_and_the_report(
     shutil.copytree(finished[0], out)
     code, stdout, stderr = run_cli(*run_args(tiny, out))
     assert code == 0 and "all up to date" in stdout, stderr
-    code, stdout, stderr = run_cli(*run_args(tiny, out, "--intervene-kinds", "zero,truncate"))
+    code, stdout, stderr = run_cli(*run_args(tiny, out, "zero,truncate"))
     assert code == 0, stderr
     assert ran(stdout) == ["intervene", "analyze"]
     table = pd.read_parquet(out / "interventions" / "interventions.parquet")
@@ -99,7 +108,7 @@ def test_rerun_skips_and_a_changed_sweep_recomputes_only_itself_and_the_report(
     # A file the run did not write in the folder: a changed sweep stops and removes nothing.
     (out / "interventions" / "notes.txt").write_text("mine")
     before = sorted(p.name for p in (out / "interventions").iterdir())
-    code, _, stderr = run_cli(*run_args(tiny, out, "--intervene-kinds", "zero"))
+    code, _, stderr = run_cli(*run_args(tiny, out, "zero"))
     assert code == 2
     assert "stage 'intervene' failed" in stderr and "notes.txt" in stderr
     assert sorted(p.name for p in (out / "interventions").iterdir()) == before

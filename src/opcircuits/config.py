@@ -97,7 +97,8 @@ RUN_GROUPS = (
     Group(
         AnalyzeOptions,
         table="analyze",
-        skip=frozenset({"matched_store", "random_store"}),  # full mode extracts them itself
+        # full mode extracts the baseline stores itself, and runs the causal tests
+        skip=frozenset({"matched_store", "random_store", "interventions"}),
         cli_skip=frozenset({"seed"}),  # run's --seed sets it
         flags={"layers": "analyze_layers"},
         help={"layers": "Layers to analyze (default: all in the store); [analyze] layers."},

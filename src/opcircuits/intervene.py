@@ -448,6 +448,7 @@ def summarize(
     accuracy-by-thoughts curve and the findings (sentences computed from the numbers)."""
     from opcircuits.analysis import causal
     from opcircuits.analysis.stats import wilson_interval
+    from opcircuits.findings import causal as causal_findings
 
     effects, interactions = causal.effects(frame, n_boot=options.bootstrap, seed=options.seed)
     clean = frame[frame["kind"] == "none"]
@@ -483,7 +484,7 @@ def summarize(
         "notes": notes,
         "methods": causal.METHODS,
     }
-    result["findings"] = causal.findings(result)
+    result["findings"] = causal_findings.sentences(result)
     return result
 
 

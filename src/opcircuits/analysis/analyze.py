@@ -23,7 +23,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from opcircuits.analysis import claims, secondary, sections, tasks
+from opcircuits.analysis import causal, claims, secondary, sections, tasks
 from opcircuits.analysis.features import MAIN_VIEWS
 from opcircuits.analysis.inputs import AnalysisInput, load_input
 from opcircuits.analysis.scoring import paired_difference
@@ -69,7 +69,7 @@ def analyze(
     # Before any computing: the output must not be the store, nor a folder of someone else's.
     options = options or AnalyzeOptions()
     inputs = {"--store": store_path}
-    for name in ("matched_store", "random_store"):
+    for name in ("matched_store", "random_store", "interventions"):
         if getattr(options, name) is not None:
             inputs["--" + name.replace("_", "-")] = getattr(options, name)
     refuse_same_files({"out": out_dir}, inputs)
@@ -81,6 +81,8 @@ def analyze(
     # report as it was, never a mix of old and new files.
     with atomic_dir(out_dir) as scratch:
         report["figures"] = plots.draw_all(report, computed.pca_coords, computed.y, scratch)
+        if report.get("causal_tests"):
+            report["figures"] += plots.draw_causal(report["causal_tests"], scratch)
         write_json_atomic(scratch / JSON_NAME, report)
         write_reports(report, scratch)
     log.info("analysis written to %s in %.1f s", out_dir, time.perf_counter() - started)
@@ -151,6 +153,12 @@ def _compute(store: Any, options: AnalyzeOptions) -> Computed:
     if options.random_store is not None:
         report["random_model"] = _versus_random(options.random_store, options, inp, probes)
     report["inference"] = claims.decide_claims(report, options.primary)
+    report["causal_tests"] = None
+    if options.interventions is not None:
+        result = causal.load_result(options.interventions)
+        report["causal_tests"] = causal.report_section(
+            result, str(options.interventions), store.manifest
+        )
     coords = {view: c.coords for view, c in fits.clusters.items()}
     return Computed(jsonable(report, digits=DIGITS), coords, inp.y)
 

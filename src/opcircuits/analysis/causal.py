@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,6 +141,10 @@ def effects(
         clean_acc = clean["correct"].reindex(cat_ids).astype(np.float64).mean()
         per_cat[cat]["_clean_accuracy"] = np.full(len(labels), clean_acc)
 
+    family = {
+        name: _family_p(matrix(column, all_ids, True), n_boot, seed)
+        for name, column in (("drop", "correct"), ("logp_drop", "logp_gold"))
+    }
     out: list[dict[str, Any]] = []
     for i, label in enumerate(labels):
         for cat in [*cats, ALL]:
@@ -150,6 +155,9 @@ def effects(
             for name in measures:
                 row[name] = _num(means[cat][name][i])
                 row[f"{name}_ci"] = list(_interval(per_cat[cat][name][i], level))
+            if cat == ALL:
+                row["drop_p_family"] = _num(family["drop"][i])
+                row["logp_drop_p_family"] = _num(family["logp_drop"][i])
             out.append(row)
 
     inter: list[dict[str, Any]] = []
@@ -162,6 +170,32 @@ def effects(
                 row[f"{name}_ci"] = list(_interval(diff, level))
             inter.append(row)
     return out, inter
+
+
+def _family_p(X: np.ndarray, n_flips: int, seed: int) -> np.ndarray:
+    """Family-wise p-values of paired mean differences X [I, n] (NaN where absent): the
+    max-statistic sign-flip test. Under the null that no intervention changes anything, a
+    problem's clean and intervened runs are exchangeable, so the signs of its differences flip
+    together (the same flip for every intervention, which keeps their dependence); each
+    intervention's |mean| is compared with the maximum |mean| over the whole sweep in every
+    flip, which holds the family-wise error rate (Westfall & Young). Two-sided; NaN for an
+    intervention with no problem."""
+    present = ~np.isnan(X)
+    n = present.sum(1)
+    if X.size == 0:
+        return np.full(len(X), np.nan)
+    Xz = np.where(present, X, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = np.abs(Xz.sum(1) / n)
+    rng = np.random.default_rng([seed, 7])
+    flips = rng.choice(np.array([-1.0, 1.0]), size=(n_flips, X.shape[1]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        null = np.abs((Xz @ flips.T) / n[:, None])  # [I, R]
+    peak = np.nanmax(np.where(np.isnan(null), -np.inf, null), axis=0)  # [R]
+    # A tolerance so that ties (identical sums computed in another order) count as exceeding.
+    exceed = (peak[None, :] >= observed[:, None] - 1e-12).sum(1)
+    p = (1.0 + exceed) / (n_flips + 1.0)
+    return np.where((n > 0) & ~np.isnan(observed), p, np.nan)
 
 
 def _py(v: Any, name: str = "") -> Any:
@@ -193,181 +227,56 @@ METHODS = {
     "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
     "eos.",
     "multiple_tests": "A sweep makes many comparisons: at 95%, about 2.5% of intervals exclude "
-    "0 on each side by chance when nothing has an effect; the findings give those counts.",
+    "0 on each side by chance when nothing has an effect; the findings give those counts. "
+    "Pooled over categories, each intervention also has a family-wise p-value for its accuracy "
+    "drop and for its log-prob drop (`*_p_family`): the max-statistic sign-flip test over the "
+    "whole sweep (the signs of a problem's paired differences flipped together, as many flips "
+    "as bootstrap resamples), so an effect with p_family < 0.05 is claimed with the family-wise "
+    "error rate of the sweep held at 5%.",
 }
 
-VERB = {
-    "zero": "Zero-ablating",
-    "mean": "Mean-ablating",
-    "resample": "Resampling",
-    "patch": "Patching the partner's state into",
-}
-ABLATIONS = ("zero", "mean", "resample")
 
+def load_result(path: str | Path) -> dict[str, Any]:
+    """interventions.json of a finished `opcircuits intervene` (the file or its folder), for the
+    analysis report's Causal tests section."""
+    from opcircuits.files import read_json_object
 
-def _f(x: float | None, digits: int = 2) -> str:
-    if x is None:
-        return "n/a"
-    s = f"{x:.{digits}f}"
-    if s.startswith("-") and float(s) == 0:
-        s = s[1:]
-    return s.replace("-", "−")
-
-
-def _ci(ci: list[float | None]) -> str:
-    return f"CI {_f(ci[0])}…{_f(ci[1])}"
-
-
-def _cat(name: str) -> str:
-    return "all problems" if name == ALL else name.replace("_", " ")
-
-
-def _site(e: dict[str, Any]) -> str:
-    return f"{e['position']} at layer {e['layer']}"
-
-
-def findings(result: dict[str, Any]) -> dict[str, Any]:
-    """The "Causal tests" section: sentences computed from interventions.json's numbers."""
-    eff = result["effects"]
-    pooled = [e for e in eff if e["category"] == ALL]
-    clean = result["clean"][ALL]
-    s: list[str] = []
-    per_cat = "; ".join(
-        f"{_cat(c)} {_f(result['clean'][c]['accuracy'])}" for c in result["categories"]
-    )
-    s.append(
-        f"Clean run: the model answers {_f(clean['accuracy'])} of the {clean['n']} problems "
-        f"correctly (Wilson {_ci(clean['ci'])}; {per_cat})."
-    )
-    if clean["accuracy"] is not None and clean["accuracy"] < 0.05:
-        s.append(
-            "With so few correct answers, accuracy can hardly drop: expect no accuracy effects; "
-            "the gold answer's log-probability is the measure that can still move."
+    path = Path(path)
+    file = path / "interventions.json" if path.is_dir() else path
+    if not file.is_file():
+        raise OpcircuitsError(
+            "no interventions.json: not a finished `opcircuits intervene` output",
+            path=path,
+            field="interventions",
         )
+    result = read_json_object(file)
+    missing = [k for k in SECTION_KEYS if k not in result]
+    if missing:
+        raise OpcircuitsError(
+            f"not an interventions.json (lacks {', '.join(missing)})", path=file,
+            field="interventions",
+        )  # fmt: skip
+    return result
 
-    curve = sorted(
-        (t for t in result.get("thoughts", []) if t["category"] == ALL), key=lambda t: t["thoughts"]
-    )
-    trunc = sorted((e for e in pooled if e["kind"] == "truncate"), key=lambda e: e["thoughts"])
-    if trunc and curve:
-        points = ", ".join(f"{t['thoughts']}: {_f(t['accuracy'])}" for t in curve)
-        s.append(f"Accuracy by number of thoughts kept ({result['num_latent']} = all): {points}.")
-        zero = trunc[0]
-        if excludes_zero(zero["drop_ci"]):
-            verdict = "lowers" if zero["drop"] > 0 else "raises"
-        else:
-            verdict = "does not detectably change"
-        s.append(
-            f"Going from {result['num_latent']} thoughts to {zero['thoughts']} {verdict} "
-            f"accuracy (drop {_f(zero['drop'])}, {_ci(zero['drop_ci'])}; gold log-prob drop "
-            f"{_f(zero['logp_drop'])}, {_ci(zero['logp_drop_ci'])})."
-        )
 
-    single = [e for e in pooled if e["kind"] in ABLATIONS and e.get("position") is not None]
-    if single:
-        hits = sorted(
-            (e for e in single if e["drop_ci"][0] is not None and e["drop_ci"][0] > 0),
-            key=lambda e: -e["drop"],
-        )
-        chance = 0.025 * len(single)
-        if hits:
-            for e in hits[:3]:
-                s.append(
-                    f"{VERB[e['kind']]} {_site(e)} lowers accuracy by {_f(e['drop'])} "
-                    f"({_ci(e['drop_ci'])}; answers changed {_f(e['changed'])})."
-                )
-            s.append(
-                f"{len(hits)} of {len(single)} single-site ablations lower accuracy with an "
-                f"interval above 0 (about {_f(chance, 1)} would by chance if none mattered)."
-            )
-        else:
-            big = max(single, key=lambda e: abs(e["drop"] or 0))
-            s.append(
-                f"No single-site ablation changed accuracy by more than {_f(abs(big['drop']))}, "
-                f"and none detectably (largest: {VERB[big['kind']].lower()} {_site(big)}, "
-                f"{_f(big['drop'])}, {_ci(big['drop_ci'])})."
-            )
-        lp = [e for e in single if e["logp_drop"] is not None]
-        if lp:
-            top = max(lp, key=lambda e: e["logp_drop"])
-            n_lp = sum(
-                1 for e in lp if e["logp_drop_ci"][0] is not None and e["logp_drop_ci"][0] > 0
-            )
-            s.append(
-                f"The gold answer's log-probability drops most when {VERB[top['kind']].lower()} "
-                f"{_site(top)} ({_f(top['logp_drop'])} nats, {_ci(top['logp_drop_ci'])}); "
-                f"{n_lp} of {len(lp)} single-site ablations lower it with an interval above 0."
-            )
+# What the analysis report keeps of interventions.json (not its figures: they are redrawn into
+# the report's folder; not its creation time: the report has no timestamps).
+SECTION_KEYS = (
+    "provenance", "options", "num_latent", "num_layers", "positions", "categories", "clean",
+    "thoughts", "effects", "interactions", "notes", "methods",
+)  # fmt: skip
 
-    patch = [e for e in pooled if e["kind"] == "patch" and e["follows_source"] is not None]
-    if patch:
-        best = max(patch, key=lambda e: e["follows_source"])
-        where = _site(best) if best.get("position") else best["intervention"]
-        s.append(
-            f"Patching a counterfactual partner's state makes the model give the partner's "
-            f"answer in at most {_f(best['follows_source'])} of problems ({where}, "
-            f"{_ci(best['follows_source_ci'])}; {best['n']} problems with a partner)."
-        )
 
-    tested = [
-        x
-        for x in result["interactions"]
-        if any(
-            e["intervention"] == x["intervention"] and e["kind"] in (*ABLATIONS, "patch")
-            for e in pooled
-        )
-    ]
-    if tested:
-        by_label = {(e["intervention"], e["category"]): e for e in eff}
-        hits = sorted(
-            (x for x in tested if excludes_zero(x["drop_ci"])), key=lambda x: -abs(x["drop"])
-        )
-        for x in hits[:3]:
-            a, b = by_label[x["intervention"], x["a"]], by_label[x["intervention"], x["b"]]
-            hi, lo = (a, b) if x["drop"] > 0 else (b, a)
-            lo_ci, hi_ci = x["drop_ci"]
-            diff_ci = [lo_ci, hi_ci] if x["drop"] > 0 else [-hi_ci, -lo_ci]  # larger − smaller
-            what = (
-                f"{VERB[a['kind']]} {_site(a)}" if a.get("position") else f"`{x['intervention']}`"
-            )
-            s.append(
-                f"{what} lowers accuracy on {_cat(hi['category'])} by {_f(hi['drop'])} "
-                f"({_ci(hi['drop_ci'])}) and on {_cat(lo['category'])} by {_f(lo['drop'])} "
-                f"({_ci(lo['drop_ci'])}); the difference, {_f(abs(x['drop']))} "
-                f"({_ci(diff_ci)}), is operation-specific."
-            )
-        chance = 0.05 * len(tested)
-        if hits:
-            s.append(
-                f"{len(hits)} of {len(tested)} category-pair comparisons of accuracy drops "
-                f"exclude 0 (about {_f(chance, 1)} would by chance)."
-            )
-        else:
-            s.append(
-                f"No effect is operation-specific: none of {len(tested)} category-pair "
-                "comparisons of accuracy drops has an interval excluding 0."
-            )
-
-    steer = [e for e in pooled if e["kind"] == "steer" and e["alpha"] is not None]
-    if steer:
-        amax = max(abs(e["alpha"]) for e in steer)
-        for e in sorted(steer, key=lambda e: (e["direction"] != "diff", e["alpha"])):
-            if abs(e["alpha"]) != amax or e["direction"] != "diff":
-                continue
-            ctrl = next(
-                (r for r in steer if r["direction"] == "random" and r["alpha"] == e["alpha"]
-                 and r["sites"] == e["sites"]),
-                None,
-            )  # fmt: skip
-            text = (
-                f"Steering {e['sites']} by α = {_f(e['alpha'], 1)} along the category direction "
-                f"changes {_f(e['changed'])} of answers (accuracy drop {_f(e['drop'])}, "
-                f"{_ci(e['drop_ci'])})"
-            )
-            if ctrl is not None:
-                text += (
-                    f"; a random direction of the same length changes {_f(ctrl['changed'])} "
-                    f"(drop {_f(ctrl['drop'])}, {_ci(ctrl['drop_ci'])})"
-                )
-            s.append(text + ".")
-    return {"title": "Causal tests", "sentences": s}
+def report_section(result: dict[str, Any], source: str, manifest: dict[str, Any]) -> dict:
+    """The report's `causal_tests`: interventions.json's numbers, where they came from, and
+    whether they came from the analyzed store's model and problems (hashes compared)."""
+    section = {k: result[k] for k in SECTION_KEYS}
+    section["provenance"] = {k: v for k, v in result["provenance"].items() if k != "created"}
+    prov = section["provenance"]
+    same = {
+        "model": prov.get("weights_sha256") == manifest.get("weights_sha256"),
+        "problems": prov.get("data_sha256") == manifest.get("dataset_sha256"),
+    }
+    section["source"] = source
+    section["same_as_store"] = same
+    return section

@@ -622,13 +622,14 @@ def causal_patching(result: dict, out_dir: Path) -> dict | None:
 
 def draw_causal(result: dict, out_dir: Path) -> list[dict[str, Any]]:
     """Every figure of interventions.json that its rows allow."""
-    figs = [
-        causal_map(result, out_dir, "drop"),
-        causal_map(result, out_dir, "logp_drop"),
-        causal_thoughts(result, out_dir),
-        causal_steering(result, out_dir),
-        causal_patching(result, out_dir),
-    ]
+    with matplotlib.rc_context({"text.parse_math": False}):  # names from the data, literally
+        figs = [
+            causal_map(result, out_dir, "drop"),
+            causal_map(result, out_dir, "logp_drop"),
+            causal_thoughts(result, out_dir),
+            causal_steering(result, out_dir),
+            causal_patching(result, out_dir),
+        ]
     return [f for f in figs if f is not None]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from opcircuits.findings.causal import causal_tests
 from opcircuits.findings.confound import (
     binary_probes,
     random_model,
@@ -70,6 +71,7 @@ SECTIONS: list[Callable[[dict], Section | None]] = [
     similarity,
     logit_lens,
     model,
+    causal_tests,
     claims,
     notes,
 ]

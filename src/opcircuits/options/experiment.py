@@ -143,6 +143,12 @@ class AnalyzeOptions:
         help="Store of the same problems from the same architecture with re-initialized "
         "weights (extract --reinit): analyzed too and compared probe by probe.",
     )
+    interventions: Path | None = opt(
+        None,
+        example="runs/full/interventions",
+        help="Output folder of `opcircuits intervene` (or its interventions.json), ideally on "
+        "the store's problems and model: the report's Causal tests section and figures.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -309,7 +315,8 @@ class InterveneOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        bad = [k for k in self.kinds if k not in INTERVENTION_KINDS]  # type: ignore[union-attr]
+        self.kinds = list(dict.fromkeys(self.kinds))  # a kind given twice runs once
+        bad = [k for k in self.kinds if k not in INTERVENTION_KINDS]
         if bad:
             raise OpcircuitsError(
                 f"unknown {bad}; kinds are {', '.join(INTERVENTION_KINDS)}", field="kinds"
