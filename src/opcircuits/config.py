@@ -60,8 +60,13 @@ _CAUSAL = "Causal tests (full; prototype with --intervene on)"
 INTERVENE_SET = frozenset(
     {"data", "out", "pairs", "model", "checkpoint", "base", "dtype", "device", "max_new_tokens"}
 )
-# The [intervene] keys offered as `run` flags (the others live in the config file only).
-INTERVENE_FLAGS = {"kinds": "intervene_kinds", "sites": "intervene_sites"}
+# `run`'s flags for the [intervene] keys: --intervene-kinds etc. (`intervene`'s own names would
+# collide with extract's --batch-size and the run's --seed).
+INTERVENE_FLAGS = {
+    f.name: f"intervene_{f.name}"
+    for f in dataclasses.fields(InterveneOptions)
+    if f.name not in INTERVENE_SET
+}
 
 # The run's tables, made of the stages' own option classes (`run --help` lists them by panel).
 # `skip`: paths the run decides itself; setting them would break the run directory's layout.
@@ -109,9 +114,6 @@ RUN_GROUPS = (
         InterveneOptions,
         table="intervene",
         skip=INTERVENE_SET,
-        cli_skip=frozenset(
-            f.name for f in dataclasses.fields(InterveneOptions) if f.name not in INTERVENE_FLAGS
-        ),
         flags=INTERVENE_FLAGS,
         panel=_CAUSAL,
     ),

@@ -227,17 +227,18 @@ def _interactions(
             f"{_what(a)} lowers accuracy on {_cat(hi['category'])} by {num(hi['drop'])} "
             f"({_ci(hi['drop_ci'])}) and on {_cat(lo['category'])} by {num(lo['drop'])} "
             f"({_ci(lo['drop_ci'])}); the difference, {num(abs(x['drop']))} "
-            f"({_ci(diff_ci)}, uncorrected), is operation-specific."
+            f"({_ci(diff_ci)}), excludes 0 uncorrected."
         )
     chance = 0.05 * len(tested)
     if hits:
         s.append(
             f"{len(hits)} of {len(tested)} category-pair comparisons of accuracy drops exclude 0 "
-            f"(about {num(chance, 1)} would by chance"
+            f"uncorrected (about {num(chance, 1)} would by chance"
             + (
-                ": not more than chance, so no operation-specific effect is claimed)."
+                ": no more than chance, so no operation-specific effect is claimed)."
                 if len(hits) <= chance
-                else ")."
+                else "); none is corrected for the comparisons, so none is claimed as "
+                "operation-specific on its own)."
             )
         )
     else:

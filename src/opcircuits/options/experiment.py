@@ -259,7 +259,8 @@ class InterveneOptions:
         None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
     )
     kinds: str | list[str] = opt(
-        list(INTERVENTION_KINDS),
+        # A string, as a config file's list reads back (the checks below make it a list).
+        ",".join(INTERVENTION_KINDS),
         list=str,
         help="Interventions: zero, mean, resample (another problem's state), patch (the "
         "partner's state; skipped without partners), steer, truncate (fewer thoughts).",
