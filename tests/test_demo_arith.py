@@ -1,5 +1,5 @@
-"""The model organism shipped in the package (`demo-arith`): it loads strictly, reproduces the
-answers recorded when it was built, and its continuous thoughts carry the computation (K = 6
+"""The model organism shipped in the package (`demo-arith`; its recorded answers are checked
+beside the demo's in test_train_demo.py): its continuous thoughts carry the computation (K = 6
 beats K = 0 on fresh synthetic problems) — checks on the shipped weights, not on a stand-in."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.config import demo_dir
-from opcircuits.codi.evaluate import REFERENCE_NAME, student_answers, teacher_answers
+from opcircuits.codi.evaluate import student_answers, teacher_answers
 from opcircuits.codi.latent import extract_number
 from opcircuits.data.annotations import extract_steps
 from opcircuits.data.synth import generate
@@ -46,23 +46,6 @@ def _accuracy(texts: list[str], problems: list[dict]) -> float:
         for t, r in zip(texts, problems, strict=True)
     ]
     return sum(right) / len(right)
-
-
-def test_shipped_organism_reproduces_recorded_answers(organism):
-    model, tokenizer = organism
-    ref = json.loads((demo_dir(MODEL) / REFERENCE_NAME).read_text(encoding="utf-8"))
-    assert model.config.lora_r == 0 and model.config.num_latent == ref["num_latent"] == 6
-    problems = ref["problems"]
-    assert len(problems) >= 8
-    texts, _ = student_answers(
-        model,
-        tokenizer,
-        [p["question"] for p in problems],
-        ref["num_latent"],
-        ref["max_new_tokens"],
-    )
-    assert texts == [p["answer_text"] for p in problems]
-    assert [extract_number(t) for t in texts] == [p["predicted"] for p in problems]
 
 
 def test_thoughts_carry_the_computation(organism, fresh_problems):

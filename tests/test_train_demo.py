@@ -6,18 +6,22 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.config import demo_dir
 from opcircuits.codi.evaluate import REFERENCE_NAME, student_answers, teacher_answers
 from opcircuits.codi.latent import extract_number
 
 
-def test_shipped_demo_reproduces_recorded_answers() -> None:
-    ref = json.loads((demo_dir() / REFERENCE_NAME).read_text())
-    model, tokenizer = load_codi("demo", device="cpu")  # strict: any key drift is an error
-    assert model.config.lora_r == 0 and model.config.num_latent == ref["num_latent"]
+@pytest.mark.parametrize("name", ["demo", "demo-arith"])
+def test_shipped_model_reproduces_recorded_answers(name: str) -> None:
+    """Both shipped models (the GSM8K demo and the demo-arith organism)."""
+    ref = json.loads((demo_dir(name) / REFERENCE_NAME).read_text(encoding="utf-8"))
+    model, tokenizer = load_codi(name, device="cpu")  # strict: any key drift is an error
+    assert model.config.lora_r == 0 and model.config.num_latent == ref["num_latent"] == 6
     problems = ref["problems"]
-    assert len(problems) >= 5
+    assert len(problems) >= 8
     texts, _ = student_answers(
         model,
         tokenizer,
