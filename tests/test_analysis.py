@@ -325,6 +325,7 @@ def test_legacy_store_without_text_answers_or_lens_through_the_cli(tmp_path: Pat
         "primary": None,
         "matched_store": None,
         "random_store": None,
+        "interventions": None,
     }
     names = {c["name"] for c in report["controls"]}
     assert names == {"majority", "shuffled_labels", "pre_thought"}
