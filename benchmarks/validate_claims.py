@@ -82,7 +82,9 @@ def summarize(name: str, report: dict) -> dict:
         "best_cell_p_family": best["p_family"],
         # The uncorrected view of the same question: the best cell's CI above chance.
         "best_cell_ci_low_above_chance": best["ci_low"] > report["data"]["chance"],
-        "summary_says_no_effect": "No effect is claimed." in render_markdown(report),
+        # No figures are drawn here (compute_report); the text does not depend on them.
+        "summary_says_no_effect": "No effect is claimed."
+        in render_markdown({**report, "figures": []}),
     }
 
 
