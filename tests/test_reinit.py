@@ -64,6 +64,7 @@ def test_full_mode_extracts_and_analyzes_the_baselines(tmp_path: Path) -> None:
         "classify_matched",
         "extract_matched",
         "extract_random",
+        "intervene",  # the causal tests run in full mode too
         "analyze",
     ]
     by = {s.name: s for s in stages}
@@ -75,6 +76,7 @@ def test_full_mode_extracts_and_analyzes_the_baselines(tmp_path: Path) -> None:
         "store": store,
         "matched_store": tmp_path / "store_matched",
         "random_store": tmp_path / "store_random",
+        "interventions": tmp_path / "interventions",
     }
     # A matched main sample needs no second one; the prototype stays lean.
     matched = resolve(None, {"run": {"mode": "full"}, "data": {"match_steps": True}})

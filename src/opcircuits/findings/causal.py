@@ -238,7 +238,7 @@ def _interactions(
                 ": no more than chance, so no operation-specific effect is claimed)."
                 if len(hits) <= chance
                 else "); none is corrected for the comparisons, so none is claimed as "
-                "operation-specific on its own)."
+                "operation-specific on its own."
             )
         )
     else:
