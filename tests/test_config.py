@@ -97,6 +97,10 @@ def test_unknown_table_and_top_level_key(tmp_path, schema):
 def test_paths_the_run_owns_cannot_be_set(tmp_path, schema):
     with pytest.raises(OpcircuitsError, match="set by the run itself"):
         resolve(write(tmp_path, '[extract]\ndataset = "x.jsonl"\n'), schema=schema)
+    # [data] is made of several option groups: each one's run-owned keys are named as such
+    for key in ("in_path", "synth_split"):
+        with pytest.raises(OpcircuitsError, match=f"'{key}' in \\[data\\] is set by the run"):
+            resolve(write(tmp_path, f'[data]\n{key} = "x"\n'), schema=schema)
 
 
 def test_unknown_mode_from_file_and_from_the_command_line(tmp_path, schema):

@@ -118,7 +118,11 @@ RUN_GROUPS = (
         panel=_CAUSAL,
     ),
 )
-RUN_SET = {g.table: set(g.skip) for g in RUN_GROUPS if g.table != "run"}
+# Keys the run sets itself, per table (a table may take several groups: union their skips).
+RUN_SET: dict[str, set[str]] = {}
+for _group in RUN_GROUPS:
+    if _group.table not in (None, "run"):
+        RUN_SET.setdefault(_group.table, set()).update(_group.prefix + k for k in _group.skip)
 
 
 @dataclass(frozen=True)
