@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -80,6 +81,19 @@ def writing(path: str | Path, needed: int | None = None) -> Iterator[None]:
         if user is None:
             raise
         raise user from exc
+
+
+# A temporary file of an interrupted atomic write: `.<name>.<random>.tmp` beside <name>.
+_TMP_RE = re.compile(r"^(?P<dir>(?:[^/]+/)?)\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def in_layout(name: str, own: re.Pattern[str]) -> bool:
+    """Whether `name` (relative to a folder, POSIX) matches the folder layout `own`, or is the
+    temporary file `atomic_path` left of such a file when a write was interrupted."""
+    if own.match(name):
+        return True
+    tmp = _TMP_RE.match(name)
+    return tmp is not None and in_layout(tmp["dir"] + tmp["name"], own)
 
 
 @contextlib.contextmanager

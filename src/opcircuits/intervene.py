@@ -38,6 +38,7 @@ from opcircuits.errors import OpcircuitsError
 from opcircuits.files import (
     atomic_path,
     check_replaceable,
+    in_layout,
     read_json_object,
     sha256_file,
     write_json_atomic,
@@ -91,15 +92,11 @@ _OWN_RE = re.compile(
     rf"^(?:{re.escape(MANIFEST)}|{re.escape(TABLE)}|{re.escape(RESULT)}|causal_[a-z_]+\.png"
     rf"|{PARTS}/part-\d{{5,}}\.parquet)$"
 )
-_TMP_RE = re.compile(r"^(?P<dir>(?:[^/]+/)?)\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def is_intervene_file(name: str) -> bool:
     """Whether `name` (relative to an intervene folder, POSIX) is a file `intervene` writes."""
-    if _OWN_RE.match(name):
-        return True
-    tmp = _TMP_RE.match(name)
-    return tmp is not None and is_intervene_file(tmp["dir"] + tmp["name"])
+    return in_layout(name, _OWN_RE)
 
 
 def remove_interventions(path: str | Path) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.files import in_layout
 from opcircuits.jsonable import jsonable
 
 # 2: shards carry the run identity, layers, positions and ids; the manifest their sha256s.
@@ -91,17 +92,12 @@ _OWN_RE = re.compile(
     rf"^(?:{re.escape(MANIFEST)}|{re.escape(RECORDS)}|hidden-\d{{5,}}\.safetensors"
     rf"|{PARTS}/records-\d{{5,}}\.parquet|{PARTS}/hidden-\d{{5,}}\.sha256)$"
 )
-# A temporary file of an interrupted atomic write: `.<name>.<random>.tmp` beside <name>.
-_TMP_RE = re.compile(r"^(?P<dir>(?:[^/]+/)?)\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def is_store_file(name: str) -> bool:
     """Whether `name` (relative to a store folder, POSIX) is a file the store layout defines (or a
     temporary file of an interrupted write of one): the files a store's writer may delete."""
-    if _OWN_RE.match(name):
-        return True
-    tmp = _TMP_RE.match(name)
-    return tmp is not None and is_store_file(tmp["dir"] + tmp["name"])
+    return in_layout(name, _OWN_RE)
 
 
 def default_positions(num_latent: int) -> list[str]:
