@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
-from opcircuits.analysis.analyze import AnalyzeOptions, analyze
+from opcircuits.options import AnalyzeOptions
+from opcircuits.report.analyze import analyze
 from opcircuits.store import write_store
 
 CATS = ["pure_addition", "pure_multiplication", "mixed"]

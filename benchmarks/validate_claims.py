@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from opcircuits.analysis.analyze import compute_report
+from opcircuits.analysis.compute import compute_report
 from opcircuits.options import AnalyzeOptions
-from opcircuits.report import render_markdown
+from opcircuits.report.render import render_markdown
 from opcircuits.store import write_store
 
 CATS = ["pure_addition", "pure_multiplication", "mixed"]

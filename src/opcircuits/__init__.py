@@ -13,14 +13,10 @@ loads only when you touch a model):
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-try:
-    __version__ = version("opcircuits")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.1.0"
+from opcircuits.versions import __version__
 
 # name → the module that defines it
 _LAZY = {
@@ -31,7 +27,7 @@ _LAZY = {
     "ExtractOptions": "opcircuits.options",
     "open_store": "opcircuits.store",
     "write_store": "opcircuits.store",
-    "analyze": "opcircuits.analysis.analyze",
+    "analyze": "opcircuits.report.analyze",
     "AnalyzeOptions": "opcircuits.options",
 }
 
@@ -54,8 +50,8 @@ def run(config: str | Path | None = None, *, force: bool = False, **tables: dict
     None for the defaults), `tables` overrides per table, e.g.
     `run(run={"mode": "prototype"}, data={"source": "../shared/data/gsm8k"})`.
     Returns the pipeline's `RunResult` (run directory, report paths, headline)."""
-    from opcircuits.config import resolve
-    from opcircuits.pipeline import run as run_pipeline
+    from opcircuits.pipeline.config import resolve
+    from opcircuits.pipeline.stages import run as run_pipeline
 
     return run_pipeline(resolve(config, tables), force=force, command=["opcircuits.run"])
 

@@ -23,7 +23,7 @@ How to add a command (`opcircuits store verify` below was added so):
            typer.echo(verify_store(options.store).path)
 3. Register it: `add_command(store_app, "verify", store_verify, Group(StoreVerifyOptions))`.
    A command combining several classes passes one Group per class and receives one instance
-   of each (see `analyze`); tests/test_cli.py checks that flags stay consistent.
+   of each (see `analyze`); tests/e2e/test_cli.py checks that flags stay consistent.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import sys
 import typer
 
 from opcircuits.cli_options import add_command
-from opcircuits.config import RUN_GROUPS
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import (
     AnalyzeOptions,
@@ -54,6 +53,7 @@ from opcircuits.options import (
     SynthOptions,
     TrainOptions,
 )
+from opcircuits.pipeline.config import RUN_GROUPS
 
 app = typer.Typer(
     help="Do a CODI model's continuous thoughts encode which arithmetic operations a problem "
@@ -171,7 +171,7 @@ def store_info(options: StoreInfoOptions) -> None:
 
 def analyze_cmd(paths: AnalyzePaths, options: AnalyzeOptions) -> None:
     """Probe the thoughts with honest controls; write numbers, figures and the report."""
-    from opcircuits.analysis.analyze import analyze
+    from opcircuits.report.analyze import analyze
 
     analyze(paths.store, paths.out, options)
     typer.echo(f"wrote {paths.out / 'report.html'} and {paths.out / 'ANALYSIS_SUMMARY.md'}")
@@ -218,8 +218,8 @@ def run_cmd(*given: dict) -> None:
     """Run the whole experiment, or resume it: stages whose inputs and options are unchanged are
     skipped. Writes config.resolved.toml, run.json (versions, seeds), run.log, data/, store/,
     analysis/ and stages/ (hash records) into the run directory."""
-    from opcircuits.config import resolve
-    from opcircuits.pipeline import run
+    from opcircuits.pipeline.config import resolve
+    from opcircuits.pipeline.stages import run
 
     overrides: dict[str, dict] = {}
     for group, values in zip(RUN_GROUPS, given, strict=True):
@@ -247,7 +247,7 @@ add_command(app, "run", run_cmd, *RUN_GROUPS, overrides=True)
 
 def train_cmd(options: TrainOptions) -> None:
     """Train a CODI model (teacher CE + student CE + distillation); rerun to resume."""
-    from opcircuits.codi.train import train
+    from opcircuits.codi.training.loop import train
 
     typer.echo(str(train(options)))
 
@@ -255,7 +255,7 @@ def train_cmd(options: TrainOptions) -> None:
 def new_base_cmd(options: NewBaseOptions) -> None:
     """Build a small LLaMA-architecture base (BPE tokenizer trained on GSM8K, digits split) for
     `opcircuits train --from-scratch`: how the demo model's base was made."""
-    from opcircuits.codi.base import build_demo_base
+    from opcircuits.codi.training.base import build_demo_base
 
     typer.echo(str(build_demo_base(options)))
 

@@ -417,7 +417,7 @@ def finalize(
     out: Path, options: InterveneOptions, manifest: dict[str, Any], notes: list[str], stats
 ) -> Path:
     """Merge the parts into interventions.parquet, aggregate, draw, mark complete."""
-    from opcircuits.analysis.plots import draw_causal
+    from opcircuits.report.figures import draw_causal
 
     parts = sorted((out / PARTS).glob("part-*.parquet"))
     n_parts = len(_shards(manifest["n_problems"], options.shard_size))
@@ -445,7 +445,7 @@ def summarize(
     accuracy-by-thoughts curve and the findings (sentences computed from the numbers)."""
     from opcircuits.analysis import causal
     from opcircuits.analysis.stats import wilson_interval
-    from opcircuits.findings import causal as causal_findings
+    from opcircuits.report.findings import causal as causal_findings
 
     effects, interactions = causal.effects(frame, n_boot=options.bootstrap, seed=options.seed)
     clean = frame[frame["kind"] == "none"]

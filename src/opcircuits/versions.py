@@ -1,10 +1,17 @@
-"""Which versions of Python and of the packages that shape the numbers produced a result."""
+"""This package's version, and which versions of Python and of the packages that shape the
+numbers produced a result. Importable from any layer (`data/` records the version in manifests)
+without going through the package's front door."""
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Iterable
 from importlib import metadata
+
+try:
+    __version__ = metadata.version("opcircuits")
+except metadata.PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.1.0"
 
 # What a store's numbers depend on (recorded in its manifest).
 STORE_PACKAGES = ("opcircuits", "torch", "transformers")

@@ -1,1 +1,2 @@
-"""Analysis of a thought store: numpy/scikit-learn only (plots live in analysis/plots.py)."""
+"""Analysis of a thought store: numbers only (numpy/scikit-learn). It returns dicts and never
+imports `opcircuits.report`, where figures and text are made."""

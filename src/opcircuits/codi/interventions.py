@@ -436,7 +436,7 @@ class Engine:
     def gold_ids(self, gold: str) -> tuple[list[int], int]:
         """The answer prompt for a gold answer and the index whose logits predict its value's
         first token (the teacher-forced log-probability sums from there to the final EOS)."""
-        from opcircuits.codi.train_data import ANSWER_PREFIX, TextExample, tokenize_example
+        from opcircuits.codi.training.examples import ANSWER_PREFIX, TextExample, tokenize_example
 
         if gold not in self._gold_cache:
             m = self.model

@@ -17,7 +17,6 @@ from typing import Any
 
 from rich.progress import track
 
-from opcircuits import __version__
 from opcircuits.data.annotations import (
     CATEGORIES,
     UNCLASSIFIED,
@@ -35,6 +34,7 @@ from opcircuits.files import (
     write_jsonl_atomic,
 )
 from opcircuits.options import ClassifyOptions, PrototypeOptions
+from opcircuits.versions import __version__
 
 log = logging.getLogger(__name__)
 

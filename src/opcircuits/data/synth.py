@@ -37,11 +37,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from opcircuits import __version__
 from opcircuits.data.annotations import ADDITIVE, CATEGORIES, category_of
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import manifest_path, sha256_file, write_json_atomic, write_jsonl_atomic
 from opcircuits.options import SynthOptions
+from opcircuits.versions import __version__
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ importable from here: `from opcircuits.options import ExtractOptions`.
 
 Each option is a dataclass field: its default, its help text (`metadata["help"]`) and its limits
 (`metadata["min"]`, `metadata["choices"]`) live here, and `__post_init__` checks them, raising
-`OpcircuitsError(..., field=name)`. The command line (`opcircuits.cli_options`) and the TOML schema
-of `opcircuits run` (`opcircuits.config`) are generated from these classes, so a new option is one
-field here and nothing else.
+`OpcircuitsError(..., field=name)`. The command line (`opcircuits.cli_options`) and the TOML
+schema of `opcircuits run` (`opcircuits.pipeline.config`) are generated from these classes, so a
+new option is one field here and nothing else.
 
 Metadata keys a field may carry (all but `help` optional):
 

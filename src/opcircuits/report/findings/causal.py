@@ -1,0 +1,277 @@
+"""Sentences of the "Causal tests" section, computed from an intervention sweep's numbers
+(`interventions.json` of `opcircuits intervene`, or the analysis report's `causal_tests`).
+
+An effect is claimed ("lowers accuracy") only when its family-wise p-value over the whole sweep
+(`analysis.causal`: max-statistic sign-flip test) is below 0.05; intervals that merely exclude 0
+are reported as uncorrected, next to the number expected by chance. When nothing passes, the
+section says so and gives the largest effect with its interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opcircuits.markdown import code, plain_label
+from opcircuits.report.findings.text import Section, num, pval
+
+ALL = "all"  # analysis.causal.ALL: the pooled category
+ALPHA = 0.05
+VERB = {
+    "zero": "Zero-ablating",
+    "mean": "Mean-ablating",
+    "resample": "Resampling",
+    "patch": "Patching the partner's state into",
+}
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def _ci(ci: list[float | None]) -> str:
+    return f"CI {num(ci[0])}…{num(ci[1])}"
+
+
+def _cat(name: str) -> str:
+    return "all problems" if name == ALL else plain_label(name)
+
+
+def _site(e: dict[str, Any]) -> str:
+    return f"{code(e['position'])} at layer {e['layer']}"
+
+
+def _what(e: dict[str, Any]) -> str:
+    if e.get("position") is not None and e["kind"] in VERB:
+        return f"{VERB[e['kind']]} {_site(e)}"
+    return code(e["intervention"])
+
+
+def _above(ci: list[float | None]) -> bool:
+    return ci[0] is not None and ci[0] > 0
+
+
+def _outside(ci: list[float | None]) -> bool:
+    lo, hi = ci
+    return lo is not None and hi is not None and (lo > 0 or hi < 0)
+
+
+def _claimed(e: dict[str, Any], measure: str = "drop") -> bool:
+    p = e.get(f"{measure}_p_family")
+    return p is not None and p < ALPHA and (e[measure] or 0) > 0
+
+
+def causal_tests(report: dict) -> Section | None:
+    """The analysis report's section, from `report["causal_tests"]` (None without one)."""
+    result = report.get("causal_tests")
+    if not result:
+        return None
+    section = sentences(result)
+    same = result.get("same_as_store") or {}
+    differ = [k for k in ("model", "problems") if same.get(k) is False]
+    if differ:
+        section["sentences"].insert(
+            0,
+            f"These interventions ran on another {' and other '.join(differ)} than the thoughts "
+            "analyzed above (their hashes differ): read them as a separate experiment.",
+        )
+    return section
+
+
+def sentences(result: dict[str, Any]) -> Section:
+    """{"title": "Causal tests", "sentences": [...]} from interventions.json's numbers."""
+    eff = result["effects"]
+    pooled = [e for e in eff if e["category"] == ALL]
+    s = _clean(result) + [
+        f"An effect is claimed below only when its family-wise p-value over this sweep's "
+        f"{len(pooled)} interventions is under {num(ALPHA)} (max-statistic sign-flip test; a "
+        "family of its own, apart from the probes' claims); other intervals are uncorrected."
+    ]
+    s += _thoughts(result, pooled) + _ablations(pooled) + _patching(pooled)
+    s += _interactions(result, eff, pooled) + _steering(pooled)
+    return {"title": "Causal tests", "sentences": s}
+
+
+def _clean(result: dict[str, Any]) -> list[str]:
+    clean = result["clean"][ALL]
+    per_cat = "; ".join(
+        f"{_cat(c)} {num(result['clean'][c]['accuracy'])}" for c in result["categories"]
+    )
+    s = [
+        f"Clean run: the model answers {num(clean['accuracy'])} of the {clean['n']} problems "
+        f"correctly (Wilson {_ci(clean['ci'])}; {per_cat})."
+    ]
+    if clean["accuracy"] is not None and clean["accuracy"] < 0.05:
+        s.append(
+            "With so few correct answers, accuracy can hardly drop: expect no accuracy effects; "
+            "the gold answer's log-probability is the measure that can still move."
+        )
+    return s
+
+
+def _thoughts(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
+    curve = sorted(
+        (t for t in result.get("thoughts", []) if t["category"] == ALL), key=lambda t: t["thoughts"]
+    )
+    trunc = sorted((e for e in pooled if e["kind"] == "truncate"), key=lambda e: e["thoughts"])
+    if not (trunc and curve):
+        return []
+    K = result["num_latent"]
+    points = ", ".join(f"{t['thoughts']}: {num(t['accuracy'])}" for t in curve)
+    s = [f"Accuracy by number of thoughts kept ({K} = all): {points}."]
+    zero = trunc[0]
+    if _claimed(zero):
+        verdict = "lowers"
+    elif _outside(zero["drop_ci"]):
+        verdict = "lowers (uncorrected)" if zero["drop"] > 0 else "raises (uncorrected)"
+    else:
+        verdict = "does not detectably change"
+    s.append(
+        f"Going from {K} thoughts to {zero['thoughts']} {verdict} accuracy (drop "
+        f"{num(zero['drop'])}, {_ci(zero['drop_ci'])}, family-wise "
+        f"{pval(zero.get('drop_p_family'))}; gold log-prob drop {num(zero['logp_drop'])}, "
+        f"{_ci(zero['logp_drop_ci'])})."
+    )
+    # The fewest thoughts from which on no truncation's drop is claimed.
+    needed = min(
+        (
+            e["thoughts"]
+            for e in trunc
+            if not any(_claimed(f) for f in trunc if f["thoughts"] >= e["thoughts"])
+        ),
+        default=None,
+    )
+    if needed is not None and _claimed(zero):
+        at = next(e for e in trunc if e["thoughts"] == needed)
+        s.append(
+            f"With {needed} or more of the {K} thoughts kept, no accuracy drop is claimed (at "
+            f"{needed}: drop {num(at['drop'])}, {_ci(at['drop_ci'])})."
+        )
+    return s
+
+
+def _ablations(pooled: list[dict[str, Any]]) -> list[str]:
+    single = [e for e in pooled if e["kind"] in ABLATIONS and e.get("position") is not None]
+    if not single:
+        return []
+    s: list[str] = []
+    claimed = sorted((e for e in single if _claimed(e)), key=lambda e: -e["drop"])
+    uncorrected = [e for e in single if _above(e["drop_ci"])]
+    for e in claimed[:4]:
+        s.append(
+            f"{_what(e)} lowers accuracy by {num(e['drop'])} ({_ci(e['drop_ci'])}, family-wise "
+            f"{pval(e['drop_p_family'])}; answers changed {num(e['changed'])})."
+        )
+    if claimed:
+        s.append(
+            f"{len(claimed)} of {len(single)} single-site ablations lower accuracy at "
+            f"family-wise α = {num(ALPHA)}; {len(uncorrected)} have an uncorrected interval "
+            f"above 0 (about {num(0.025 * len(single), 1)} would by chance)."
+        )
+    else:
+        big = max(single, key=lambda e: abs(e["drop"] or 0))
+        s.append(
+            f"No single-site ablation lowers accuracy at family-wise α = {num(ALPHA)} "
+            f"({len(single)} tested; {len(uncorrected)} uncorrected intervals above 0, about "
+            f"{num(0.025 * len(single), 1)} expected by chance). The largest change: "
+            f"{_what(big).lower()}, {num(big['drop'])} ({_ci(big['drop_ci'])})."
+        )
+    lp = [e for e in single if e["logp_drop"] is not None]
+    if lp:
+        top = max(lp, key=lambda e: e["logp_drop"])
+        n_lp = sum(1 for e in lp if _claimed(e, "logp_drop"))
+        s.append(
+            f"The gold answer's log-probability drops most when {_what(top).lower()} "
+            f"({num(top['logp_drop'])} nats, {_ci(top['logp_drop_ci'])}, family-wise "
+            f"{pval(top.get('logp_drop_p_family'))}); {n_lp} of {len(lp)} single-site "
+            f"ablations lower it at family-wise α = {num(ALPHA)}."
+        )
+    return s
+
+
+def _patching(pooled: list[dict[str, Any]]) -> list[str]:
+    patch = [e for e in pooled if e["kind"] == "patch" and e["follows_source"] is not None]
+    if not patch:
+        return []
+    best = max(patch, key=lambda e: e["follows_source"])
+    where = _site(best) if best.get("position") else code(best["intervention"])
+    s = [
+        f"Patching a counterfactual partner's state makes the model give the partner's answer "
+        f"in at most {num(best['follows_source'])} of problems ({where}, "
+        f"{_ci(best['follows_source_ci'])}; {best['n']} problems with a partner)."
+    ]
+    moved = sorted((e for e in patch if _claimed(e)), key=lambda e: -e["drop"])
+    if moved:
+        sites = ", ".join(_site(e) for e in moved[:6] if e.get("position"))
+        s.append(
+            f"Patching lowers accuracy on the original problem at family-wise α = {num(ALPHA)} "
+            f"at {len(moved)} of {len(patch)} sites{': ' + sites if sites else ''}."
+        )
+    return s
+
+
+def _interactions(
+    result: dict[str, Any], eff: list[dict[str, Any]], pooled: list[dict[str, Any]]
+) -> list[str]:
+    kinds = {e["intervention"]: e["kind"] for e in pooled}
+    tested = [
+        x for x in result["interactions"] if kinds.get(x["intervention"]) in (*ABLATIONS, "patch")
+    ]
+    if not tested:
+        return []
+    by_label = {(e["intervention"], e["category"]): e for e in eff}
+    hits = sorted((x for x in tested if _outside(x["drop_ci"])), key=lambda x: -abs(x["drop"]))
+    s = []
+    for x in hits[:3]:
+        a, b = by_label[x["intervention"], x["a"]], by_label[x["intervention"], x["b"]]
+        hi, lo = (a, b) if x["drop"] > 0 else (b, a)
+        lo_ci, hi_ci = x["drop_ci"]
+        diff_ci = [lo_ci, hi_ci] if x["drop"] > 0 else [-hi_ci, -lo_ci]  # larger − smaller
+        s.append(
+            f"{_what(a)} lowers accuracy on {_cat(hi['category'])} by {num(hi['drop'])} "
+            f"({_ci(hi['drop_ci'])}) and on {_cat(lo['category'])} by {num(lo['drop'])} "
+            f"({_ci(lo['drop_ci'])}); the difference, {num(abs(x['drop']))} "
+            f"({_ci(diff_ci)}), excludes 0 uncorrected."
+        )
+    chance = 0.05 * len(tested)
+    if hits:
+        s.append(
+            f"{len(hits)} of {len(tested)} category-pair comparisons of accuracy drops exclude 0 "
+            f"uncorrected (about {num(chance, 1)} would by chance"
+            + (
+                ": no more than chance, so no operation-specific effect is claimed)."
+                if len(hits) <= chance
+                else "); none is corrected for the comparisons, so none is claimed as "
+                "operation-specific on its own."
+            )
+        )
+    else:
+        s.append(
+            f"No effect is operation-specific: none of {len(tested)} category-pair comparisons "
+            "of accuracy drops has an interval excluding 0."
+        )
+    return s
+
+
+def _steering(pooled: list[dict[str, Any]]) -> list[str]:
+    steer = [e for e in pooled if e["kind"] == "steer" and e["alpha"] is not None]
+    if not steer:
+        return []
+    amax = max(abs(e["alpha"]) for e in steer)
+    s = []
+    for e in sorted(steer, key=lambda e: e["alpha"]):
+        if abs(e["alpha"]) != amax or e["direction"] != "diff":
+            continue
+        ctrl = next(
+            (r for r in steer if r["direction"] == "random" and r["alpha"] == e["alpha"]
+             and r["sites"] == e["sites"]),
+            None,
+        )  # fmt: skip
+        text = (
+            f"Steering {code(e['sites'])} by α = {num(e['alpha'], 1)} along the category "
+            f"direction changes {num(e['changed'])} of answers (accuracy drop {num(e['drop'])}, "
+            f"{_ci(e['drop_ci'])}, family-wise {pval(e.get('drop_p_family'))})"
+        )
+        if ctrl is not None:
+            text += (
+                f"; a random direction of the same length changes {num(ctrl['changed'])} (drop "
+                f"{num(ctrl['drop'])}, {_ci(ctrl['drop_ci'])})"
+            )
+        s.append(text + ".")
+    return s
