@@ -51,7 +51,7 @@ def run(config: str | Path | None = None, *, force: bool = False, **tables: dict
     `run(run={"mode": "prototype"}, data={"source": "../shared/data/gsm8k"})`.
     Returns the pipeline's `RunResult` (run directory, report paths, headline)."""
     from opcircuits.pipeline.config import resolve
-    from opcircuits.pipeline.stages import run as run_pipeline
+    from opcircuits.pipeline.runner import run as run_pipeline
 
     return run_pipeline(resolve(config, tables), force=force, command=["opcircuits.run"])
 

@@ -219,7 +219,7 @@ def run_cmd(*given: dict) -> None:
     skipped. Writes config.resolved.toml, run.json (versions, seeds), run.log, data/, store/,
     analysis/ and stages/ (hash records) into the run directory."""
     from opcircuits.pipeline.config import resolve
-    from opcircuits.pipeline.stages import run
+    from opcircuits.pipeline.runner import run
 
     overrides: dict[str, dict] = {}
     for group, values in zip(RUN_GROUPS, given, strict=True):

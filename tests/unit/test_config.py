@@ -201,3 +201,30 @@ def test_cli_rejects_an_unknown_mode(monkeypatch, capsys):
         main()
     assert info.value.code == 2
     assert "unknown mode 'fulll'; did you mean 'full'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("batch_size", "32", "expected int, got str"),
+        ("batch_size", 0, "must be at least 1, got 0"),
+        ("merge", 1, "expected bool, got int"),
+        ("dtype", "float8", "must be one of float32, bfloat16, float16, got 'float8'"),
+        ("layers", "4,x", "expected comma-separated integers or 'all', got '4,x'"),
+    ],
+)
+def test_config_and_options_classes_check_values_with_one_engine(
+    tmp_path, schema, key, value, message
+):
+    """The same wrong value gives the same message from an options class (Python, CLI) and from
+    the config file, which adds only where it came from."""
+    from opcircuits.options import ExtractOptions
+
+    with pytest.raises(OpcircuitsError) as direct:
+        ExtractOptions(dataset=Path("d.jsonl"), out=Path("s"), **{key: value})
+    assert direct.value.message == message and direct.value.field == key
+    literal = f'"{value}"' if isinstance(value, str) else str(value).lower()
+    path = write(tmp_path, f"[extract]\n{key} = {literal}\n")
+    with pytest.raises(OpcircuitsError) as from_file:
+        resolve(path, schema=schema)
+    assert from_file.value.message == f"{message} (from the config file)"

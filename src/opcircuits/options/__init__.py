@@ -1,14 +1,15 @@
 """Every option of every command, declared once (torch-free and cheap to import).
 
 One class per command, in `data.py` (data commands), `experiment.py` (extract, stores, analyze,
-intervene, run) and `codi.py` (train, new-base, evaluate), built from `core.py`; all are
-importable from here: `from opcircuits.options import ExtractOptions`.
+intervene, run) and `codi.py` (train, new-base, evaluate), built from `core.py` and checked by
+`checks.py`; all are importable from here: `from opcircuits.options import ExtractOptions`.
 
 Each option is a dataclass field: its default, its help text (`metadata["help"]`) and its limits
-(`metadata["min"]`, `metadata["choices"]`) live here, and `__post_init__` checks them, raising
-`OpcircuitsError(..., field=name)`. The command line (`opcircuits.cli_options`) and the TOML
-schema of `opcircuits run` (`opcircuits.pipeline.config`) are generated from these classes, so a
-new option is one field here and nothing else.
+(`metadata["min"]`, `metadata["choices"]`) live here, and `__post_init__` checks them and the
+value's type against the annotation (`checks.check_fields`, the one checking engine, which the
+TOML config uses too), raising `OpcircuitsError(..., field=name)`. The command line
+(`opcircuits.cli_options`) and the TOML schema of `opcircuits run` (`opcircuits.pipeline.config`)
+are generated from these classes, so a new option is one field here and nothing else.
 
 Metadata keys a field may carry (all but `help` optional):
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.options.checks import check_value
 from opcircuits.options.core import (
     DEFAULT_DATA,
     DEFAULT_MAX_NEW_TOKENS,
@@ -160,10 +161,8 @@ class TrainOptions:
     threads: int | None = opt(None, min=1, help="torch CPU threads.")
 
     def __post_init__(self) -> None:
-        if self.recipe is not None and self.recipe not in TRAIN_RECIPES:
-            raise OpcircuitsError(
-                f"must be one of {', '.join(TRAIN_RECIPES)}, got {self.recipe!r}", field="recipe"
-            )
+        # The recipe first (check_fields below checks every field), as it fills the others.
+        check_value("recipe", self.recipe, str | None, {"choices": tuple(TRAIN_RECIPES)})
         recipe = TRAIN_RECIPES[self.recipe] if self.recipe else {}
         for f in dataclasses.fields(self):
             if "fallback" in f.metadata and getattr(self, f.name) is None:

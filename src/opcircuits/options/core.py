@@ -1,17 +1,16 @@
-"""What every options class is built from: `opt` (a field with its help and limits), the checks
-`__post_init__` runs (`check_fields`), the one list parser (`split_list`), `Group` (a class as part
-of a command or of the run config) and the constants several commands share."""
+"""What every options class is built from: `opt` (a field with its help and limits), `Group` (a
+class as part of a command or of the run config) and the constants several commands share. The
+checks `__post_init__` runs (`check_fields`) and the one list parser (`split_list`) are
+`checks.py`'s, importable from here too."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from opcircuits.errors import OpcircuitsError
+from opcircuits.options.checks import check_fields, split_list
 
 # One generous default for every command that decodes answers (extract, evaluate): a well-trained
 # model stops at EOS long before, and a short limit silently truncates long answers.
@@ -20,6 +19,7 @@ DEFAULT_MAX_NEW_TOKENS = 256
 # What `data download` writes: the default problem file of every command that reads GSM8K.
 DEFAULT_DATA = "data/gsm8k_full.jsonl"
 MODES = ("prototype", "full", "analysis_only")
+# The model dtypes every command offers, by torch name (`codi.checkpoint.DTYPES` maps them).
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float16", "float32")
 SPLITS = ("train", "test")
@@ -52,71 +52,15 @@ class Group:
     panel: str | None = None  # the --help panel its options are listed under
 
 
-def split_list(
-    value: str | Sequence[Any] | None, *, item: type = int, field: str | None = None
-) -> list[Any] | None:
-    """The one parser of list options: "4,8,14", ["4,8", "14"] (repeated flags) or [4, 8, 14]
-    → [4, 8, 14]; None, "" and "all" → None (every one). Items are `item` (int, float or str)."""
-    if value is None:
-        return None
-    parts = [value] if isinstance(value, str) else list(value)
-    if len(parts) == 1 and isinstance(parts[0], str) and parts[0].strip().lower() in ("", "all"):
-        return None
-    out: list[Any] = []
-    for part in parts:
-        pieces = part.split(",") if isinstance(part, str) else [part]
-        for piece in pieces:
-            if isinstance(piece, str):
-                piece = piece.strip()
-                if not piece:
-                    continue
-            if item is int:
-                if isinstance(piece, bool) or isinstance(piece, float):
-                    piece = str(piece)  # 1.5 or True is not a layer number
-                try:
-                    piece = int(piece)
-                except ValueError:
-                    raise OpcircuitsError(
-                        f"expected comma-separated integers or 'all', got {value!r}", field=field
-                    ) from None
-            elif item is float:
-                try:
-                    if isinstance(piece, bool):
-                        raise ValueError
-                    piece = float(piece)
-                except ValueError:
-                    raise OpcircuitsError(
-                        f"expected comma-separated numbers, got {value!r}", field=field
-                    ) from None
-                if not math.isfinite(piece):
-                    raise OpcircuitsError(f"must be finite numbers, got {value!r}", field=field)
-            elif not isinstance(piece, str):
-                raise OpcircuitsError(f"expected names, got {value!r}", field=field)
-            out.append(piece)
-    return out
-
-
-def check_fields(options: Any) -> None:
-    """Check every field's `min` and `choices`, and turn list options into lists."""
-    for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
-        meta = f.metadata
-        if "list" in meta and value is not None:
-            if not (value == "all" and meta.get("all")):
-                value = split_list(value, item=meta["list"], field=f.name)
-                if value is None and not meta.get("all"):
-                    raise OpcircuitsError("needs at least one value", field=f.name)
-                setattr(options, f.name, value)
-        low = meta.get("min")
-        if low is not None and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-                raise OpcircuitsError(f"must be at least {low}, got {value!r}", field=f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise OpcircuitsError(f"must be a finite number, got {value}", field=f.name)
-        choices = meta.get("choices")
-        if choices is not None and value is not None and value not in choices:
-            raise OpcircuitsError(
-                f"must be one of {', '.join(map(str, choices))}, got {value!r}", field=f.name
-            )
-        if value is not None and f.type in ("Path", "Path | None") and not isinstance(value, Path):
-            setattr(options, f.name, Path(value))
+__all__ = [
+    "DEFAULT_DATA",
+    "DEFAULT_MAX_NEW_TOKENS",
+    "DTYPES",
+    "MODES",
+    "SPLITS",
+    "STORE_DTYPES",
+    "Group",
+    "check_fields",
+    "opt",
+    "split_list",
+]

@@ -1,7 +1,9 @@
-"""`opcircuits run`: the experiment config (`config`), its stages (`stages`) and the caching
-engine that skips, recomputes and resumes them (`engine`)."""
+"""`opcircuits run`: the experiment config (`config`: reading and resolving it, with its keys in
+`schema` and the TOML it writes in `toml_write`), its stages (`stages`), the run that executes them
+in a run directory (`runner`) and the caching engine that skips, recomputes and resumes them
+(`engine`)."""
 
 from opcircuits.pipeline.config import resolve
-from opcircuits.pipeline.stages import run
+from opcircuits.pipeline.runner import run
 
 __all__ = ["resolve", "run"]
