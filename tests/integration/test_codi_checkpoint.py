@@ -364,3 +364,43 @@ def test_a_broken_tokenizer_or_a_folder_that_is_no_model_is_named(tiny_llama, tm
     with pytest.raises(OpcircuitsError, match="not a model folder") as err:
         load_codi(tiny_llama.checkpoint, base=notes, device="cpu")
     assert err.value.path == str(notes) and err.value.field == "base"
+
+
+def test_the_model_module_does_not_import_its_loader():
+    """codi/model.py is the module; loading it from files is checkpoint.py's (and its parts')."""
+    import ast
+    import inspect
+
+    import opcircuits.codi.model as model_module
+
+    tree = ast.parse(inspect.getsource(model_module))
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    ours = {name for name in imported if name and name.startswith("opcircuits")}
+    assert ours <= {"opcircuits.codi.config", "opcircuits.errors", "opcircuits.files"}
+
+
+def test_tied_weights_are_one_group_saved_once(tiny_gpt2):
+    from opcircuits.codi.model import alias_groups, unique_state_dict
+
+    model, _ = load_codi(tiny_gpt2.checkpoint, base=tiny_gpt2.base, device="cpu", merge=False)
+    state = model.state_dict()
+    emb_key = "codi.base_model.model.transformer.wte.weight"
+    head_key = "codi.base_model.model.lm_head.weight"
+    tied = [group for group in alias_groups(state) if len(group) > 1]
+    assert [sorted(group) for group in tied] == [sorted([emb_key, head_key])]
+    unique = unique_state_dict(state)
+    assert (emb_key in unique) != (head_key in unique)
+    assert len(unique) == len(state) - 1
+
+
+def test_dtype_names_are_the_options_own():
+    from opcircuits.codi.checkpoint import DTYPES, resolve_dtype
+    from opcircuits.options import DTYPES as NAMES
+
+    assert tuple(DTYPES) == NAMES
+    assert resolve_dtype("bfloat16") is torch.bfloat16

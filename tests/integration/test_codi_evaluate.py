@@ -9,10 +9,8 @@ import math
 import pytest
 import torch
 
-from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.evaluate import evaluate, read_eval_problems
 from opcircuits.codi.latent import extract_number
-from opcircuits.codi.model import CodiModel
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import EvaluateOptions
 
@@ -64,11 +62,3 @@ def test_evaluate_honours_dtype_and_counts_answers_cut_by_the_limit(gsm8k_dir, t
     assert all(len(t) < 12 for texts in cut["answers"].values() for t in texts)
     half = evaluate(EvaluateOptions(**opts, num_latent=[6], teacher=False, dtype="bfloat16"))
     assert half["dtype"] == "bfloat16"
-
-
-def test_from_pretrained_is_load_codi(tiny_llama):
-    model = CodiModel.from_pretrained(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu")
-    same, _ = load_codi(tiny_llama.checkpoint, base=tiny_llama.base, device="cpu")
-    assert isinstance(model, CodiModel) and not model.training and model.merged
-    a, b = model.state_dict(), same.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

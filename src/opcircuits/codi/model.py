@@ -53,8 +53,8 @@ def lora_config_for(config: CodiConfig, model_type: str):
 
 
 class CodiModel(nn.Module):
-    """A CODI model. Build one with `from_base`; load a checkpoint with `from_pretrained` (or
-    `codi.checkpoint.load_codi`, which also returns the tokenizer).
+    """A CODI model. Build one with `from_base`; load a checkpoint with
+    `codi.checkpoint.load_codi` (which also returns the tokenizer).
 
     `codi` is the base LM (peft-wrapped when `config.lora_r > 0`, plain after `merge_lora`), `prj`
     the projection. `pad_id, bot_id, eot_id = V, V+1, V+2` where V is the base vocabulary size.
@@ -126,16 +126,6 @@ class CodiModel(nn.Module):
             self.merged = True
         return self
 
-    # --- loading and saving -------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path = "demo", **kwargs) -> CodiModel:
-        """Load a CODI model strictly, ready for inference: a preset (`demo`, `codi-gpt2`,
-        `codi-llama3.2-1b`), a hub id or a checkpoint dir; `kwargs` as `load_codi` (`base`,
-        `dtype`, `device`, `merge`, config overrides). `load_codi` also returns the tokenizer."""
-        from opcircuits.codi.checkpoint import load_codi
-
-        return load_codi(name_or_dir, **kwargs)[0]
-
     # --- saving -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """Write `model.safetensors` (the whole module's state dict, released key names) and
@@ -170,15 +160,28 @@ def cache_arg_name(module: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
+# --- tied weights ---------------------------------------------------------------------------
+# The one rule for shared weights (an LM head tied to the input embedding): two state-dict entries
+# are the same weight when they view the same storage at the same offset with the same shape.
+# Saving keeps one key per weight, loading accepts any of them, and CODI's own rows are found so.
+
+
+def weight_identity(tensor: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    """What makes two tensors one weight: storage, offset and shape."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+
+
+def alias_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Keys of a state dict grouped by the weight they hold (tied embeddings share a group), in
+    the order of each group's first key; an empty tensor is a group of its own."""
+    groups: dict[tuple, list[str]] = {}
+    for key, tensor in state.items():
+        ident = weight_identity(tensor) if tensor.numel() else (key,)
+        groups.setdefault(ident, []).append(key)
+    return list(groups.values())
+
+
 def unique_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop later aliases of shared tensors (tied embeddings) — safetensors refuses to store them
     twice — and make every tensor contiguous. The loader accepts either alias."""
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if tensor.numel() and ident in seen:
-            continue
-        seen.add(ident)
-        out[key] = tensor.detach().contiguous()
-    return out
+    return {group[0]: state[group[0]].detach().contiguous() for group in alias_groups(state)}

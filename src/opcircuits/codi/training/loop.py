@@ -14,7 +14,6 @@ Works under `accelerate launch` (data-parallel; every process sees a disjoint sl
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -27,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from opcircuits.codi.checkpoint import load_weights_strict, read_weights
 from opcircuits.codi.config import CONFIG_NAME, CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
-from opcircuits.codi.training.examples import IGNORE, TokenExample, build_examples, read_train_data
+from opcircuits.codi.strict import load_weights_strict
+from opcircuits.codi.training.batches import batch_indices, collate
+from opcircuits.codi.training.examples import TokenExample, build_examples, read_train_data
 from opcircuits.codi.training.objective import CodiObjective
 from opcircuits.codi.training.state import (
     find_checkpoint,
@@ -41,6 +41,7 @@ from opcircuits.codi.training.state import (
     save_rng,
     save_state,
 )
+from opcircuits.codi.weights import read_weights
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import write_json_atomic, write_text_atomic
 from opcircuits.options import TrainOptions
@@ -50,59 +51,6 @@ log = logging.getLogger(__name__)
 
 LOG_NAME = "train_log.jsonl"
 DATA_SUMMARY_NAME = "train_data.json"
-
-
-# --- batches -------------------------------------------------------------------------------
-
-
-def collate(examples: list[TokenExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad one micro-batch: encoder on the left (the latent loop appends after it), teacher and
-    decoder on the right (their labels and gather positions stay put)."""
-
-    def pad(seqs: list[list[int]], value: int, left: bool) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        rows = [
-            ([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s)))
-            for s in seqs
-        ]
-        return torch.tensor(rows, dtype=torch.long)
-
-    enc = [e.encoder_ids for e in examples]
-    dec = [e.decoder_ids for e in examples]
-    tea = [e.teacher_ids for e in examples]
-    return {
-        "encoder_ids": pad(enc, pad_id, left=True),
-        "encoder_mask": pad([[1] * len(s) for s in enc], 0, left=True),
-        "decoder_ids": pad(dec, pad_id, left=False),
-        "decoder_mask": pad([[1] * len(s) for s in dec], 0, left=False),
-        "decoder_labels": pad(dec, IGNORE, left=False),
-        "teacher_ids": pad(tea, pad_id, left=False),
-        "teacher_mask": pad([[1] * len(s) for s in tea], 0, left=False),
-        "teacher_labels": pad([e.teacher_labels for e in examples], IGNORE, left=False),
-        "teacher_pos": torch.tensor([e.teacher_pos for e in examples], dtype=torch.long),
-        "student_pos": torch.tensor([e.student_pos for e in examples], dtype=torch.long),
-    }
-
-
-def batch_indices(
-    n: int, step: int, micro: int, rank: int, options: TrainOptions, world: int
-) -> list[int]:
-    """Example indices of (optimizer step, micro-step, process): a seeded permutation per epoch,
-    consumed as one endless stream, so the data order depends only on the seed and the step."""
-    per_step = options.batch_size * options.grad_accum * world
-    start = step * per_step + (micro * world + rank) * options.batch_size
-    out = []
-    for pos in range(start, start + options.batch_size):
-        epoch, i = divmod(pos, n)
-        out.append(int(_permutation(n, options.seed, epoch)[i]))
-    return out
-
-
-@functools.lru_cache(maxsize=2)
-def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The example order of one epoch (memoised: a step only ever needs this or the next one)."""
-    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=gen)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -283,41 +231,112 @@ def _refuse_inputs_as_outputs(options: TrainOptions) -> None:
     )
 
 
-def train(options: TrainOptions) -> Path:
-    """Train (or resume training) a CODI model; returns `options.out`, holding the final
-    checkpoint in the released layout once all steps are done."""
+def _check_resume(resume: Path, state: dict[str, Any], options: TrainOptions, acc: Any) -> None:
+    """A checkpoint resumes only with the options and the process count that wrote it."""
+    if state["options"] != options.fingerprint():
+        diff = sorted(
+            k
+            for k in set(state["options"]) | set(options.fingerprint())
+            if state["options"].get(k) != options.fingerprint().get(k)
+        )
+        raise OpcircuitsError(
+            f"{resume} was trained with different options {diff}; use "
+            "the same options to resume, or another --out",
+            path=resume,
+        )
+    if state["world"] != acc.num_processes:
+        raise OpcircuitsError(
+            f"checkpoint written by {state['world']} processes, resumed with {acc.num_processes}",
+            path=resume,
+        )
+
+
+def _accumulate(
+    objective: Any,
+    examples: list[TokenExample],
+    step: int,
+    pad_id: int,
+    options: TrainOptions,
+    acc: Any,
+) -> torch.Tensor:
+    """The forward and backward passes of one optimizer step's micro-batches; returns the summed
+    losses (loss, student_ce, distill, teacher_ce) of this process."""
+    student = step >= options.teacher_only_steps
+    sums = torch.zeros(4)
+    for micro in range(options.grad_accum):
+        idx = batch_indices(
+            len(examples), step, micro, acc.process_index, options, acc.num_processes
+        )
+        batch = {
+            k: v.to(acc.device) for k, v in collate([examples[i] for i in idx], pad_id).items()
+        }
+        sync = micro == options.grad_accum - 1
+        ctx = acc.no_sync(objective) if not sync else contextlib.nullcontext()
+        with ctx:
+            losses = objective(batch, student=student)
+            # data-parallel wrappers average gradients over processes; the losses are
+            # already shares of the global batch, so undo the average
+            acc.backward(losses["loss"] * acc.num_processes / options.grad_accum)
+        sums += torch.stack(
+            [
+                losses[k].detach().float().cpu()
+                for k in ("loss", "student_ce", "distill", "teacher_ce")
+            ]
+        )
+    return sums
+
+
+def _step(
+    objective: Any,
+    optimizer: Any,
+    scheduler: Any,
+    examples: list[TokenExample],
+    step: int,
+    pad_id: int,
+    options: TrainOptions,
+    acc: Any,
+) -> dict[str, Any]:
+    """One optimizer step; returns its log record (without the elapsed time)."""
+    sums = _accumulate(objective, examples, step, pad_id, options, acc)
+    grad_norm = acc.clip_grad_norm_(objective.parameters(), options.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    means = acc.reduce(sums.to(acc.device) / options.grad_accum, "sum").cpu().tolist()
+    return {
+        "step": step + 1,
+        "loss": means[0],
+        "student_ce": means[1],
+        "distill": means[2],
+        "teacher_ce": means[3],
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+    }
+
+
+def _accelerator(options: TrainOptions) -> Any:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     if options.threads:
         torch.set_num_threads(options.threads)
     # torchrun-style launches (`accelerate launch --multi_gpu`) on a machine without CUDA: run the
     # processes on the CPU with gloo instead of silently training independent copies
     cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-    acc = Accelerator(mixed_precision=options.mixed_precision, cpu=cpu or None)
+    return Accelerator(mixed_precision=options.mixed_precision, cpu=cpu or None)
+
+
+def train(options: TrainOptions) -> Path:
+    """Train (or resume training) a CODI model; returns `options.out`, holding the final
+    checkpoint in the released layout once all steps are done."""
+    from accelerate.utils import set_seed
+
+    acc = _accelerator(options)
     out = Path(options.out)
     _refuse_inputs_as_outputs(options)
     resume = find_checkpoint(out)
-    state = None
+    state = read_state(resume) if resume is not None else None
     if resume is not None:
-        state = read_state(resume)
-        if state["options"] != options.fingerprint():
-            diff = sorted(
-                k
-                for k in set(state["options"]) | set(options.fingerprint())
-                if state["options"].get(k) != options.fingerprint().get(k)
-            )
-            raise OpcircuitsError(
-                f"{resume} was trained with different options {diff}; use "
-                "the same options to resume, or another --out",
-                path=resume,
-            )
-        if state["world"] != acc.num_processes:
-            raise OpcircuitsError(
-                f"checkpoint written by {state['world']} processes, resumed "
-                f"with {acc.num_processes}",
-                path=resume,
-            )
+        _check_resume(resume, state, options, acc)
 
     set_seed(options.seed)
     model, tokenizer = _build_model(options)
@@ -353,51 +372,16 @@ def train(options: TrainOptions) -> Path:
 
     end = total if options.stop_after is None else min(total, start + options.stop_after)
     objective.train()
-    step = start
     log_path = out / LOG_NAME
     # elapsed_s counts on from the resumed checkpoint, so the log holds the run's training time
     before = _trim_log(log_path, start) if acc.is_main_process else 0.0
     t0 = time.time() - before
     with _progress(acc.is_main_process, total, start) as advance:
         for step in range(start, end):
-            student = step >= options.teacher_only_steps
-            sums = torch.zeros(4)
-            for micro in range(options.grad_accum):
-                idx = batch_indices(
-                    len(examples), step, micro, acc.process_index, options, acc.num_processes
-                )
-                batch = {
-                    k: v.to(acc.device)
-                    for k, v in collate([examples[i] for i in idx], model.pad_id).items()
-                }
-                sync = micro == options.grad_accum - 1
-                ctx = acc.no_sync(objective) if not sync else contextlib.nullcontext()
-                with ctx:
-                    losses = objective(batch, student=student)
-                    # data-parallel wrappers average gradients over processes; the losses are
-                    # already shares of the global batch, so undo the average
-                    acc.backward(losses["loss"] * acc.num_processes / options.grad_accum)
-                sums += torch.stack(
-                    [
-                        losses[k].detach().float().cpu()
-                        for k in ("loss", "student_ce", "distill", "teacher_ce")
-                    ]
-                )
-            grad_norm = acc.clip_grad_norm_(objective.parameters(), options.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            means = acc.reduce(sums.to(acc.device) / options.grad_accum, "sum").cpu().tolist()
-            record = {
-                "step": step + 1,
-                "loss": means[0],
-                "student_ce": means[1],
-                "distill": means[2],
-                "teacher_ce": means[3],
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "elapsed_s": round(time.time() - t0, 2),
-            }
+            record = _step(
+                objective, optimizer, scheduler, examples, step, model.pad_id, options, acc
+            )
+            record["elapsed_s"] = round(time.time() - t0, 2)
             if acc.is_main_process:
                 out.mkdir(parents=True, exist_ok=True)
                 with open(log_path, "a", encoding="utf-8") as fh:
@@ -405,26 +389,21 @@ def train(options: TrainOptions) -> Path:
                 advance(record)
             done = step + 1
             if done % options.save_every == 0 or done == end:
-                _save_checkpoint(
-                    out,
-                    acc.unwrap_model(objective).model,
-                    tokenizer,
-                    optimizer,
-                    scheduler,
-                    done,
-                    options,
-                    acc,
-                )
+                trained = acc.unwrap_model(objective).model
+                _save_checkpoint(out, trained, tokenizer, optimizer, scheduler, done, options, acc)
+    _finish(out, acc.unwrap_model(objective).model, tokenizer, end, total, acc)
+    return out
+
+
+def _finish(out: Path, model: CodiModel, tokenizer: Any, end: int, total: int, acc: Any) -> None:
+    """After the last step: the final model in the released layout in OUT/."""
     if end == total:
         if acc.is_main_process:
-            acc.unwrap_model(objective).model.save_pretrained(
-                out, tokenizer=tokenizer if model.config.base == "." else None
-            )
+            model.save_pretrained(out, tokenizer=tokenizer if model.config.base == "." else None)
             log.info("finished %d steps; final model in %s", total, out)
         acc.wait_for_everyone()
     elif acc.is_main_process:
         log.info("stopped after step %d of %d; rerun the same command to resume", end, total)
-    return out
 
 
 class _progress:
