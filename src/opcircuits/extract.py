@@ -199,11 +199,10 @@ def extract(options: ExtractOptions) -> Path:
         dist.close()
 
 
-def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dist) -> Path:
+def _load_model(options: ExtractOptions, dist: _Dist) -> tuple[Any, Any, str]:
+    """The model (re-initialized for the random baseline), its tokenizer and the name the
+    store records."""
     from opcircuits.codi.checkpoint import load_codi
-    from opcircuits.codi.latent import check_lengths
-    from opcircuits.files import sha256_file
-    from opcircuits.store import StoreWriter, default_positions
 
     # A bare --checkpoint DIR is its own model, not the demo preset's location.
     model_name = options.model
@@ -223,19 +222,24 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         remove_eos=options.remove_eos,
         lora_alpha=options.lora_alpha,
     )
-    src = model.source
-    name = src.name
+    name = model.source.name
     if options.reinit is not None:
         from opcircuits.codi.reinit import reinitialize
 
         # The random-model baseline; its own model name keeps it from resuming a trained store.
         reinitialize(model, options.reinit)
-        name = f"{src.name} (re-initialized, seed {options.reinit})"
-    layers = parse_layers(options.layers, model.num_layers, src.config.layers)
-    # Before any work: a question beyond the model's positions is an error naming its id.
-    check_lengths(model, tokenizer, [p["question"] for p in problems], [p["id"] for p in problems])
+        name = f"{name} (re-initialized, seed {options.reinit})"
+    return model, tokenizer, name
+
+
+def _manifest(options: ExtractOptions, model: Any, name: str, layers: list[int]) -> dict[str, Any]:
+    """What the store records about how it was made (a resumed run must match it)."""
+    from opcircuits.files import sha256_file
+    from opcircuits.store import default_positions
+
+    src = model.source
     K = model.config.num_latent
-    manifest = {
+    return {
         "model": name,
         "reinit": options.reinit,
         "checkpoint": src.checkpoint,
@@ -255,6 +259,17 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
         "codi_config": src.config.to_dict(),
     }
 
+
+def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dist) -> Path:
+    from opcircuits.codi.latent import check_lengths
+    from opcircuits.store import StoreWriter
+
+    model, tokenizer, name = _load_model(options, dist)
+    layers = parse_layers(options.layers, model.num_layers, model.source.config.layers)
+    # Before any work: a question beyond the model's positions is an error naming its id.
+    check_lengths(model, tokenizer, [p["question"] for p in problems], [p["id"] for p in problems])
+    manifest = _manifest(options, model, name, layers)
+
     def writer() -> StoreWriter:
         return StoreWriter(
             options.out,
@@ -272,6 +287,24 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
     dist.barrier()
     if w is None:
         w = writer()
+    _write_shards(w, model, tokenizer, problems, layers, options, dist)
+    dist.barrier()
+    if dist.main:
+        _finalize(w, options)
+    dist.barrier()
+    return options.out
+
+
+def _write_shards(
+    w: Any,
+    model: Any,
+    tokenizer: Any,
+    problems: list[dict[str, Any]],
+    layers: list[int],
+    options: ExtractOptions,
+    dist: _Dist,
+) -> None:
+    """Extract and write this process's shards that are not done yet."""
     pending = w.pending_shards()
     todo = sum(w.shard_bounds(i)[1] - w.shard_bounds(i)[0] for i in pending)
     if dist.main and not pending:
@@ -291,21 +324,21 @@ def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dis
                 on_batch=lambda k: bar.advance(task, k),
             )
             w.write_shard(index, hidden, latent, records)
-    dist.barrier()
-    if dist.main:
-        store = w.finalize()
-        n_ok = int(store.records["correct"].fillna(False).sum())
-        log.info("%s: %d problems, %d answered correctly", options.out, len(store), n_ok)
-        n_cut = int(store.manifest.get("n_answer_truncated") or 0)
-        if n_cut:
-            log.warning(
-                "%s: %d answers hit --max-new-tokens %d before EOS (answer_truncated)",
-                options.out,
-                n_cut,
-                options.max_new_tokens,
-            )
-    dist.barrier()
-    return options.out
+
+
+def _finalize(w: Any, options: ExtractOptions) -> None:
+    """The main process, once every shard is written: the store's index, and what it holds."""
+    store = w.finalize()
+    n_ok = int(store.records["correct"].fillna(False).sum())
+    log.info("%s: %d problems, %d answered correctly", options.out, len(store), n_ok)
+    n_cut = int(store.manifest.get("n_answer_truncated") or 0)
+    if n_cut:
+        log.warning(
+            "%s: %d answers hit --max-new-tokens %d before EOS (answer_truncated)",
+            options.out,
+            n_cut,
+            options.max_new_tokens,
+        )
 
 
 class _CallableModule(types.ModuleType):
