@@ -1,5 +1,5 @@
-"""Benchmark: extraction throughput, peak memory and FLOP efficiency (not a test; numbers go in
-the README).
+"""Benchmark: extraction throughput, peak memory and FLOP efficiency (not a test; the figures go
+into `benchmarks/results/<name>.json`, which the docs render).
 
 Compares, on the same random-weight CODI model and the same GSM8K test questions, in one run:
   (a) this package's extractor (`opcircuits.extract.extract_shard` + `StoreWriter`: batched, left
@@ -312,6 +312,12 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument(
+        "--result",
+        default=None,
+        help="name of the result file under benchmarks/results/ "
+        "(default extract-SHAPE, plus -Nthreads or -DEVICE when not 1 CPU thread)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -432,6 +438,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    _write_result(args, device, result)
     busy = "CPU-s" if device.type == "cpu" else "s"
     print(
         f"\n| shape | device (threads) | dtype | batch | (a) problems/s wall | (a) problems/{busy} "
@@ -451,6 +458,21 @@ def main() -> None:
         f"matmul peak: {peak / 1e9:.1f} GFLOP/{busy} ({args.dtype}); "
         f"load average {result['load_average_1min']:.1f}"
     )
+
+
+def _write_result(args: argparse.Namespace, device: torch.device, result: dict) -> None:
+    from results import write_result
+
+    name = args.result or f"extract-{args.shape}"
+    if args.result is None and device.type != "cpu":
+        name += f"-{device.type}"
+    elif args.result is None and result["threads"] != 1:
+        name += f"-{result['threads']}threads"
+    notes = (
+        "(a) this extractor, (b) the earlier per-problem loop; rates per busy second are CPU "
+        "seconds on a CPU. Wall-clock rates are noisy on a shared machine."
+    )
+    print(f"wrote {write_result(name, 'extract', result, notes=notes)}")
 
 
 if __name__ == "__main__":

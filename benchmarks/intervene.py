@@ -1,5 +1,5 @@
-"""Benchmark: an intervention sweep, the fast way against the naive way (not a test; numbers go in
-the README).
+"""Benchmark: an intervention sweep, the fast way against the naive way (not a test; the figures
+go into `benchmarks/results/<name>.json`, default `intervene-MODEL`, which the docs render).
 
 The sweep: every position × layer × {zero, mean} (by default) on N problems. In one run:
   (a) `opcircuits.codi.interventions.run_interventions` as shipped: each batch's prompt prefilled
@@ -89,6 +89,9 @@ def main() -> None:
     ap.add_argument("--sites", default="all")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--result", default=None, help="result file under benchmarks/results/ (intervene-MODEL)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -172,6 +175,11 @@ def main() -> None:
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))
+    from results import write_result
+
+    name = args.result or f"intervene-{args.shape or Path(args.model).name}"
+    notes = "(a) run_interventions as shipped, (b) naive=True; throughput per CPU-second."
+    print(f"wrote {write_result(name, 'intervene', result, notes=notes)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Benchmark: how much bf16 changes CODI's answers and thoughts against fp32 (not a test; the
-numbers go in the README next to the extraction options).
+figures go into `benchmarks/results/<name>.json`, default `precision`, which the docs render).
 
 The official CODI evaluation runs in bf16; this project defaults to fp32 (LoRA merged). For each
 model the same GSM8K test questions go through `run_batch` twice, loaded with `--dtype float32` and
@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--result", default="precision", help="result file under benchmarks/results/"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     questions = [p["question"] for p in read_eval_problems(args.data)[: args.problems]]
@@ -161,6 +164,23 @@ def main() -> None:
     results["torch"] = torch.__version__
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
+    _write_result(args.result, results)
+
+
+def _write_result(name: str, results: dict) -> None:
+    """The figures per model, the per-layer lists side by side (the docs render flat values)."""
+    from results import write_result
+
+    figures: dict = {}
+    for model in ("demo", "tiny-random"):
+        r = dict(results[model])
+        per_layer = r.pop("per_layer")
+        for key in ("relative", "max_abs", "mean_abs", "mean_abs_fp32"):
+            r[f"{key}_per_layer"] = [round(x[key], 6) for x in per_layer]
+        r["layers"] = [x["layer"] for x in per_layer]
+        figures[model] = r
+    notes = f"device {results['device']}; hidden states compared at every layer and position."
+    print(f"wrote {write_result(name, 'precision', figures, notes=notes)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ per problem, 279 MB in 8 shards of 256). `write_store` includes the NaN/inf chec
 every shard; `open_store` reads headers, ids and records.parquet (no shard hashed); `verify_store`
 hashes every shard too.
 Files are in the page cache (just written), so the times are CPU, not disk. Not a test: the
-figures go into the README.
+figures go into `benchmarks/results/<name>.json` (default `store`), which the docs render.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=7)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--result", default="store", help="result file name under benchmarks/results/")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     n, P, L, D = args.problems, args.positions, args.layers, args.dim
@@ -53,6 +54,18 @@ def main() -> None:
     print(f"store: {n} problems x {P} positions x {L} layers x {D}, float16, {size:.0f} MB")
     for name, sec in times.items():
         print(f"{name:>16}: {sec:7.3f} s")
+    from results import write_result
+
+    figures = {"problems": n, "positions": P, "layers": L, "dim": D, "store_mb_float16": size}
+    figures.update({_key(name): round(sec, 4) for name, sec in times.items()})
+    notes = "Files in the page cache (just written): CPU time, not disk."
+    print(f"wrote {write_result(args.result, 'store', figures, notes=notes)}")
+
+
+def _key(timer: str) -> str:
+    """ "open + hidden()" → "open_and_hidden_s"."""
+    words = timer.replace("+", "and").replace("()", "").split()
+    return "_".join(words) + "_s"
 
 
 if __name__ == "__main__":
