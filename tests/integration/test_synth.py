@@ -20,6 +20,8 @@ from opcircuits.data.synth import SynthOptions, generate, heldout_frame, pairs_p
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import manifest_path
 
+# The run test's analysis: small and single-process (two shared cores).
+RUN_ANALYSIS = ["--folds", "2", "--repeats", "1", "--permutations", "4", "--jobs", "1"]
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
@@ -217,8 +219,8 @@ def test_run_on_synthetic_data_end_to_end(tmp_path, gsm8k_dir):
     import tomllib
 
     import torch
+    from cli_runner import run_cli
     from codi_factory import build_tiny_codi, sample_texts
-    from test_pipeline import ANALYSIS, run_cli
 
     from opcircuits.store import open_store
 
@@ -230,7 +232,7 @@ def test_run_on_synthetic_data_end_to_end(tmp_path, gsm8k_dir):
         "--per-category", "12", "--prototype-per-category", "6", "--synth-steps", "2,3,4",
         "--synth-max-operand", "9", "--synth-max-result", "40",
         "--checkpoint", str(tiny.checkpoint), "--layers", "1,3", "--batch-size", "6",
-        "--max-new-tokens", "8", *ANALYSIS,
+        "--max-new-tokens", "8", *RUN_ANALYSIS,
     ]  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,0 +1,94 @@
+"""Synthetic arithmetic word problems whose operations are known and controlled.
+
+A ground-truth testbed for the method: problems in GSM8K's own record format (`question`,
+`answer` with `<<a+b=c>>` annotations and `#### N`), so every stage takes them unchanged, but
+with the confounds of GSM8K removed by construction:
+
+- Categories pure_addition (+/−), pure_multiplication (×/÷) and mixed are balanced, and every
+  category gets the same number of problems of each step count (`--steps`).
+- A problem is a chain: a start number, then n steps `r ← r op b`. Every number in the question
+  is drawn uniformly from the same range `[min_operand, max_operand]` in every category; the
+  operations are drawn first (uniformly among the sequences the category allows), then the
+  numbers, redrawn until every intermediate and final result is an integer in
+  `[1, max_result]` (division exact).
+- The question is built from a frame (setting, opening and question sentences), a name, an
+  object, and one phrasing per step; words such as "each", "total", "them", "friends", "then"
+  occur in the phrasings of every operation, so a bag of words reads the operation as poorly as
+  the design allows (the question-text control measures how well it still does).
+- Held-out frames (every frame id ≡ 4 mod 5) occur only in the test split; and a problem's
+  arithmetic (start number, operations, operands) belongs to the train or the test split by a
+  fixed hash, so a test problem never repeats a computation of any train file.
+- Counterfactual pairs: every problem can have a partner with the same frame, name, object,
+  numbers and wording except one step, whose operation is changed (`pair_id`, `changed_step`),
+  so its annotations and gold answer (and usually its category) differ. Partners go to a file
+  of their own (`<name>.pairs.jsonl`), so the main file stays balanced.
+
+Everything is drawn from `random.Random` seeded with a string, so the same seed and options give
+byte-identical files on any machine and Python version.
+
+Modules: `language` (names, objects, phrasings, frames), `plans` (drawing a problem and its
+partner), `records` (a plan in words, the problem record), `output` (a file, its partners and
+manifest: `synth`).
+"""
+
+from __future__ import annotations
+
+from opcircuits.data.synth.language import (
+    ADD_VERBS,
+    CONNECTORS,
+    FRAMES,
+    HELDOUT_MOD,
+    NAMES,
+    OBJECTS,
+    PHRASES,
+    PRONOUNS,
+    SUB_VERBS,
+    heldout_frame,
+)
+from opcircuits.data.synth.output import allocate_steps, generate, pairs_path, synth
+from opcircuits.data.synth.plans import (
+    MAX_DRAWS,
+    OPS,
+    TEST_COMPUTATION_PERCENT,
+    Plan,
+    Step,
+    apply,
+    computation_split,
+    draw_ops,
+    draw_plan,
+    partner,
+    valid,
+)
+from opcircuits.data.synth.records import record, render
+from opcircuits.options import SynthOptions
+
+__all__ = [
+    "ADD_VERBS",
+    "CONNECTORS",
+    "FRAMES",
+    "HELDOUT_MOD",
+    "MAX_DRAWS",
+    "NAMES",
+    "OBJECTS",
+    "OPS",
+    "PHRASES",
+    "PRONOUNS",
+    "SUB_VERBS",
+    "TEST_COMPUTATION_PERCENT",
+    "Plan",
+    "Step",
+    "SynthOptions",
+    "allocate_steps",
+    "apply",
+    "computation_split",
+    "draw_ops",
+    "draw_plan",
+    "generate",
+    "heldout_frame",
+    "pairs_path",
+    "partner",
+    "record",
+    "render",
+    "synth",
+    "valid",
+]

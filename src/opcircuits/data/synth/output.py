@@ -1,0 +1,102 @@
+"""A file of synthetic problems: balanced, step-matched generation, the partners' file and the
+manifest (`synth`, the `data synth` command)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from opcircuits.data.annotations import CATEGORIES
+from opcircuits.data.synth.language import FRAMES, heldout_frame
+from opcircuits.data.synth.plans import TEST_COMPUTATION_PERCENT, draw_plan, partner
+from opcircuits.data.synth.records import record
+from opcircuits.files import manifest_path, sha256_file, write_json_atomic, write_jsonl_atomic
+from opcircuits.options import SynthOptions
+from opcircuits.versions import __version__
+
+log = logging.getLogger(__package__)  # the command's logger, as before the package split
+
+
+def allocate_steps(per_category: int, counts: list[int]) -> dict[int, int]:
+    """Split a category's problems over step counts as evenly as possible (extra → fewer steps);
+    the same for every category, so the step histograms match by construction."""
+    q, r = divmod(per_category, len(counts))
+    return {c: q + (i < r) for i, c in enumerate(counts)}
+
+
+def generate(options: SynthOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The problems (balanced, step-matched, shuffled) and their counterfactual partners."""
+    rng = random.Random(f"opcircuits-synth:{options.seed}:{options.split}")
+    per_step = allocate_steps(options.n // len(CATEGORIES), options.step_counts())
+    slots = [(c, k) for c in CATEGORIES for k, m in per_step.items() for _ in range(m)]
+    rng.shuffle(slots)
+    seen_frames = [f for f in range(len(FRAMES)) if not heldout_frame(f)]
+    held = [f for f in range(len(FRAMES)) if heldout_frame(f)]
+    problems, partners = [], []
+    for i, (category, n_steps) in enumerate(slots):
+        use_held = options.split == "test" and rng.random() < options.heldout_share
+        frame = rng.choice(held if use_held else seen_frames)
+        plan = draw_plan(rng, category, n_steps, frame, options)
+        found = partner(plan, options)
+        assert found is not None  # draw_plan only returns plans that have one
+        other, changed = found
+        pid = f"synth_{i}"
+        rec = record(pid, plan, options.split)
+        problems.append({**rec, "pair_id": f"pair_{i}", "changed_step": changed + 1})
+        partners.append(
+            {**record(f"synth_cf_{i}", other, options.split), "pair_id": f"pair_{i}",
+             "changed_step": changed + 1, "partner_of": pid}
+        )  # fmt: skip
+    return problems, partners
+
+
+def pairs_path(out: Path) -> Path:
+    """`data/x.jsonl` → `data/x.pairs.jsonl`."""
+    return out.with_name(f"{out.stem}.pairs.jsonl")
+
+
+def _histograms(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    return {
+        c: {
+            str(k): n
+            for k, n in sorted(Counter(r["n_steps"] for r in records if r["category"] == c).items())
+        }
+        for c in CATEGORIES
+    }
+
+
+def synth(options: SynthOptions) -> Path:
+    """Write the problems (and partners) with a manifest beside them; returns the output path."""
+    out = Path(options.out)
+    problems, partners = generate(options)
+    write_jsonl_atomic(out, problems)
+    outputs = {"output_sha256": sha256_file(out)}
+    if options.pairs:
+        write_jsonl_atomic(pairs_path(out), partners)
+        outputs["pairs"] = str(pairs_path(out))
+        outputs["pairs_sha256"] = sha256_file(pairs_path(out))
+    opts = asdict(options)
+    opts["out"] = str(out)
+    write_json_atomic(
+        manifest_path(out),
+        {
+            "stage": "data synth",
+            "opcircuits_version": __version__,
+            "options": opts,
+            "seed": options.seed,
+            "counts": dict(Counter(r["category"] for r in problems)),
+            "n_steps": _histograms(problems),
+            "heldout_frames": sum(r["heldout_frame"] for r in problems),
+            "frames": len(FRAMES),
+            "heldout_frame_ids": [f for f in range(len(FRAMES)) if heldout_frame(f)],
+            "test_computation_percent": TEST_COMPUTATION_PERCENT,
+            "partner_categories": dict(Counter(r["category"] for r in partners)),
+            **outputs,
+        },
+    )
+    log.info("wrote %d problems to %s", len(problems), out)
+    return out

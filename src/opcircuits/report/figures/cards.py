@@ -1,0 +1,70 @@
+"""The model cards' figures: training curves and accuracy against the number of thoughts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from opcircuits.report.figures.style import OKABE_ITO, save
+
+
+def training_curves(log_rows: list[dict[str, Any]], out_dir: Path) -> dict:
+    """The three losses of `opcircuits train` (its train_log.jsonl rows) against the step, each
+    smoothed over 25 steps; steps of teacher-only warm-up have no student losses."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.array([r["step"] for r in log_rows])
+    for k, (key, label) in enumerate(
+        [("teacher_ce", "teacher CE"), ("student_ce", "student CE"), ("distill", "distillation")]
+    ):
+        values = np.array([r[key] for r in log_rows], dtype=float)
+        keep = values > 0  # 0 = not computed (teacher-only steps)
+        if not keep.any():
+            continue
+        window = 25
+        smooth = np.convolve(values[keep], np.ones(window) / window, mode="valid")
+        ax.plot(steps[keep][window - 1 :], smooth, color=OKABE_ITO[k], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (25-step mean)")
+    ax.legend(fontsize=8)
+    ax.set_title("Training losses")
+    return save(
+        fig,
+        out_dir,
+        "loss_curve.png",
+        "Training losses",
+        "Teacher and student cross-entropy and the distillation loss per step (25-step mean).",
+    )
+
+
+def accuracy_vs_thoughts(result: dict[str, Any], out_dir: Path) -> dict:
+    """Student accuracy against K (an `opcircuits evaluate` result with several `--num-latent`
+    values), the teacher's as a reference line; one line per `heldout_frame` group when the
+    result breaks accuracy down by it."""
+    acc = result["accuracy"]
+    ks = sorted(int(name.removeprefix("student_k")) for name in acc if name.startswith("student_k"))
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(ks, [acc[f"student_k{k}"] for k in ks], "o-", color=OKABE_ITO[4], label="all")
+    held = result.get("by", {}).get("heldout_frame", {})
+    for j, (value, label) in enumerate([("false", "training frames"), ("true", "held-out frames")]):
+        if value in held:
+            row = held[value]
+            ax.plot(ks, [row[f"student_k{k}"] for k in ks], "s--", color=OKABE_ITO[j], label=label)
+    if "teacher" in acc:
+        ax.axhline(acc["teacher"], color="#777777", linestyle=":", label="teacher (explicit CoT)")
+    ax.set_xticks(ks)
+    ax.set_xlabel("continuous thoughts K")
+    ax.set_ylabel("answer accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Accuracy against the number of thoughts ({result['n_problems']} problems)")
+    return save(
+        fig,
+        out_dir,
+        "accuracy_vs_k.png",
+        "Accuracy against K",
+        "Student answer accuracy with K continuous thoughts; the teacher for reference.",
+    )
