@@ -14,7 +14,6 @@ the figures (a shared machine, a smaller shape than targeted, ...).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import shlex
