@@ -15,11 +15,11 @@ from opcircuits.codi.training.examples import (
     NO_FINAL_ANSWER,
     TOO_LONG,
     build_examples,
-    read_problem_rows,
     read_train_data,
     teacher_cot,
 )
 from opcircuits.data.gsm8k import load_local
+from opcircuits.data.io import read_problem_rows
 from opcircuits.errors import OpcircuitsError
 
 # GSM8k-Aug rows (zen-E/GSM8k-Aug's columns: question, cot = calculator steps separated by

@@ -27,8 +27,8 @@ def read_eval_problems(source: str | Path) -> list[dict[str, Any]]:
     (`train_data.read_problem_rows`: a folder holding GSM8K's `test.jsonl`, GSM8K's original
     `test.jsonl` (ids `test_0`, `test_1`, … by position), a problem file the data stage writes
     (its `split = test` rows), parquet, or "hf"). Bad input names file, line and field."""
-    from opcircuits.codi.training.examples import read_problem_rows
     from opcircuits.data.gsm8k import parse_final_answer
+    from opcircuits.data.io import read_problem_rows
 
     rows, _ = read_problem_rows(source, "test")
     out = []

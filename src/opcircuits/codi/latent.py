@@ -9,45 +9,31 @@ are prefilled in groups of similar length and their keys/values written into one
 cache that then serves the latent and answer steps of the whole batch; one forward per step with
 `output_hidden_states` yields every layer at once, and the LM head runs only where its logits are
 used (the logit lens and each next answer token).
+
+The step primitives (`new_cache`, `forward_step`, `layer_kv`, `prefill`, `one_query_attention`)
+are public: `codi.interventions` runs the same loop with them. The prompt and answer format
+(`prompt_ids`, `answer_start_ids`, `decode_answer`, `extract_number`) is `codi.prompt`'s, and is
+re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from opcircuits.codi.model import CodiModel, cache_arg_name
+from opcircuits.codi.prompt import (  # the format's names, re-exported where callers import them
+    answer_start_ids,
+    decode_answer,  # noqa: F401
+    extract_number,  # noqa: F401
+    format_question,  # noqa: F401
+    prompt_ids,
+)
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import DEFAULT_MAX_NEW_TOKENS
-
-NUMBER = re.compile(r"-?\d+\.?\d*")
-
-
-def format_question(question: str) -> str:
-    """CODI's prompt text: stripped, each pair of spaces replaced by one (str.replace semantics)."""
-    return question.strip().replace("  ", " ")
-
-
-def prompt_ids(model: CodiModel, tokenizer, question: str) -> list[int]:
-    """Token ids of one prompt: the tokenized question (BOS if the tokenizer adds one), then bot
-    (EOS before bot only for checkpoints trained without `remove_eos`)."""
-    ids = list(tokenizer(format_question(question))["input_ids"])
-    if not model.config.remove_eos:
-        ids.append(int(tokenizer.eos_token_id))
-    return ids + [model.bot_id]
-
-
-def answer_start_ids(model: CodiModel, tokenizer) -> list[int]:
-    """What is fed after the thoughts, before the answer is decoded: eot, then EOS for checkpoints
-    trained without `remove_eos` (their decoder input is `[eot, eos, answer…]`, as in the
-    official `test.py`; fed only eot, such a model predicts EOS first and answers nothing)."""
-    if model.config.remove_eos:
-        return [model.eot_id]
-    return [model.eot_id, int(tokenizer.eos_token_id)]
 
 
 def max_positions(model: CodiModel) -> int | None:
@@ -84,12 +70,6 @@ def check_lengths(
         )
 
 
-def extract_number(text: str) -> float | None:
-    """The last number in a decoded answer, commas removed (None when there is none)."""
-    found = NUMBER.findall(text.replace(",", ""))
-    return float(found[-1]) if found else None
-
-
 @dataclass
 class LatentBatch:
     """Everything one batch produces (tensors on CPU, float32)."""
@@ -102,7 +82,7 @@ class LatentBatch:
     truncated: list[bool]  # the answer hit the decoding limit before EOS
 
 
-def _new_cache(model: CodiModel, max_len: int):
+def new_cache(model: CodiModel, max_len: int):
     """A preallocated KV cache for the whole loop (a growing one re-copies every layer's keys
     and values at each step, which dominated CPU time); a dynamic one where unavailable."""
     try:
@@ -115,7 +95,9 @@ def _new_cache(model: CodiModel, max_len: int):
         return DynamicCache()
 
 
-def _step(backbone, cache_name, cache, mask, positions, *, ids=None, embeds=None, hidden=True):
+def forward_step(
+    backbone, cache_name, cache, mask, positions, *, ids=None, embeds=None, hidden=True
+):
     """One forward of the transformer (no LM head: logits are computed only where used)."""
     return backbone(
         input_ids=ids,
@@ -128,7 +110,7 @@ def _step(backbone, cache_name, cache, mask, positions, *, ids=None, embeds=None
     )
 
 
-def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values [B, H, T, hd] of one layer of a DynamicCache (5.x and 4.x layouts)."""
     if hasattr(cache, "layers"):
         return cache.layers[layer].keys, cache.layers[layer].values
@@ -147,7 +129,7 @@ def _chunks(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     return groups
 
 
-def _prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, token_budget):
+def prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, token_budget):
     """Run the prompts in groups of similar length (little padding), then write every group's
     keys and values into the batch's cache, left-padded to the longest prompt. Returns the
     chosen layers' hidden states and the final hidden state at the last (bot) position."""
@@ -161,7 +143,7 @@ def _prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, toke
         t = lengths[rows[0]]
         sub = DynamicCache()
         r = torch.tensor(rows, device=ids.device)
-        out = _step(
+        out = forward_step(
             backbone, cache_name, sub, mask[r, T - t :], pos[r, T - t :], ids=ids[r, T - t :]
         )
         hs = out.hidden_states
@@ -177,10 +159,10 @@ def _prefill(model, backbone, cache_name, ids, mask, pos, layer_idx, cache, toke
     for layer in range(model.num_layers):
         full = []
         for kind in (0, 1):
-            first = _layer_kv(groups[0][2], layer)[kind]
+            first = layer_kv(groups[0][2], layer)[kind]
             x = first.new_zeros((B, first.shape[1], T, first.shape[3]))
             for r, t, sub in groups:
-                x[r, :, T - t :] = _layer_kv(sub, layer)[kind]
+                x[r, :, T - t :] = layer_kv(sub, layer)[kind]
             full.append(x)
         cache.update(full[0], full[1], layer)
         for _, _, sub in groups:  # free this layer of the group caches
@@ -241,7 +223,7 @@ def run_batch(
     k_top = min(top_k, model.eot_id + 1)
     backbone = model.lm.base_model  # the transformer without its LM head
     cache_name = cache_arg_name(backbone)
-    cache = _new_cache(model, T + K + len(start) + max_new_tokens)
+    cache = new_cache(model, T + K + len(start) + max_new_tokens)
     # Answer tokens each problem may decode: the limit, or fewer where the positions end.
     limit = max_positions(model)
     budgets = [
@@ -251,10 +233,10 @@ def run_batch(
         for p in prompts
     ]
 
-    hidden, final = _prefill(
+    hidden, final = prefill(
         model, backbone, cache_name, ids, mask, pos, layer_idx, cache, prefill_tokens
     )
-    with _one_query_attention(model):
+    with one_query_attention(model):
         return _latents_and_answer(
             model,
             tokenizer,
@@ -276,7 +258,7 @@ def run_batch(
 
 
 @contextlib.contextmanager
-def _one_query_attention(model: CodiModel):
+def one_query_attention(model: CodiModel):
     """On CPU, steps with one query per problem run attention as plain matmuls ("eager"):
     reading the cache is the bottleneck there, and eager reads it once where torch's fused CPU
     kernel took ~1.6x longer (measured). Restored afterwards."""
@@ -330,7 +312,7 @@ def _latents_and_answer(
         x = model.project(final)  # [B, 1, D]
         inputs.append(x[:, 0])
         mask, last = torch.cat([mask, ones], dim=1), last + 1
-        out = _step(backbone, cache_name, cache, mask, last, embeds=x)
+        out = forward_step(backbone, cache_name, cache, mask, last, embeds=x)
         hidden = torch.stack([out.hidden_states[layer][:, -1] for layer in layer_idx], dim=1)
         final = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
 
@@ -347,7 +329,7 @@ def _latents_and_answer(
         last = positions[:, -1:]
         if limit is not None:  # finished problems run on (ignored) past their last position
             positions = positions.clamp(max=limit - 1)
-        out = _step(backbone, cache_name, cache, mask, positions, embeds=x, hidden=False)
+        out = forward_step(backbone, cache_name, cache, mask, positions, embeds=x, hidden=False)
         logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         logits[:, model.eot_id] = float("-inf")
         nxt = logits.argmax(-1)
@@ -382,8 +364,3 @@ def token_text(model: CodiModel, tokenizer, token_id: int) -> str:
     if token_id in special:
         return special[token_id]
     return tokenizer.decode([token_id])
-
-
-def decode_answer(model: CodiModel, tokenizer, ids: Sequence[int]) -> str:
-    """Answer text without special tokens (ids >= V are CODI's own and have no text)."""
-    return tokenizer.decode([i for i in ids if i < model.base_vocab_size], skip_special_tokens=True)

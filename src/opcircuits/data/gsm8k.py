@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from opcircuits.data.annotations import extract_steps
+from opcircuits.data.numbers import read_number, remove_commas
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import refuse_same_files, text_lines, write_jsonl_atomic
 
@@ -25,26 +25,25 @@ LOCAL_HINT = (
     "or the hub's parquet files, e.g. --source ../shared/data/gsm8k"
 )
 
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
-
 
 def parse_final_answer(
     answer: str, *, path: str | Path | None = None, line: int | None = None
 ) -> tuple[str, int | float]:
-    """The text after `####` (commas removed) and its value; OpcircuitsError if there is none."""
+    """The text after `####` (commas removed) and its value (`data.numbers`); OpcircuitsError if
+    it is no number."""
     if "####" not in answer:
         raise OpcircuitsError(
             "no '####' final answer in the solution", path=path, line=line, field="answer"
         )
-    text = answer.rsplit("####", 1)[1].strip().replace(",", "")
-    if not _NUMBER.fullmatch(text):
+    text = remove_commas(answer.rsplit("####", 1)[1].strip())
+    value = read_number(text)
+    if value is None:
         raise OpcircuitsError(
             f"final answer {text!r} after '####' is not a number",
             path=path,
             line=line,
             field="answer",
         )
-    value: int | float = float(text) if "." in text else int(text)
     return text, value
 
 

@@ -3,20 +3,26 @@
 Every record comes back in one shape (README, "Problem records"):
 fields missing from legacy files are derived from `answer` (final answer, value, steps) and `id`
 (split); a legacy category comes from the dict key, or a `category` / `operation_type` field.
+
+`read_problem_rows` reads the raw rows of one split of any problem source (a file, a GSM8K
+folder, the hub) for training and evaluation, which take the fields they need from them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from opcircuits.data.annotations import CATEGORIES, OPERATOR_SYMBOLS, UNCLASSIFIED, extract_steps
-from opcircuits.data.gsm8k import parse_final_answer, read_jsonl_objects
+from opcircuits.data.gsm8k import HUB_CONFIG, HUB_ID, parse_final_answer, read_jsonl_objects
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import read_text, text_lines
+
+log = logging.getLogger(__name__)
 
 # Field order of a record as written by every stage of the data package.
 RECORD_FIELDS: tuple[str, ...] = (
@@ -204,3 +210,101 @@ def _steps(raw: Mapping[str, Any], path: Path, line: int | None, where: str) -> 
     if not ok:
         raise _fail("expected a list of {expr, result} strings", path, line, where, "steps")
     return [{"expr": s["expr"], "result": s["result"]} for s in steps]
+
+
+# --- raw rows of a problem source (training and evaluation data) ---------------------------------
+
+Row = tuple[str, "int | None", dict[str, Any]]  # (file or hub address, line/row number, row)
+
+
+def read_problem_rows(source: str | Path, split: str) -> tuple[list[Row], int]:
+    """The raw rows of one split of a problem source, each with where it came from (for error
+    messages), and the number of rows of other splits skipped.
+
+    Sources: "hf" (GSM8K on the hub); a hub dataset id such as `zen-E/GSM8k-Aug` (through
+    `datasets`); a folder holding `<split>.jsonl` or `<split>-*.parquet` (GSM8K's release); a
+    JSONL, JSON (a list of objects) or parquet file. Rows that carry a `split` field (the problem
+    records `opcircuits data download` writes hold test and train) are kept only for `split`.
+    """
+    text = str(source)
+    path = Path(source)
+    if text == "hf" or (not path.exists() and _is_hub_id(text)):
+        hub = (HUB_ID, HUB_CONFIG) if text == "hf" else (text, None)
+        rows = _hub_rows(*hub, split=split)
+    elif path.is_dir():
+        files = [path / f"{split}.jsonl"] if (path / f"{split}.jsonl").is_file() else []
+        files = files or sorted(path.rglob(f"{split}-*.parquet"))
+        if not files:
+            raise OpcircuitsError(f"no {split}.jsonl or {split}-*.parquet in the folder", path=path)
+        rows = [row for f in files for row in _file_rows(f)]
+    elif path.is_file():
+        rows = _file_rows(path)
+    else:
+        raise OpcircuitsError(
+            "training data not found: a JSONL/JSON/parquet file, a GSM8K folder, 'hf' or a hub "
+            "dataset id",
+            path=path,
+        )
+    kept = [r for r in rows if r[2].get("split", split) == split]
+    other = len(rows) - len(kept)
+    if other:
+        log.info(
+            "%s: kept the %d rows of split %r, skipped %d of other splits",
+            text,
+            len(kept),
+            split,
+            other,
+        )
+    if not kept:
+        raise OpcircuitsError(f"no rows of split {split!r}", path=text)
+    return kept, other
+
+
+def _is_hub_id(text: str) -> bool:
+    """`owner/name` with no file suffix: how a hub dataset id differs from a missing path."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith(".")
+
+
+def _hub_rows(name: str, config: str | None, split: str) -> list[Row]:
+    try:
+        import datasets  # only on the hub path; local files need no network
+
+        rows = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # offline, no such dataset or split: all mean "use a local copy"
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise OpcircuitsError(
+            f"{name} is no local file or folder, and split {split!r} of it could not be loaded "
+            f"from the hub ({reason}); give a local file"
+        ) from exc
+    return [(f"hf://{name}/{split}", i + 1, dict(r)) for i, r in enumerate(rows)]
+
+
+def _file_rows(path: Path) -> list[Row]:
+    """Rows of a JSONL, JSON (list of objects, or JSON lines) or parquet file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # local: only this source needs it
+
+        try:
+            table = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise OpcircuitsError(f"cannot read parquet: {exc}", path=path) from exc
+        return [(str(path), i + 1, r) for i, r in enumerate(table)]
+    if path.suffix == ".json" and _leading_char(path) == "[":
+        try:
+            items = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise OpcircuitsError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+        if not isinstance(items, list):
+            raise OpcircuitsError("must hold a list of objects", path=path)
+        bad = next((i for i, r in enumerate(items) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise OpcircuitsError(f"item {bad} is not a JSON object", path=path)
+        return [(str(path), None, r) for r in items]
+    return [(str(path), line, r) for line, r in read_jsonl_objects(path)]
+
+
+def _leading_char(path: Path) -> str:
+    """The first non-blank character of a file's first 4,096 (is it a JSON list?)."""
+    with open(path, encoding="utf-8") as fh:
+        return fh.read(4096).lstrip()[:1]

@@ -14,24 +14,34 @@ The distillation position is the token whose next-token prediction is the answer
 token (the space/colon after "The answer is:"), found from the tokenizer's character offsets so
 it works for any base tokenizer. A record without such a token, without a final answer, or too
 long is left out and counted per reason (`DROP_REASONS`); the caller reports the counts.
+
+The prompt and answer format itself (question normalization, where EOS, bot and eot go, the
+answer prefix) is `codi.prompt`'s, shared with inference; the raw rows come from
+`data.io.read_problem_rows`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opcircuits.data.gsm8k import read_jsonl_objects
+from opcircuits.codi.prompt import (
+    ANSWER_PREFIX,  # noqa: F401  (re-exported: the answer format's name here before codi.prompt)
+    NoAnswerToken,
+    answer_start,
+    answer_text,
+    encoder_ids,
+    format_question,
+    text_ids,
+    value_token_index,
+)
+from opcircuits.data.io import read_problem_rows
+from opcircuits.data.numbers import is_number, remove_commas
 from opcircuits.errors import OpcircuitsError
 
-log = logging.getLogger(__name__)
-
 IGNORE = -100
-ANSWER_PREFIX = "The answer is: "
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 
 
@@ -70,23 +80,11 @@ class TokenExample:
     student_pos: int  # the same position in decoder_ids
 
 
-def clean_question(question: str) -> str:
-    """The prompt normalization used at inference (contract): strip, then '  ' → ' '."""
-    return question.strip().replace("  ", " ")
-
-
 # Why a record is left out of training (counted and reported, never silently).
 NO_FINAL_ANSWER = "no_final_answer"  # GSM8K: no `#### N`; GSM8k-Aug: `answer` is not a number
 NO_ANSWER_TOKEN = "no_answer_token"  # no token of the tokenized answer covers the value
 TOO_LONG = "too_long"  # teacher sequence longer than max_tokens
 DROP_REASONS = (NO_FINAL_ANSWER, NO_ANSWER_TOKEN, TOO_LONG)
-
-GSM8K_HUB = ("openai/gsm8k", "main")  # the source "hf"
-_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
-
-
-class NoAnswerToken(ValueError):
-    """The tokenized answer has no token covering the answer value (no distillation target)."""
 
 
 @dataclass
@@ -108,12 +106,12 @@ def format_problem(pid: str, question: str, solution: str) -> TextExample | None
     """
     if "####" not in solution:
         return None
-    final = solution.split("####")[-1].strip().replace(",", "")
-    if not _NUMBER.fullmatch(final):
+    final = remove_commas(solution.split("####")[-1].strip())
+    if not is_number(final):
         return None
     steps = tuple(f"<<{e.strip()}={r.strip()}>>" for e, r in _ANNOTATION.findall(solution))
     return TextExample(
-        id=pid, question=clean_question(question), steps=steps, answer=ANSWER_PREFIX + final
+        id=pid, question=format_question(question), steps=steps, answer=answer_text(final)
     )
 
 
@@ -123,109 +121,15 @@ def format_aug_problem(pid: str, question: str, cot: str, answer: str) -> TextEx
     and the value is the last word of `answer`, with `####` and commas removed. None if that is
     not a number."""
     words = answer.replace("####", " ").split()
-    final = words[-1].replace(",", "") if words else ""
-    if not _NUMBER.fullmatch(final):
+    final = remove_commas(words[-1]) if words else ""
+    if not is_number(final):
         return None
     return TextExample(
         id=pid,
-        question=clean_question(question),
+        question=format_question(question),
         steps=tuple(cot.split()),
-        answer=ANSWER_PREFIX + final,
+        answer=answer_text(final),
     )
-
-
-Row = tuple[str, "int | None", dict[str, Any]]  # (file or hub address, line/row number, row)
-
-
-def read_problem_rows(source: str | Path, split: str) -> tuple[list[Row], int]:
-    """The raw rows of one split of a problem source, each with where it came from (for error
-    messages), and the number of rows of other splits skipped.
-
-    Sources: "hf" (GSM8K on the hub); a hub dataset id such as `zen-E/GSM8k-Aug` (through
-    `datasets`); a folder holding `<split>.jsonl` or `<split>-*.parquet` (GSM8K's release); a
-    JSONL, JSON (a list of objects) or parquet file. Rows that carry a `split` field (the problem
-    records `opcircuits data download` writes hold test and train) are kept only for `split`.
-    """
-    text = str(source)
-    path = Path(source)
-    if text == "hf" or (not path.exists() and _is_hub_id(text)):
-        rows = _hub_rows(*(GSM8K_HUB if text == "hf" else (text, None)), split=split)
-    elif path.is_dir():
-        files = [path / f"{split}.jsonl"] if (path / f"{split}.jsonl").is_file() else []
-        files = files or sorted(path.rglob(f"{split}-*.parquet"))
-        if not files:
-            raise OpcircuitsError(f"no {split}.jsonl or {split}-*.parquet in the folder", path=path)
-        rows = [row for f in files for row in _file_rows(f)]
-    elif path.is_file():
-        rows = _file_rows(path)
-    else:
-        raise OpcircuitsError(
-            "training data not found: a JSONL/JSON/parquet file, a GSM8K folder, 'hf' or a hub "
-            "dataset id",
-            path=path,
-        )
-    kept = [r for r in rows if r[2].get("split", split) == split]
-    other = len(rows) - len(kept)
-    if other:
-        log.info(
-            "%s: kept the %d rows of split %r, skipped %d of other splits",
-            text,
-            len(kept),
-            split,
-            other,
-        )
-    if not kept:
-        raise OpcircuitsError(f"no rows of split {split!r}", path=text)
-    return kept, other
-
-
-def _is_hub_id(text: str) -> bool:
-    """`owner/name` with no file suffix: how a hub dataset id differs from a missing path."""
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith(".")
-
-
-def _hub_rows(name: str, config: str | None, split: str) -> list[Row]:
-    try:
-        import datasets  # only on the hub path; local files need no network
-
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as exc:  # offline, no such dataset or split: all mean "use a local copy"
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-        raise OpcircuitsError(
-            f"{name} is no local file or folder, and split {split!r} of it could not be loaded "
-            f"from the hub ({reason}); give a local file"
-        ) from exc
-    return [(f"hf://{name}/{split}", i + 1, dict(r)) for i, r in enumerate(rows)]
-
-
-def _file_rows(path: Path) -> list[Row]:
-    """Rows of a JSONL, JSON (list of objects, or JSON lines) or parquet file."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise OpcircuitsError(f"cannot read parquet: {exc}", path=path) from exc
-        return [(str(path), i + 1, r) for i, r in enumerate(table)]
-    if path.suffix == ".json" and _first_char(path) == "[":
-        try:
-            items = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise OpcircuitsError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
-        if not isinstance(items, list):
-            raise OpcircuitsError("must hold a list of objects", path=path)
-        bad = next((i for i, r in enumerate(items) if not isinstance(r, dict)), None)
-        if bad is not None:
-            raise OpcircuitsError(f"item {bad} is not a JSON object", path=path)
-        return [(str(path), None, r) for r in items]
-    return [(str(path), line, r) for line, r in read_jsonl_objects(path)]
-
-
-def _first_char(path: Path) -> str:
-    with open(path, encoding="utf-8") as fh:
-        return fh.read(4096).lstrip()[:1]
 
 
 def read_train_data(source: str | Path, split: str = "train") -> TrainData:
@@ -264,25 +168,6 @@ def read_train_problems(source: str | Path) -> list[TextExample]:
     return read_train_data(source).examples
 
 
-def _ids(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of `text`, without special tokens."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-
-
-def _value_token_index(tokenizer: Any, answer: str) -> tuple[list[int], int]:
-    """Answer ids and the index of the first token that covers the answer value."""
-    ids, offsets = _ids(tokenizer, answer)
-    start = len(ANSWER_PREFIX.rstrip()) if answer.startswith(ANSWER_PREFIX) else 0
-    # first character of the value itself (skip the space after the colon)
-    while start < len(answer) and answer[start] == " ":
-        start += 1
-    for i, (a, b) in enumerate(offsets):
-        if b > start and answer[max(a, start) : b].strip():
-            return ids, i
-    raise NoAnswerToken(f"no token of {answer!r} covers its value")
-
-
 def tokenize_example(
     ex: TextExample,
     tokenizer: Any,
@@ -295,20 +180,21 @@ def tokenize_example(
     (CODI's option for bases trained that way); the released checkpoints use True."""
     bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
     eos = tokenizer.eos_token_id
-    q, _ = _ids(tokenizer, ex.question)
+    q, _ = text_ids(tokenizer, ex.question)
     cot_text = teacher_cot(ex, include_last_cot)
-    cot, _ = _ids(tokenizer, cot_text) if cot_text else ([], [])
-    ans, vi = _value_token_index(tokenizer, ex.answer)
+    cot, _ = text_ids(tokenizer, cot_text) if cot_text else ([], [])
+    ans, vi = value_token_index(tokenizer, ex.answer)
     sep = [] if remove_eos else [eos]
     prefix = bos + q + sep
     teacher = prefix + cot + sep + ans + [eos]
     labels = [IGNORE] * len(prefix) + teacher[len(prefix) :]
-    decoder = [eot_id] + sep + ans + [eos]
+    start = answer_start(eot_id, eos, remove_eos)
+    decoder = start + ans + [eos]
     first_ans_teacher = len(prefix) + len(cot) + len(sep)
-    first_ans_decoder = 1 + len(sep)
+    first_ans_decoder = len(start)
     return TokenExample(
         id=ex.id,
-        encoder_ids=prefix + [bot_id],
+        encoder_ids=encoder_ids(bos + q, bot_id, eos, remove_eos),
         decoder_ids=decoder,
         teacher_ids=teacher,
         teacher_labels=labels,

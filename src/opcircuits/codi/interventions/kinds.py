@@ -1,0 +1,75 @@
+"""The kinds of intervention, one table entry each (after pyvene's intervention types).
+
+A *site kind* replaces the state h at each of its sites by what its edit function makes of it:
+`zero` — zeros; `mean` — the site's mean over the reference set; `resample` and `patch` — the
+same site's state of each problem's source problem (`Sources`); `steer` — `h + α · s · u`. The
+other kinds change the loop itself: `none` — the clean run; `truncate` — stop after `keep`
+thoughts (`Intervention.start` / `thoughts`).
+
+To add a site kind: one small function `(iv, ref, step, li, src_rows, dtype, device) → Edit` and
+one `Kind` in `TABLE` (`run.site_edit` calls it for each site).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from opcircuits.errors import OpcircuitsError
+
+Edit = Callable[[torch.Tensor], torch.Tensor]  # state [B, D] → new state [B, D]
+# (intervention, reference, step, layer index in the reference, source rows, dtype, device) → edit
+EditMaker = Callable[..., Edit]
+
+DIRECTIONS = ("diff", "random")  # built-in steering directions (others are given by the caller)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of intervention."""
+
+    name: str
+    edit: EditMaker | None = None  # site kinds: makes the edit of one site
+    source: str | None = None  # the `Sources` field giving each problem's source problem
+
+
+def _zero(iv, ref, step, li, src_rows, dtype, device) -> Edit:
+    return torch.zeros_like
+
+
+def _mean(iv, ref, step, li, src_rows, dtype, device) -> Edit:
+    mean = ref.mean[step, li].to(device=device, dtype=dtype)
+    return lambda h: mean.expand_as(h)
+
+
+def _copy(iv, ref, step, li, src_rows, dtype, device) -> Edit:
+    """resample, patch: the source problem's state at the site."""
+    assert src_rows is not None
+    value = ref.states[src_rows, step, li].to(device=device, dtype=dtype)
+    return lambda h: value
+
+
+def _steer(iv, ref, step, li, src_rows, dtype, device) -> Edit:
+    if iv.direction not in ref.directions:
+        raise OpcircuitsError(f"no steering direction {iv.direction!r}", field="direction")
+    u = ref.directions[iv.direction][step, li]
+    delta = (iv.alpha * float(ref.norm[step, li]) * u).to(device=device, dtype=dtype)
+    return lambda h: h + delta
+
+
+TABLE: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("none"),
+        Kind("zero", _zero),
+        Kind("mean", _mean),
+        Kind("resample", _copy, source="resample"),
+        Kind("patch", _copy, source="patch"),
+        Kind("steer", _steer),
+        Kind("truncate"),
+    )
+}
+KINDS = tuple(TABLE)
+SITE_KINDS = tuple(name for name, k in TABLE.items() if k.edit is not None)

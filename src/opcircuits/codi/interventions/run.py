@@ -1,0 +1,270 @@
+"""Runs: the clean reference run, the sweep of interventions over batches of problems, and the
+measurement rows (`interventions.parquet`).
+
+Interventions run in decreasing order of their first step, and each only writes the KV cache at
+or after it, so the entries before an intervention's start are always the clean run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from opcircuits.codi.interventions.engine import Answer, Batch, Engine
+from opcircuits.codi.interventions.kinds import TABLE, Edit
+from opcircuits.codi.interventions.reference import Reference, Sources
+from opcircuits.codi.interventions.spec import (
+    Intervention,
+    Problem,
+    Site,
+    position_name,
+    sites_name,
+)
+from opcircuits.codi.latent import one_query_attention
+from opcircuits.codi.prompt import decode_answer, extract_number
+from opcircuits.errors import OpcircuitsError
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar prompt length (longest first, ties by index)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def clean_reference(
+    engine: Engine,
+    problems: Sequence[Problem],
+    batches: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    reference_rows: Sequence[int] | None = None,
+) -> Reference:
+    """The clean states of `problems` at every step and `layers`, batched as `batches`. Use the
+    interventions' own batches for the problems they run on, so that the states an intervention
+    copies in (mean, resample, patch) are bit-identical to its clean run's."""
+    states: torch.Tensor | None = None
+    with engine:
+        for rows in batches:
+            b = engine.open_batch(problems, rows)
+            with one_query_attention(engine.model):
+                got = engine.run_clean(b, layers)
+            if states is None:
+                states = torch.empty((len(problems), *got.shape[1:]))
+            states[list(rows)] = got
+    assert states is not None
+    ref_rows = list(range(len(problems))) if reference_rows is None else list(reference_rows)
+    return Reference(list(problems), states, list(layers), ref_rows)
+
+
+def site_edit(
+    iv: Intervention,
+    site: Site,
+    ref: Reference,
+    src_rows: Sequence[int] | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Edit:
+    """The edit of one site of a site kind's intervention."""
+    li = ref.layer_index(site.layer)
+    make = TABLE[iv.kind].edit
+    if make is None:
+        raise AssertionError(iv.kind)
+    return make(iv, ref, site.step, li, src_rows, dtype, device)
+
+
+@dataclass
+class Outcome:
+    """One problem under one intervention."""
+
+    problem: int  # index into the run's problems
+    intervention: Intervention
+    answer_ids: list[int]
+    answer_text: str
+    predicted: float | None
+    correct: bool
+    logp_gold: float
+    source: int | None = None  # resample/patch: the source's reference row
+    logp_source: float | None = None  # patch: the source's gold answer, teacher-forced
+    states: torch.Tensor | None = None  # [K+1, L, D] at the reference layers, when recorded
+
+
+@torch.inference_mode()
+def run_interventions(
+    engine: Engine,
+    problems: Sequence[Problem],
+    batches: Sequence[Sequence[int]],
+    interventions: Sequence[Intervention],
+    reference: Reference,
+    *,
+    sources: Sources | None = None,
+    record: bool = False,
+    naive: bool = False,
+) -> Iterator[list[Outcome]]:
+    """Every intervention on every problem of `batches`, one batch at a time: yields that batch's
+    outcomes, the clean run's (`none`) first, then each intervention's in the given order.
+
+    Problem i's states are `reference.states[reference.index[problems[i].id]]`. With `record`, each
+    outcome carries its states (for tests). With `naive`, each intervention reruns the prompt and
+    every step and decodes token by token: the benchmark's baseline, same results."""
+    sources = sources or Sources()
+    K = engine.K
+    order = sorted(range(len(interventions)), key=lambda j: -interventions[j].start(K))
+    room = max((len(engine.gold_ids(p.gold)[0]) for p in reference.problems), default=0)
+    with engine:
+        for rows in batches:
+            ref_rows = [reference.index[problems[i].id] for i in rows]
+            b = engine.open_batch(problems, rows, room)
+            with one_query_attention(engine.model):
+                engine.run_clean(b, reference.layers)
+                gold = [engine.gold_ids(problems[i].gold) for i in rows]
+                clean = engine.decode(b, K, gold, naive=naive)
+                out = [
+                    _outcome(engine, problems[i], i, Intervention("none"), a, None)
+                    for i, a in zip(rows, clean, strict=True)
+                ]
+                if record:
+                    assert b.clean_states is not None
+                    for o, st in zip(out, b.clean_states, strict=True):
+                        o.states = st.float().cpu()
+                done: dict[int, list[Outcome]] = {}
+                for j in order:
+                    done[j] = _run_one(
+                        engine, b, problems, rows, ref_rows, interventions[j], reference,
+                        sources, gold, [a.ids for a in clean], record, naive, room,
+                    )  # fmt: skip
+            yield out + [o for j in range(len(interventions)) for o in done[j]]
+
+
+def _run_one(
+    engine: Engine,
+    b: Batch,
+    problems: Sequence[Problem],
+    rows: Sequence[int],
+    ref_rows: Sequence[int],
+    iv: Intervention,
+    reference: Reference,
+    sources: Sources,
+    gold: Sequence[tuple[list[int], int]],
+    clean_ids: Sequence[list[int]],
+    record: bool,
+    naive: bool,
+    room: int,
+) -> list[Outcome]:
+    K = engine.K
+    thoughts = iv.thoughts(K)
+    src: list[int | None] = [None] * len(rows)
+    src_rows = None
+    source = TABLE[iv.kind].source  # resample, patch: the field of `sources` to read
+    if source is not None:
+        table = getattr(sources, source)
+        if table is None:
+            raise OpcircuitsError(f"{iv.kind}: no source problems given", field="kinds")
+        src = [table[r] for r in ref_rows]
+        # A problem without a source is left as it is (patched from itself).
+        src_rows = [s if s is not None else r for s, r in zip(src, ref_rows, strict=True)]
+    edits: dict[int, dict[int, Edit]] = {}
+    for site in iv.sites:
+        edit = site_edit(iv, site, reference, src_rows, engine.dtype, engine.device)
+        edits.setdefault(site.step, {})[site.layer] = edit
+    start = iv.start(K)
+    if naive:  # the whole loop again: the prompt, then every step
+        b = engine.open_batch(problems, rows, room)
+        start = 0
+    layers = reference.layers if record else None
+    recorded = engine.latents(b, start, thoughts, edits, layers)[1] if start <= thoughts else []
+    source_gold = None
+    if iv.kind == "patch":
+        source_gold = [
+            engine.gold_ids(reference.problems[s].gold) if s is not None else None for s in src
+        ]
+    drafts = [[c] for c in clean_ids]
+    answers = engine.decode(b, thoughts, gold, drafts, source_gold, naive=naive)
+    outcomes = [
+        _outcome(engine, problems[i], i, iv, a, s)
+        for i, a, s in zip(rows, answers, src, strict=True)
+    ]
+    if record:
+        B, L, D = len(rows), len(reference.layers), engine.model.hidden_size
+        steps = []
+        for s in range(K + 1):
+            if s < start:
+                assert b.clean_states is not None
+                steps.append(b.clean_states[:, s].float().cpu())
+            elif s - start < len(recorded):
+                r = recorded[s - start]
+                steps.append(torch.stack([r[x] for x in reference.layers], 1).float().cpu())
+            else:  # steps after a truncation never ran
+                steps.append(torch.full((B, L, D), float("nan")))
+        for o, st in zip(outcomes, torch.stack(steps, 1), strict=True):
+            o.states = st
+    return outcomes
+
+
+def _outcome(
+    engine: Engine, problem: Problem, i: int, iv: Intervention, a: Answer, source: int | None
+) -> Outcome:
+    text = decode_answer(engine.model, engine.tokenizer, a.ids)
+    predicted = extract_number(text)
+    gold = problem.gold_value
+    return Outcome(
+        problem=i,
+        intervention=iv,
+        answer_ids=a.ids,
+        answer_text=text,
+        predicted=predicted,
+        # As extraction scores it: the last number of the answer equals the gold value.
+        correct=predicted is not None and predicted == gold,
+        logp_gold=a.logp_gold,
+        source=source,
+        logp_source=a.logp_source,
+    )
+
+
+def outcome_rows(
+    outcomes: Sequence[Outcome], problems: Sequence[Problem], reference: Reference
+) -> list[dict[str, Any]]:
+    """One table row per outcome (the `interventions.parquet` columns; see
+    `opcircuits.analysis.causal`). `outcomes` must hold each problem's clean run (`none`), which
+    `changed` compares with; patch outcomes of problems without a source are left out."""
+    clean = {o.problem: o for o in outcomes if o.intervention.kind == "none"}
+    K = reference.states.shape[1] - 1
+    rows = []
+    for o in outcomes:
+        iv, p = o.intervention, problems[o.problem]
+        if iv.kind == "patch" and o.source is None:
+            continue
+        single = iv.sites[0] if len(iv.sites) == 1 else None
+        src = reference.problems[o.source] if o.source is not None else None
+        src_gold = src.gold_value if src is not None else None
+        follows = None
+        if iv.kind == "patch" and src_gold is not None:
+            follows = o.predicted is not None and o.predicted == src_gold
+        rows.append(
+            {
+                "id": p.id,
+                "category": p.category,
+                "intervention": iv.label,
+                "kind": iv.kind,
+                "sites": sites_name(iv.sites),
+                "position": position_name(single.step) if single else None,
+                "layer": single.layer if single else None,
+                "alpha": iv.alpha if iv.kind == "steer" else None,
+                "direction": iv.direction or None,
+                "thoughts": iv.thoughts(K),
+                "gold": p.gold_value,
+                "answer_text": o.answer_text,
+                "predicted": o.predicted,
+                "correct": o.correct,
+                "changed": o.answer_ids != clean[o.problem].answer_ids,
+                "logp_gold": o.logp_gold,
+                "source_id": src.id if src is not None else None,
+                "source_gold": src_gold,
+                "logp_source": o.logp_source,
+                "follows_source": follows,
+            }
+        )
+    return rows
