@@ -1,0 +1,94 @@
+"""A finished sweep's outputs: interventions.parquet (the parts merged), interventions.json
+(provenance, effects with CIs, the accuracy-by-thoughts curve, findings) and its figures."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from opcircuits.files import write_json_atomic
+from opcircuits.intervene.parts import MANIFEST, RESULT, TABLE, merge_parts
+from opcircuits.options import InterveneOptions
+
+log = logging.getLogger(__package__)  # the command's logger, as before the package split
+
+
+def finalize(
+    out: Path, options: InterveneOptions, manifest: dict[str, Any], notes: list[str], stats
+) -> Path:
+    """Merge the parts into interventions.parquet, aggregate, draw, mark complete."""
+    from opcircuits.report.figures import draw_causal
+
+    table = merge_parts(out, manifest["n_problems"], options.shard_size)
+    frame = table.to_pandas()
+    result = summarize(frame, manifest, options, notes)
+    result["figures"] = draw_causal(result, out)
+    write_json_atomic(out / RESULT, result)
+    if not manifest.get("complete"):
+        write_json_atomic(out / MANIFEST, {**manifest, "complete": True})
+    log.info("%s: %d rows (answers found: %s)", out / TABLE, len(frame), dict(stats))
+    return out / RESULT
+
+
+def summarize(
+    frame: pd.DataFrame, manifest: dict[str, Any], options: InterveneOptions, notes: list[str]
+) -> dict[str, Any]:
+    """interventions.json: provenance, clean accuracy, effects with CIs, interactions, the
+    accuracy-by-thoughts curve and the findings (sentences computed from the numbers)."""
+    from opcircuits.analysis import causal
+    from opcircuits.analysis.stats import wilson_interval
+    from opcircuits.report.findings import causal as causal_findings
+
+    effects, interactions = causal.effects(frame, n_boot=options.bootstrap, seed=options.seed)
+    clean = frame[frame["kind"] == "none"]
+    cats = sorted(clean["category"].astype(str).unique())
+    clean_acc = {}
+    for cat in [*cats, causal.ALL]:
+        sub = clean if cat == causal.ALL else clean[clean["category"] == cat]
+        w = wilson_interval(float(sub["correct"].sum()), len(sub))
+        clean_acc[cat] = {"n": len(sub), "accuracy": w.mean, "ci": [w.low, w.high]}
+    K = manifest["num_latent"]
+    # Accuracy against the number of thoughts kept (truncation; K = the clean run), Wilson CIs.
+    thoughts = []
+    trunc = frame[frame["kind"].isin(["truncate", "none"])]
+    for cat in [*cats, causal.ALL]:
+        in_cat = trunc if cat == causal.ALL else trunc[trunc["category"] == cat]
+        for k, sub in in_cat.groupby("thoughts"):
+            w = wilson_interval(float(sub["correct"].sum()), len(sub))
+            thoughts.append(
+                {"thoughts": int(k), "category": cat, "n": len(sub), "accuracy": w.mean,
+                 "ci": [w.low, w.high]}
+            )  # fmt: skip
+    result = {
+        "provenance": {k: v for k, v in manifest.items() if k not in ("options", "complete")},
+        "options": manifest["options"],
+        "num_latent": K,
+        "num_layers": manifest["num_layers"],
+        "positions": ["bot"] + [f"latent_{k}" for k in range(1, K + 1)],
+        "categories": cats,
+        "clean": clean_acc,
+        "thoughts": _round(thoughts),
+        "effects": _round(effects),
+        "interactions": _round(interactions),
+        "notes": notes,
+        "methods": causal.METHODS,
+    }
+    result["findings"] = causal_findings.sentences(result)
+    return result
+
+
+def _round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Floats to 6 decimals (stable JSON); NaN never reaches the file."""
+
+    def r(v: Any) -> Any:
+        if isinstance(v, float):
+            return None if not math.isfinite(v) else round(v, 6)
+        if isinstance(v, list):
+            return [r(x) for x in v]
+        return v
+
+    return [{k: r(v) for k, v in row.items()} for row in rows]
