@@ -187,7 +187,7 @@ def normalize_record(
         ):
             raise _fail("expected a dict operator → count", path, line, where, "operators")
         rec["operators"] = {s: ops.get(s, 0) for s in OPERATOR_SYMBOLS}
-    for name in PAIR_FIELDS:  # a synthetic problem's counterfactual link (data/synth.py)
+    for name in PAIR_FIELDS:  # a synthetic problem's counterfactual link (data/synth/)
         value = raw.get(name)
         if value is None:
             continue

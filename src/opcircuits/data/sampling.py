@@ -61,7 +61,7 @@ def label(
     out["category"] = category or lab.category
     out["n_steps"] = len(record["steps"])
     out["operators"] = lab.operators
-    # A synthetic problem's link to its counterfactual partner (data/synth.py) survives sampling,
+    # A synthetic problem's link to its counterfactual partner (data/synth/) survives sampling,
     # so the sampled file can still be patched from its partners (`opcircuits intervene`).
     out.update({k: record[k] for k in PAIR_FIELDS if record.get(k) is not None})
     return out

@@ -26,7 +26,7 @@ STORE_DIR = "store"
 DATA_DIR = "data"
 # Options that change how fast a stage runs, never what it writes: not part of its key.
 BATCH_ONLY = ("batch_size",)
-# `[data] source` that generates synthetic problems (data/synth.py) instead of reading GSM8K.
+# `[data] source` that generates synthetic problems (data/synth/) instead of reading GSM8K.
 SYNTHETIC = "synthetic"
 JOBS_ONLY = ("jobs",)
 
