@@ -14,7 +14,8 @@ over problems, resampled within each category; the same resamples serve every in
 
 The operation-specific claim is an *interaction*: the effect on one category minus the effect on
 another (e.g. the drop on pure multiplication minus the drop on pure addition), with the interval
-of that difference (the categories are resampled independently).
+of that difference (the categories are resampled independently) and the category-label
+permutation test of `causal_stats` (which also holds the sweep's family-wise p-values and TOST).
 """
 
 from __future__ import annotations
@@ -257,18 +258,26 @@ METHODS = {
     "gold answer; 95% percentile bootstrap intervals over problems, resampled within category, "
     "the same resamples for every intervention.",
     "interactions": "Effect on category a minus effect on category b, with the bootstrap "
-    "interval of that difference (categories resampled independently): an operation-specific "
-    "effect is one whose interval excludes 0.",
+    "interval of that difference (categories resampled independently, descriptive). The test: "
+    "category labels permuted across problems (the same permutation for every intervention), "
+    "Welch t of the difference, step-down max-statistic over interventions × category pairs "
+    "(`drop_p_family`: on the problems the clean run answers correctly, the break rate; "
+    "`logp_drop_p_family`: on all problems). An operation-specific effect is one that passes "
+    "(`drop_claimed`); `drop_crossover` names interventions that pass with the opposite sign on "
+    "the same pair (a double dissociation).",
     "log_prob": "log p of the gold answer's value tokens and EOS, teacher-forced after the "
     "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
     "eos.",
-    "multiple_tests": "A sweep makes many comparisons: at 95%, about 2.5% of intervals exclude "
-    "0 on each side by chance when nothing has an effect; the findings give those counts. "
-    "Pooled over categories, each intervention also has a family-wise p-value for its accuracy "
-    "drop and for its log-prob drop (`*_p_family`): the max-statistic sign-flip test over the "
-    "whole sweep (the signs of a problem's paired differences flipped together, as many flips "
-    "as bootstrap resamples), so an effect with p_family < 0.05 is claimed with the family-wise "
-    "error rate of the sweep held at 5%.",
+    "multiple_tests": "Pooled over categories, each intervention has a family-wise p-value for "
+    "its accuracy drop and for its log-prob drop (`*_p_family`): Westfall & Young's step-down "
+    "max-statistic over the whole sweep on studentized paired differences (t of the mean), the "
+    "signs of a problem's differences flipped together (as many flips as bootstrap resamples). "
+    "The null is that an intervention leaves each problem's paired difference symmetric about "
+    "0 (no systematic change of that measure), not that nothing changes. An effect with "
+    "p_family < 0.05 is claimed with the sweep's family-wise error rate held at 5% in the "
+    "strong sense. 'No effect' (`*_no_effect`) is said only where Schuirmann's two one-sided "
+    "tests (`*_tost_p`) bound the mean within ±δ (δ = 0.05 accuracy, 0.1 nats), Holm over the "
+    "sweep.",
 }
 
 

@@ -151,7 +151,8 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
 
 
 def claimed(report: dict[str, Any], family: str, member: str | None = None) -> bool:
-    """Whether the report claims `member` of `family` (any member when None)."""
+    """Whether the report claims `member` of `family`; with None, the family's own claim (for the
+    primary: some probe or cell decodes the category, the gate)."""
     inf = report.get("inference")
     if not inf:
         return False
@@ -159,7 +160,9 @@ def claimed(report: dict[str, Any], family: str, member: str | None = None) -> b
     fam = next((f for f in fams if f["family"] == family), None)
     if fam is None:
         return False
-    return any(m["claimed"] for m in fam["members"] if member is None or m["name"] == member)
+    if member is None:  # the primary: the gate (H_P rejected); a secondary family: any member
+        return bool(fam["claimed"])
+    return any(m["claimed"] for m in fam["members"] if m["name"] == member)
 
 
 def final_p(report: dict[str, Any], family: str, member: str) -> float | None:
