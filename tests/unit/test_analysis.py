@@ -144,7 +144,9 @@ def test_planted_signal_is_found_where_it_was_planted(planted: tuple[Path, Path,
     assert first["control_task"]["accuracy"] < 0.5 and first["selectivity"]["ci_low"] > 0.4
     # The planted cell is claimed; no cell or position without signal is.
     claims = report["inference"]["claims"]
-    assert "decoding: logreg:latent_1@5" in claims and "decoding: logreg:first" in claims
+    # 20 permutations (p ≥ 1/21) open the gate, but under strong FWER control a decoding member
+    # needs p ≤ α/2 (≥ 39 permutations): only the global decoding claim is made here.
+    assert report["inference"]["gate_open"] and not [c for c in claims if "decoding:" in c]
     noise = ("latent_2", "@2", ":bot", ":last")
     assert not [c for c in claims if any(n in c for n in noise)], claims
     assert "latent_vs_bot: latent_1" in claims
@@ -264,7 +266,7 @@ def test_pure_noise_stays_at_chance(tmp_path: Path) -> None:
     assert report["inference"]["claims"] == []
     summary = (tmp_path / "out" / "ANALYSIS_SUMMARY.md").read_text()
     assert "do not show that the thoughts encode" in summary
-    assert "is not distinguishable from chance" in summary
+    assert "is not claimed to decode the category" in summary
     assert "No effect is claimed." in summary
 
 

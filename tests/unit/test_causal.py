@@ -162,12 +162,13 @@ def test_causal_sentences_claim_only_what_passes_and_say_when_nothing_does():
     text = " ".join(sentences(result(table()))["sentences"])
     assert "Zero-ablating `latent_2` at layer 2 lowers accuracy by" in text
     assert "the difference," in text and "pure multiplication" in text
+    assert "pass the interaction test at family-wise" in text
     nothing = table()
     nothing = nothing[nothing.intervention.isin(["none", "noise"])]
     text = " ".join(sentences(result(nothing))["sentences"])
     assert "No single-site ablation lowers accuracy at family-wise" in text
     assert "lowers accuracy by" not in text and "the difference," not in text
-    assert "No effect is operation-specific" in text
+    assert "No operation-specific effect is claimed" in text
 
 
 CATS = ("pure_addition", "pure_multiplication")

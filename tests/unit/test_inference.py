@@ -15,6 +15,7 @@ from opcircuits.analysis.inference import (
     holm,
     max_statistic,
     stratified_permutations,
+    tost_p,
 )
 from opcircuits.analysis.logit_lens import analyze
 from opcircuits.analysis.scoring import make_folds
@@ -23,9 +24,12 @@ from opcircuits.analysis.scoring import make_folds
 def test_max_statistic_compares_each_member_with_the_family_maximum() -> None:
     null = {"a": np.array([0.30, 0.50, 0.40, 0.35]), "b": np.array([0.60, 0.31, 0.32, 0.33])}
     # Per permutation the family maximum is 0.6, 0.5, 0.4, 0.35.
+    single = max_statistic({"a": 0.45, "b": 0.70}, null, step_down=False)
+    assert single["a"] == pytest.approx(3 / 5)  # 0.6 and 0.5 reach 0.45
+    assert single["b"] == pytest.approx(1 / 5)
+    # Step-down: b (rejected first) leaves the maximum; a is compared with its own null only.
     p = max_statistic({"a": 0.45, "b": 0.70}, null)
-    assert p["a"] == pytest.approx(3 / 5)  # 0.6 and 0.5 reach 0.45
-    assert p["b"] == pytest.approx(1 / 5)
+    assert p["a"] == pytest.approx(2 / 5) and p["b"] == pytest.approx(1 / 5)
     # A member alone: its own permutation p-value.
     assert max_statistic({"a": 0.45}, {"a": null["a"]})["a"] == pytest.approx(2 / 5)
 
@@ -42,6 +46,24 @@ def test_corrected_t_p_matches_the_interval() -> None:
     assert corrected_t_p(np.array([0.1]), 0.25) is None
 
 
+def test_corrected_t_p_is_never_zero_when_every_fold_agrees() -> None:
+    same = np.full(10, 0.05)
+    p = corrected_t_p(same, 0.2, resolution=1 / 20)
+    assert 0 < p < 0.05
+    assert 0 < corrected_t_p(same, 0.2) < 1
+    assert corrected_t_p(np.zeros(10), 0.2) == 0.5
+    assert corrected_t_p(-same, 0.2, resolution=1 / 20) > 0.95
+
+
+def test_tost_bounds_the_effect_within_delta_only_with_enough_data() -> None:
+    rng = np.random.default_rng(0)
+    tight = rng.normal(0.0, 0.1, 400)
+    assert tost_p(tight, 0.05) < 0.01  # mean ≈ 0, se 0.005: within ±0.05
+    assert tost_p(tight[:10], 0.05) > 0.05  # too few: equivalence not shown
+    assert tost_p(tight + 0.2, 0.05) > 0.99  # a real effect of 0.2 is not "no effect"
+    assert tost_p(np.array([1.0]), 0.05) is None
+
+
 def test_the_gate_keeps_secondary_claims_until_the_primary_test_passes() -> None:
     fam = lambda name, ps: {  # noqa: E731
         "family": name,
@@ -50,8 +72,10 @@ def test_the_gate_keeps_secondary_claims_until_the_primary_test_passes() -> None
     closed = decide(fam("decoding", [0.2]), [fam("s1", [0.0001]), fam("s2", [0.001])])
     assert closed["claims"] == [] and not closed["gate_open"]
     open_ = decide(fam("decoding", [0.01]), [fam("s1", [0.0001]), fam("s2", [0.03])])
-    # Holm across families: s1 at 0.0002, s2 at max(0.03, 2 * ... ) = 0.03 → both pass.
+    # A single primary member is the gate (a fixed sequence); then Holm over all secondary
+    # members: s1 at 0.0002, s2 at 0.03 → both pass.
     assert open_["claims"] == ["decoding: m0", "s1: m0", "s2: m0"]
+    assert open_["secondary"][1]["members"][0]["p_final"] == pytest.approx(0.03)
     strict = decide(
         fam("decoding", [0.01]), [fam("s1", [0.03]), fam("s2", [0.03]), fam("s3", [0.6])]
     )

@@ -14,7 +14,8 @@ over problems, resampled within each category; the same resamples serve every in
 
 The operation-specific claim is an *interaction*: the effect on one category minus the effect on
 another (e.g. the drop on pure multiplication minus the drop on pure addition), with the interval
-of that difference (the categories are resampled independently).
+of that difference (the categories are resampled independently) and the category-label
+permutation test of `causal_stats` (which also holds the sweep's family-wise p-values and TOST).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from opcircuits.analysis import causal_stats
 from opcircuits.errors import OpcircuitsError
 
 ALL = "all"  # the pooled category
@@ -73,64 +75,81 @@ def check_table(table: pd.DataFrame) -> None:
         raise OpcircuitsError("intervention table has no clean run (kind 'none')")
 
 
-def effects(
-    table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per intervention × category (and `all`): the paired effects with intervals; and per
-    intervention × pair of categories: the interaction (effect on a − effect on b) with its
-    interval. Returns (effects, interactions), plain JSON-ready rows."""
+MATRICES = {  # measure → (column, paired with the clean run)
+    "accuracy": ("correct", False),
+    "drop": ("correct", True),
+    "logp_drop": ("logp_gold", True),
+    "changed": ("changed", False),
+    "follows_source": ("follows_source", False),
+}
+ALPHA = 0.05
+
+
+@dataclass
+class Sweep:
+    """The table as matrices: interventions in table order, problems in id order (so resamples
+    do not depend on the table's row order), grouped by category."""
+
+    labels: list[str]
+    cats: list[str]
+    ids: dict[str, np.ndarray]
+    all_ids: np.ndarray
+    clean: pd.DataFrame
+    rows: pd.DataFrame
+    info: pd.DataFrame
+    pivots: dict[str, pd.DataFrame]
+
+    def matrix(self, column: str, cat_ids: np.ndarray, clean_minus: bool) -> np.ndarray:
+        """[I, n]: per intervention and problem, the (paired) value, NaN where absent."""
+        if column not in self.rows.columns:
+            return np.full((len(self.labels), len(cat_ids)), np.nan)
+        if column not in self.pivots:
+            rows = self.rows
+            values = pd.to_numeric(rows[column].astype(object).where(rows[column].notna()))
+            frame = pd.DataFrame(
+                {"intervention": rows["intervention"], "id": rows["id"], "v": values}
+            )
+            self.pivots[column] = frame.pivot_table(
+                index="intervention", columns="id", values="v", aggfunc="first", dropna=False
+            ).reindex(index=self.labels, columns=self.all_ids)
+        piv = self.pivots[column].reindex(columns=cat_ids).to_numpy(dtype=np.float64)
+        if clean_minus:
+            base = pd.to_numeric(self.clean[column].reindex(cat_ids)).to_numpy(dtype=np.float64)
+            piv = base[None, :] - piv
+        return piv
+
+
+def sweep(table: pd.DataFrame) -> Sweep:
     check_table(table)
     table = table.copy()
     table["category"] = table["category"].fillna("unknown").astype(str)
     clean = table[table["kind"] == "none"].drop_duplicates("id").set_index("id")
     cats = sorted(clean["category"].unique())
-    # Problems in id order, so the resamples do not depend on the table's row order.
     ids = {c: np.sort(clean.index[clean["category"] == c].to_numpy()) for c in cats}
-    boot = _weights(ids, n_boot, seed)
-    # `all`: the categories' resamples together (a stratified bootstrap of the pooled mean).
-    all_ids = np.concatenate([ids[c] for c in cats])
-
     labels = [x for x in dict.fromkeys(table["intervention"]) if x != "none"]
     rows = table[table["kind"] != "none"]
     describe = [c for c in DESCRIBE if c in table.columns]
     info = rows.drop_duplicates("intervention").set_index("intervention")[describe]
+    all_ids = np.concatenate([ids[c] for c in cats])
+    return Sweep(labels, cats, ids, all_ids, clean, rows, info, {})
 
-    pivots: dict[str, pd.DataFrame] = {}
 
-    def matrix(column: str, cat_ids: np.ndarray, clean_minus: bool) -> np.ndarray:
-        """[I, n]: per intervention and problem, the paired value (NaN where absent)."""
-        if column not in rows.columns:
-            return np.full((len(labels), len(cat_ids)), np.nan)
-        if column not in pivots:
-            values = pd.to_numeric(rows[column].astype(object).where(rows[column].notna()))
-            frame = pd.DataFrame(
-                {"intervention": rows["intervention"], "id": rows["id"], "v": values}
-            )
-            pivots[column] = frame.pivot_table(
-                index="intervention", columns="id", values="v", aggfunc="first", dropna=False
-            ).reindex(index=labels, columns=all_ids)
-        piv = pivots[column].reindex(columns=cat_ids).to_numpy(dtype=np.float64)
-        if clean_minus:
-            base = pd.to_numeric(clean[column].reindex(cat_ids)).to_numpy(dtype=np.float64)
-            piv = base[None, :] - piv
-        return piv
-
-    measures = {
-        "accuracy": ("correct", False),
-        "drop": ("correct", True),
-        "logp_drop": ("logp_gold", True),
-        "changed": ("changed", False),
-        "follows_source": ("follows_source", False),
-    }
-    per_cat: dict[str, dict[str, np.ndarray]] = {}  # category → measure → [I, R]
-    means: dict[str, dict[str, np.ndarray]] = {}  # category → measure → [I]
+def _aggregate(sw: Sweep, boot: Boot) -> tuple[dict, dict, dict]:
+    """Per category (and `all`, the categories' resamples together: a stratified bootstrap of
+    the pooled mean): bootstrap means [I, R] and means [I] of every measure, and counts."""
+    per_cat: dict[str, dict[str, np.ndarray]] = {}
+    means: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, np.ndarray] = {}
-    for cat in [*cats, ALL]:
-        cat_ids = all_ids if cat == ALL else ids[cat]
-        W = np.concatenate([boot.weights[c] for c in cats], 1) if cat == ALL else boot.weights[cat]
+    for cat in [*sw.cats, ALL]:
+        cat_ids = sw.all_ids if cat == ALL else sw.ids[cat]
+        W = (
+            np.concatenate([boot.weights[c] for c in sw.cats], 1)
+            if cat == ALL
+            else boot.weights[cat]
+        )
         per_cat[cat], means[cat] = {}, {}
-        for name, (column, paired) in measures.items():
-            X = matrix(column, cat_ids, paired)
+        for name, (column, paired) in MATRICES.items():
+            X = sw.matrix(column, cat_ids, paired)
             present = ~np.isnan(X)
             counts.setdefault(cat, present.sum(1))
             Xz = np.where(present, X, 0.0)
@@ -138,64 +157,82 @@ def effects(
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_cat[cat][name] = (Xz @ W.T) / (present.astype(np.float64) @ W.T)
                 means[cat][name] = Xz.sum(1) / present.sum(1)
-        clean_acc = clean["correct"].reindex(cat_ids).astype(np.float64).mean()
-        per_cat[cat]["_clean_accuracy"] = np.full(len(labels), clean_acc)
+        clean_acc = sw.clean["correct"].reindex(cat_ids).astype(np.float64).mean()
+        per_cat[cat]["_clean_accuracy"] = np.full(len(sw.labels), clean_acc)
+    return per_cat, means, counts
 
-    family = {
-        name: _family_p(matrix(column, all_ids, True), n_boot, seed)
-        for name, column in (("drop", "correct"), ("logp_drop", "logp_gold"))
-    }
+
+def _pooled_tests(sw: Sweep, n_boot: int, seed: int) -> dict[str, list]:
+    """Per pooled intervention: family-wise p (step-down studentized sign flips) and TOST."""
+    out: dict[str, list] = {}
+    for name in ("drop", "logp_drop"):
+        X = sw.matrix(MATRICES[name][0], sw.all_ids, True)
+        out[f"{name}_p_family"] = [_num(v) for v in causal_stats.family_p(X, n_boot, seed)]
+        out[f"{name}_tost_p"], out[f"{name}_no_effect"] = causal_stats.no_effect(X, name, ALPHA)
+    return out
+
+
+def effects(
+    table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per intervention × category (and `all`): the paired effects with intervals, and pooled
+    the family-wise p-values and equivalence tests; per intervention × pair of categories: the
+    interaction (effect on a − effect on b) with its interval and its permutation test.
+    Returns (effects, interactions), plain JSON-ready rows."""
+    sw = sweep(table)
+    boot = _weights(sw.ids, n_boot, seed)
+    per_cat, means, counts = _aggregate(sw, boot)
+    pooled = _pooled_tests(sw, n_boot, seed)
     out: list[dict[str, Any]] = []
-    for i, label in enumerate(labels):
-        for cat in [*cats, ALL]:
+    for i, label in enumerate(sw.labels):
+        for cat in [*sw.cats, ALL]:
             row: dict[str, Any] = {"intervention": label, "category": cat}
-            row.update({k: _py(v, k) for k, v in info.loc[label].items()})
+            row.update({k: _py(v, k) for k, v in sw.info.loc[label].items()})
             row["n"] = int(counts[cat][i])
             row["accuracy_clean"] = _num(per_cat[cat]["_clean_accuracy"][i])
-            for name in measures:
+            for name in MATRICES:
                 row[name] = _num(means[cat][name][i])
                 row[f"{name}_ci"] = list(_interval(per_cat[cat][name][i], level))
             if cat == ALL:
-                row["drop_p_family"] = _num(family["drop"][i])
-                row["logp_drop_p_family"] = _num(family["logp_drop"][i])
+                row.update({k: v[i] for k, v in pooled.items()})
             out.append(row)
+    return out, _interactions(sw, per_cat, means, level, n_boot, seed)
 
+
+def _interactions(
+    sw: Sweep, per_cat: dict, means: dict, level: float, n_perm: int, seed: int
+) -> list[dict[str, Any]]:
+    cat_index = {c: k for k, c in enumerate(sw.cats)}
+    codes = np.array([cat_index[sw.clean.loc[i, "category"]] for i in sw.all_ids], dtype=np.int64)
+    # The accuracy drop on the problems the clean run answers correctly: the break rate.
+    right = sw.clean["correct"].reindex(sw.all_ids).astype(bool).to_numpy()
+    drop = sw.matrix("correct", sw.all_ids, True)[:, right]
+    tests = {
+        "drop": causal_stats.interaction_p(drop, codes[right], len(sw.cats), n_perm, seed),
+        "logp_drop": causal_stats.interaction_p(
+            sw.matrix("logp_gold", sw.all_ids, True), codes, len(sw.cats), n_perm, seed
+        ),
+    }
     inter: list[dict[str, Any]] = []
-    for i, label in enumerate(labels):
-        for a, b in itertools.combinations(cats, 2):
-            row = {"intervention": label, "a": a, "b": b}
+    for i, label in enumerate(sw.labels):
+        for k, (a, b) in enumerate(itertools.combinations(sw.cats, 2)):
+            row: dict[str, Any] = {"intervention": label, "a": a, "b": b}
             for name in ("drop", "logp_drop", "changed", "follows_source"):
                 diff = per_cat[a][name][i] - per_cat[b][name][i]
                 row[name] = _num(means[a][name][i] - means[b][name][i])
                 row[f"{name}_ci"] = list(_interval(diff, level))
+            for name, (d, p) in tests.items():
+                row[f"{name}_correct" if name == "drop" else f"{name}_diff"] = _num(d[i, k])
+                row[f"{name}_p_family"] = _num(p[i, k])
+                row[f"{name}_claimed"] = bool(p[i, k] < ALPHA)
             inter.append(row)
-    return out, inter
-
-
-def _family_p(X: np.ndarray, n_flips: int, seed: int) -> np.ndarray:
-    """Family-wise p-values of paired mean differences X [I, n] (NaN where absent): the
-    max-statistic sign-flip test. Under the null that no intervention changes anything, a
-    problem's clean and intervened runs are exchangeable, so the signs of its differences flip
-    together (the same flip for every intervention, which keeps their dependence); each
-    intervention's |mean| is compared with the maximum |mean| over the whole sweep in every
-    flip, which holds the family-wise error rate (Westfall & Young). Two-sided; NaN for an
-    intervention with no problem."""
-    present = ~np.isnan(X)
-    n = present.sum(1)
-    if X.size == 0:
-        return np.full(len(X), np.nan)
-    Xz = np.where(present, X, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        observed = np.abs(Xz.sum(1) / n)
-    rng = np.random.default_rng([seed, 7])
-    flips = rng.choice(np.array([-1.0, 1.0]), size=(n_flips, X.shape[1]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        null = np.abs((Xz @ flips.T) / n[:, None])  # [I, R]
-    peak = np.nanmax(np.where(np.isnan(null), -np.inf, null), axis=0)  # [R]
-    # A tolerance so that ties (identical sums computed in another order) count as exceeding.
-    exceed = (peak[None, :] >= observed[:, None] - 1e-12).sum(1)
-    p = (1.0 + exceed) / (n_flips + 1.0)
-    return np.where((n > 0) & ~np.isnan(observed), p, np.nan)
+    # Claimed with an opposite-sign claimed partner on the same pair: a double dissociation.
+    cross = {
+        (r["intervention"], r["a"], r["b"]): r["partners"] for r in causal_stats.crossovers(inter)
+    }
+    for row in inter:
+        row["drop_crossover"] = cross.get((row["intervention"], row["a"], row["b"]), [])
+    return inter
 
 
 def _py(v: Any, name: str = "") -> Any:
@@ -221,18 +258,26 @@ METHODS = {
     "gold answer; 95% percentile bootstrap intervals over problems, resampled within category, "
     "the same resamples for every intervention.",
     "interactions": "Effect on category a minus effect on category b, with the bootstrap "
-    "interval of that difference (categories resampled independently): an operation-specific "
-    "effect is one whose interval excludes 0.",
+    "interval of that difference (categories resampled independently, descriptive). The test: "
+    "category labels permuted across problems (the same permutation for every intervention), "
+    "Welch t of the difference, step-down max-statistic over interventions × category pairs "
+    "(`drop_p_family`: on the problems the clean run answers correctly, the break rate; "
+    "`logp_drop_p_family`: on all problems). An operation-specific effect is one that passes "
+    "(`drop_claimed`); `drop_crossover` names interventions that pass with the opposite sign on "
+    "the same pair (a double dissociation).",
     "log_prob": "log p of the gold answer's value tokens and EOS, teacher-forced after the "
     "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
     "eos.",
-    "multiple_tests": "A sweep makes many comparisons: at 95%, about 2.5% of intervals exclude "
-    "0 on each side by chance when nothing has an effect; the findings give those counts. "
-    "Pooled over categories, each intervention also has a family-wise p-value for its accuracy "
-    "drop and for its log-prob drop (`*_p_family`): the max-statistic sign-flip test over the "
-    "whole sweep (the signs of a problem's paired differences flipped together, as many flips "
-    "as bootstrap resamples), so an effect with p_family < 0.05 is claimed with the family-wise "
-    "error rate of the sweep held at 5%.",
+    "multiple_tests": "Pooled over categories, each intervention has a family-wise p-value for "
+    "its accuracy drop and for its log-prob drop (`*_p_family`): Westfall & Young's step-down "
+    "max-statistic over the whole sweep on studentized paired differences (t of the mean), the "
+    "signs of a problem's differences flipped together (as many flips as bootstrap resamples). "
+    "The null is that an intervention leaves each problem's paired difference symmetric about "
+    "0 (no systematic change of that measure), not that nothing changes. An effect with "
+    "p_family < 0.05 is claimed with the sweep's family-wise error rate held at 5% in the "
+    "strong sense. 'No effect' (`*_no_effect`) is said only where Schuirmann's two one-sided "
+    "tests (`*_tost_p`) bound the mean within ±δ (δ = 0.05 accuracy, 0.1 nats), Holm over the "
+    "sweep.",
 }
 
 

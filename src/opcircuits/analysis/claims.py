@@ -1,10 +1,12 @@
-"""What the report may claim: every test of the report gathered into families, and the
-gatekeeping rule of `inference.decide` applied (family-wise error rate α over the whole report).
+"""What the report may claim: every test of the report gathered into families, and the procedure
+of `inference.decide` applied: strong family-wise error control at α over every member of every
+family (the gate on the primary family, then one graph over all members, Bretz et al. 2009).
 
 Primary family: every probe refitted on the permutations (logistic regression on every view and
 token × layer cell; the random forest and MLP too with `permute_all_probes`), each with its
 max-statistic p-value; with `primary = "probe:view"` that one probe is pre-registered and its
-uncorrected permutation p-value opens the gate instead. Secondary families (Holm within): gain
+uncorrected permutation p-value opens the gate instead. Secondary families (`p_value`: Holm
+within, descriptive; `p_final`: the pooled procedure, what a claim needs): gain
 over the strongest baseline control, the incremental test over the confound features, the
 step-matched subsample, latent steps vs `bot`, the other labels (step count, binary operation
 probes), similarity, silhouette, the logit lens, correct vs incorrect answers, the trained vs the
@@ -62,22 +64,17 @@ def _primary(report: dict[str, Any], primary: str | None) -> dict:
     return _family("decoding", members, adjust=False)
 
 
-def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
-    """The `inference` section of the report."""
+def _decoding_families(report: dict[str, Any]) -> list[dict]:
+    """Beyond the baseline, beyond the confound features, the step-matched tests, vs `bot`."""
     main = [p for p in report["probes"] if p["view_kind"] == "main"]
-    fams = [
-        _family(
-            "beyond_baseline",
-            [(member_name(p["probe"], p["view"]), p["gain_over_baseline"]["p_value"]) for p in main]
-            + [
-                (
-                    member_name("logreg", f"{c['position']}@{c['layer']}"),
-                    c["gain_over_baseline"]["p_value"],
-                )
-                for c in report["token_layer_map"]
-            ],
-        )
+    beyond = [
+        (member_name(p["probe"], p["view"]), p["gain_over_baseline"]["p_value"]) for p in main
     ]
+    beyond += [
+        (member_name("logreg", f"{c['position']}@{c['layer']}"), c["gain_over_baseline"]["p_value"])
+        for c in report["token_layer_map"]
+    ]
+    fams = [_family("beyond_baseline", beyond)]
     steps = report.get("step_confound") or {}
     if steps.get("incremental"):
         fams.append(_views_family("beyond_confound_features", steps["incremental"], "difference"))
@@ -89,12 +86,14 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
         # Beyond that sample's strongest baseline control (its step-count lookup included).
         fams.append(_views_family("step_matched_sample", sample["probes"], "gain_over_baseline"))
     if report["pre_thought"]:
-        fams.append(
-            _family(
-                "latent_vs_bot",
-                [(r["position"], r["minus_pre_thought"]["p_value"]) for r in report["pre_thought"]],
-            )
-        )
+        rows = [(r["position"], r["minus_pre_thought"]["p_value"]) for r in report["pre_thought"]]
+        fams.append(_family("latent_vs_bot", rows))
+    return fams
+
+
+def _other_labels(report: dict[str, Any]) -> list[dict]:
+    """The step count and the binary operation labels, decoded by the same probes."""
+    steps = report.get("step_confound") or {}
     other = []
     if steps.get("n_steps_decoding"):
         other += [
@@ -109,18 +108,18 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
             )
             for r in task["probes"]
         ]
-    if other:
-        fams.append(_family("other_labels", other))
+    return [_family("other_labels", other)] if other else []
+
+
+def _descriptive_families(report: dict[str, Any]) -> list[dict]:
+    """Similarity, silhouette, the logit lens, answers, the trained vs the random model."""
+    fams = []
     if report["similarity"]:
-        fams.append(
-            _family(
-                "similarity", [(r["view"], r["centred"]["p_value"]) for r in report["similarity"]]
-            )
-        )
+        rows = [(r["view"], r["centred"]["p_value"]) for r in report["similarity"]]
+        fams.append(_family("similarity", rows))
     if report["clustering"]:
-        fams.append(
-            _family("silhouette", [(r["view"], r["silhouette_p"]) for r in report["clustering"]])
-        )
+        rows = [(r["view"], r["silhouette_p"]) for r in report["clustering"]]
+        fams.append(_family("silhouette", rows))
     match = (report["logit_lens"] or {}).get("operator_match_latent")
     if match:
         fams.append(_family("logit_lens", [("operator_match_latent", match["p_value"])]))
@@ -130,7 +129,7 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
             (
                 x
                 for x in model["probe_by_correctness"]
-                if x["view"] == "mean" and x["probe"] == "logreg"
+                if (x["view"], x["probe"]) == ("mean", "logreg")
             ),
             None,
         )
@@ -140,14 +139,20 @@ def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
             )
     baseline = report.get("random_model") or {}
     if baseline.get("probes"):
-        rows = baseline["probes"]
-        fams.append(_views_family("trained_vs_random", rows, "trained_minus_random"))
+        fams.append(_views_family("trained_vs_random", baseline["probes"], "trained_minus_random"))
+    return fams
+
+
+def decide_claims(report: dict[str, Any], primary: str | None = None) -> dict:
+    """The `inference` section of the report: every family, and `inference.decide` over them."""
+    fams = _decoding_families(report) + _other_labels(report) + _descriptive_families(report)
     fams = [f for f in fams if any(m["p_value"] is not None for m in f["members"])]
     return decide(_primary(report, primary), fams, ALPHA)
 
 
 def claimed(report: dict[str, Any], family: str, member: str | None = None) -> bool:
-    """Whether the report claims `member` of `family` (any member when None)."""
+    """Whether the report claims `member` of `family`; with None, the family's own claim (for the
+    primary: some probe or cell decodes the category, the gate)."""
     inf = report.get("inference")
     if not inf:
         return False
@@ -155,7 +160,9 @@ def claimed(report: dict[str, Any], family: str, member: str | None = None) -> b
     fam = next((f for f in fams if f["family"] == family), None)
     if fam is None:
         return False
-    return any(m["claimed"] for m in fam["members"] if member is None or m["name"] == member)
+    if member is None:  # the primary: the gate (H_P rejected); a secondary family: any member
+        return bool(fam["claimed"])
+    return any(m["claimed"] for m in fam["members"] if m["name"] == member)
 
 
 def final_p(report: dict[str, Any], family: str, member: str) -> float | None:

@@ -140,6 +140,9 @@ def probes(inp: AnalysisInput, plan: Plan, fits: Fits, ctrl: Controls, permutati
                         "view": view.name,
                         "probe": probe,
                         "n_permutations": permutations,
+                        # Labels shuffled within these groups (tasks.plan): "fold × n_steps"
+                        # tests decoding beyond what the step count explains.
+                        "strata": "fold" if inp.n_steps is None else "fold × n_steps",
                         "observed_accuracy": test["observed"],
                         "null_mean": float(test["null"].mean()),
                         "null_q95": float(np.quantile(test["null"], 0.95)),

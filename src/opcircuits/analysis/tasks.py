@@ -179,9 +179,11 @@ def plan(inp: AnalysisInput, options: Any, brief: bool = False) -> Plan:
     shuffle_view = main_views[0].name if main_views else views[-1].name
     permuted_y = None
     if options.permutations:
-        # Shuffled within each test fold of the first repeat: every fold keeps its class counts.
+        # Shuffled within each test fold × n_steps stratum of the first repeat: every fold keeps
+        # its class counts and every label its step counts (the null: nothing beyond the steps).
         rng = np.random.default_rng([options.seed, 1])
         groups = [f.test for f in folds if f.repeat == 0]
+        groups = groups if inp.n_steps is None else confound.fold_strata(folds, inp.n_steps)
         permuted_y = stratified_permutations(inp.y, groups, options.permutations, rng)
     permute_probes = PROBES if options.permute_all_probes and not brief else ("logreg",)
     tasks: list[Task] = []

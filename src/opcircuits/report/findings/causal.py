@@ -2,15 +2,17 @@
 (`interventions.json` of `opcircuits intervene`, or the analysis report's `causal_tests`).
 
 An effect is claimed ("lowers accuracy") only when its family-wise p-value over the whole sweep
-(`analysis.causal`: max-statistic sign-flip test) is below 0.05; intervals that merely exclude 0
-are reported as uncorrected, next to the number expected by chance. When nothing passes, the
-section says so and gives the largest effect with its interval.
+(`analysis.causal_stats`: step-down maxT on studentized sign-flip statistics) is below 0.05; an
+operation-specific effect only when its interaction passes the category-label permutation test;
+"no effect" only when TOST bounds it within ±δ. Intervals that merely exclude 0 are reported as
+uncorrected. When nothing passes, the section says so and gives the largest effect.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from opcircuits.analysis.causal_stats import DELTA
 from opcircuits.markdown import code, plain_label
 from opcircuits.report.findings.text import Section, num, pval
 
@@ -80,8 +82,12 @@ def sentences(result: dict[str, Any]) -> Section:
     pooled = [e for e in eff if e["category"] == ALL]
     s = _clean(result) + [
         f"An effect is claimed below only when its family-wise p-value over this sweep's "
-        f"{len(pooled)} interventions is under {num(ALPHA)} (max-statistic sign-flip test; a "
-        "family of its own, apart from the probes' claims); other intervals are uncorrected."
+        f"{len(pooled)} interventions is under {num(ALPHA)} (step-down max-statistic on "
+        "studentized paired differences, signs flipped by problem: strong family-wise error "
+        "control within the sweep, a family of its own apart from the probes' claims); 'no "
+        f"effect' only where two one-sided tests bound it within ±{num(DELTA['drop'])} accuracy "
+        f"(±{num(DELTA['logp_drop'], 1)} nats), Holm over the sweep; anything else is 'not "
+        "claimed', and other intervals are uncorrected."
     ]
     s += _thoughts(result, pooled) + _ablations(pooled) + _patching(pooled)
     s += _interactions(result, eff, pooled) + _steering(pooled)
@@ -120,8 +126,10 @@ def _thoughts(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]
         verdict = "lowers"
     elif _outside(zero["drop_ci"]):
         verdict = "lowers (uncorrected)" if zero["drop"] > 0 else "raises (uncorrected)"
+    elif zero.get("drop_no_effect"):
+        verdict = f"changes by less than ±{num(DELTA['drop'])} (TOST)"
     else:
-        verdict = "does not detectably change"
+        verdict = "is not claimed to change"
     s.append(
         f"Going from {K} thoughts to {zero['thoughts']} {verdict} accuracy (drop "
         f"{num(zero['drop'])}, {_ci(zero['drop_ci'])}, family-wise "
@@ -172,6 +180,12 @@ def _ablations(pooled: list[dict[str, Any]]) -> list[str]:
             f"{num(0.025 * len(single), 1)} expected by chance). The largest change: "
             f"{_what(big).lower()}, {num(big['drop'])} ({_ci(big['drop_ci'])})."
         )
+    flat = [e for e in single if e.get("drop_no_effect")]
+    s.append(
+        f"{len(flat)} of {len(single)} single-site ablations are shown to leave accuracy within "
+        f"±{num(DELTA['drop'])} (TOST, Holm over the sweep); the others are neither claimed to "
+        "matter nor shown not to."
+    )
     lp = [e for e in single if e["logp_drop"] is not None]
     if lp:
         top = max(lp, key=lambda e: e["logp_drop"])
@@ -215,36 +229,46 @@ def _interactions(
     ]
     if not tested:
         return []
+    if "drop_claimed" not in tested[0]:  # a sweep from before the interaction test
+        return [
+            f"The {len(tested)} category-pair comparisons of this sweep have no permutation test: "
+            "no operation-specific effect is claimed."
+        ]
     by_label = {(e["intervention"], e["category"]): e for e in eff}
-    hits = sorted((x for x in tested if _outside(x["drop_ci"])), key=lambda x: -abs(x["drop"]))
+    hits = sorted(
+        (x for x in tested if x["drop_claimed"]), key=lambda x: -abs(x["drop_correct"] or 0)
+    )
     s = []
     for x in hits[:3]:
         a, b = by_label[x["intervention"], x["a"]], by_label[x["intervention"], x["b"]]
-        hi, lo = (a, b) if x["drop"] > 0 else (b, a)
-        lo_ci, hi_ci = x["drop_ci"]
-        diff_ci = [lo_ci, hi_ci] if x["drop"] > 0 else [-hi_ci, -lo_ci]  # larger − smaller
+        hi, lo = (a, b) if x["drop_correct"] > 0 else (b, a)
+        cross = x.get("drop_crossover") or []
         s.append(
-            f"{_what(a)} lowers accuracy on {_cat(hi['category'])} by {num(hi['drop'])} "
-            f"({_ci(hi['drop_ci'])}) and on {_cat(lo['category'])} by {num(lo['drop'])} "
-            f"({_ci(lo['drop_ci'])}); the difference, {num(abs(x['drop']))} "
-            f"({_ci(diff_ci)}), excludes 0 uncorrected."
-        )
-    chance = 0.05 * len(tested)
-    if hits:
-        s.append(
-            f"{len(hits)} of {len(tested)} category-pair comparisons of accuracy drops exclude 0 "
-            f"uncorrected (about {num(chance, 1)} would by chance"
+            f"{_what(a)} breaks more of the correctly answered {_cat(hi['category'])} problems "
+            f"than of the {_cat(lo['category'])} ones (break rates differ by "
+            f"{num(abs(x['drop_correct']))}; family-wise {pval(x['drop_p_family'])}, category "
+            f"labels permuted; accuracy drops {num(hi['drop'])} vs {num(lo['drop'])}, "
+            f"the difference, {num(abs(x['drop'] or 0))}, {_ci(x['drop_ci'])})"
             + (
-                ": no more than chance, so no operation-specific effect is claimed)."
-                if len(hits) <= chance
-                else "); none is corrected for the comparisons, so none is claimed as "
-                "operation-specific on its own."
+                f"; a double dissociation: {', '.join(code(c) for c in cross[:3])} "
+                "does the opposite on the same pair."
+                if cross
+                else "."
             )
         )
-    else:
+    if hits:
         s.append(
-            f"No effect is operation-specific: none of {len(tested)} category-pair comparisons "
-            "of accuracy drops has an interval excluding 0."
+            f"{len(hits)} of {len(tested)} intervention × category-pair comparisons pass the "
+            f"interaction test at family-wise α = {num(ALPHA)} (step-down max-statistic over all "
+            "of them, category labels permuted across the correctly answered problems): these "
+            "are the operation-specific effects claimed."
+        )
+    else:
+        chance = sum(1 for x in tested if _outside(x["drop_ci"]))
+        s.append(
+            f"No operation-specific effect is claimed: none of {len(tested)} intervention × "
+            f"category-pair comparisons passes the interaction test at family-wise α = "
+            f"{num(ALPHA)} ({chance} uncorrected intervals of the difference exclude 0)."
         )
     return s
 

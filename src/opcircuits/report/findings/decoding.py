@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opcircuits.analysis.claims import claimed, member_name
+from opcircuits.analysis.claims import claimed, final_p, member_name
 from opcircuits.markdown import code, plain_label
 from opcircuits.report.findings.text import (
     CONTROL_LABELS,
@@ -36,59 +36,39 @@ def data(report: dict) -> Section:
     }
 
 
-def probes(report: dict) -> Section | None:
-    best = headline_probe(report)
-    if best is None:
-        return None
-    main = [p for p in report["probes"] if p["view_kind"] == "main"]
-    n_family = len(report["permutation_tests"])
-    selected = (
-        "pre-registered"
-        if report["options"].get("primary")
-        else (f"selected as the best of {len(main)} main-view probes, so optimistic")
-    )
-    s = [
-        f"The headline probe, {probe_phrase(best)}, reaches accuracy {num(best['accuracy'])} "
-        f"({ci(best['ci_low'], best['ci_high'])}; {selected}; macro F1 {num(best['f1_macro'])})."
-    ]
-    recall = best.get("recall_per_category")
-    if recall:
-        per = ", ".join(
-            f"{plain_label(c)} {num(r)}"
-            for c, r in zip(report["data"]["categories"], recall, strict=True)
-        )
-        s.append(f"Per category (recall): {per}.")
+def _permutation_text(report: dict, best: dict) -> str:
+    """What the headline probe's permutation test says, and what it guarantees."""
+    n_perm = report["options"]["permutations"]
+    tests = report["permutation_tests"]
+    strata = (tests[0].get("strata") if tests else None) or "fold"
+    within = "within folds × n_steps strata" if strata != "fold" else "within folds"
+    beyond = ", beyond what the step count explains" if strata != "fold" else ""
     member = member_name(best["probe"], best["view"])
-    if best.get("p_family") is not None:
-        n_perm = report["options"]["permutations"]
-        if report["options"].get("primary"):
-            test = f"uncorrected permutation {pval(best['p_value'])} ({n_perm} permutations)"
-        else:
-            test = (
-                f"family-wise {pval(best['p_family'])} (max-statistic over {n_family} "
-                f"permutation-tested probes and cells, {n_perm} permutations within folds)"
-            )
-        s.append(
-            "It "
-            + (
-                "decodes the category above chance"
-                if claimed(report, "decoding", member)
-                else "is not distinguishable from chance"
-            )
-            + f": {test}."
+    if report["options"].get("primary"):
+        test = f"uncorrected permutation {pval(best['p_value'])} ({n_perm} permutations {within})"
+    else:
+        test = (
+            f"step-down max-statistic {pval(best['p_family'])} over {len(tests)} "
+            f"permutation-tested probes and cells ({n_perm} permutations {within})"
+        )
+    final = final_p(report, "decoding", member)
+    if claimed(report, "decoding", member):
+        verdict = f"decodes the category above chance{beyond}"
+    elif claimed(report, "decoding"):
+        verdict = (
+            "is part of a family that decodes the category (the global test passes), but this "
+            "probe itself is not claimed at the report's level"
         )
     else:
-        s.append("It was not permutation-tested, so no effect is claimed for it.")
-    untested = [p for p in main if p.get("p_family") is None and p["accuracy"] > best["accuracy"]]
-    if untested and not report["options"].get("primary"):
-        top = max(untested, key=lambda p: p["accuracy"])
-        s.append(
-            f"{probe_phrase(top)} scores higher ({num(top['accuracy'])}) but is not in the "
-            "permutation family (set permute_all_probes to test it)."
-        )
-    # "Outperforms" is a claim: only when the probe beats the strongest of these controls after
-    # the family-wise correction. An interval above zero without it is said to be uncorrected.
-    beats_all = claimed(report, "beyond_baseline", member)
+        verdict = "is not claimed to decode the category"
+    return f"It {verdict}: {test}; the report's adjusted {pval(final)}."
+
+
+def _against_controls(report: dict, best: dict) -> list[str]:
+    # "Outperforms" is a claim: only when the probe beats the strongest of these controls under
+    # the report's procedure. An interval above zero without it is said to be uncorrected.
+    beats_all = claimed(report, "beyond_baseline", member_name(best["probe"], best["view"]))
+    s = []
     for name in ("question_text", "confound", "step_lookup", "majority"):
         c = control(report, name)
         if c is None:
@@ -106,6 +86,11 @@ def probes(report: dict) -> Section | None:
         else:
             verb = "It does not outperform"
         s.append(f"{verb} {what} (accuracy {num(c['accuracy'])}; {diff_text(diff, 'gain')}).")
+    return s
+
+
+def _selectivity(report: dict, best: dict) -> list[str]:
+    s = []
     if best.get("selectivity") is not None:
         ct = best["control_task"]
         s.append(
@@ -119,15 +104,19 @@ def probes(report: dict) -> Section | None:
             f"Against the same probe on `bot` (before any latent step, accuracy "
             f"{num(pre['accuracy'])}): {diff_text(best['gain_vs_pre_thought'])}."
         )
+    return s
+
+
+def _verdict(report: dict, main: list[dict]) -> list[str]:
     bc = report["best_control"]
     beyond = [
         p for p in main if claimed(report, "beyond_baseline", member_name(p["probe"], p["view"]))
     ]
-    s.append(
+    s = [
         f"{len(beyond)} of {len(main)} main-view probes beat the strongest baseline control, the "
-        f"{CONTROL_LABELS[bc]} control (accuracy {num(control(report, bc)['accuracy'])}), after "
-        "the family-wise correction."
-    )
+        f"{CONTROL_LABELS[bc]} control (accuracy {num(control(report, bc)['accuracy'])}), under "
+        "the report's family-wise procedure."
+    ]
     if claimed(report, "decoding"):
         s.append(
             "So in this store the thoughts carry operation-category information"
@@ -140,6 +129,42 @@ def probes(report: dict) -> Section | None:
         )
     else:
         s.append("So these data do not show that the thoughts encode the operation category.")
+    return s
+
+
+def probes(report: dict) -> Section | None:
+    best = headline_probe(report)
+    if best is None:
+        return None
+    main = [p for p in report["probes"] if p["view_kind"] == "main"]
+    selected = (
+        "pre-registered"
+        if report["options"].get("primary")
+        else (f"selected as the best of {len(main)} main-view probes, so optimistic")
+    )
+    s = [
+        f"The headline probe, {probe_phrase(best)}, reaches accuracy {num(best['accuracy'])} "
+        f"({ci(best['ci_low'], best['ci_high'])}; {selected}; macro F1 {num(best['f1_macro'])})."
+    ]
+    recall = best.get("recall_per_category")
+    if recall:
+        per = ", ".join(
+            f"{plain_label(c)} {num(r)}"
+            for c, r in zip(report["data"]["categories"], recall, strict=True)
+        )
+        s.append(f"Per category (recall): {per}.")
+    if best.get("p_family") is not None:
+        s.append(_permutation_text(report, best))
+    else:
+        s.append("It was not permutation-tested, so no effect is claimed for it.")
+    untested = [p for p in main if p.get("p_family") is None and p["accuracy"] > best["accuracy"]]
+    if untested and not report["options"].get("primary"):
+        top = max(untested, key=lambda p: p["accuracy"])
+        s.append(
+            f"{probe_phrase(top)} scores higher ({num(top['accuracy'])}) but is not in the "
+            "permutation family (set permute_all_probes to test it)."
+        )
+    s += _against_controls(report, best) + _selectivity(report, best) + _verdict(report, main)
     return {"title": "Do the thoughts encode the operations?", "sentences": s}
 
 
@@ -167,8 +192,8 @@ def token_layer(report: dict) -> Section | None:
     if bestc.get("p_family") is not None:
         above = [_cell(c) for c in cells if claimed(report, "decoding", _cell_member(c))]
         s.append(
-            f"{len(above)} of {len(cells)} cells decode the category above chance after the "
-            f"family-wise correction{named_list(above)}."
+            f"{len(above)} of {len(cells)} cells decode the category above chance under the "
+            f"report's family-wise procedure{named_list(above)}."
         )
     beyond = [_cell(c) for c in cells if claimed(report, "beyond_baseline", _cell_member(c))]
     bc = CONTROL_LABELS[report["best_control"]]

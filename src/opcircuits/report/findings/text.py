@@ -85,9 +85,18 @@ def gate_sentence(report: dict) -> str:
             "No permutation test was run (--permutations 0): nothing below is claimed as an effect."
         )
     n = len(inf["claims"])
+    tested = sum(
+        1
+        for f in [inf["primary"], *inf["secondary"]]
+        for m in f["members"]
+        if m.get("p_final") is not None
+    )
     return (
-        f"Effects are claimed only with the family-wise error rate of the whole report held at "
-        f"{num(inf['alpha'])} (decoding first, then Holm within and across the other families): "
+        f"Effects are claimed only where the family-wise error rate over all {tested} tested "
+        f"members of the report is held at {num(inf['alpha'])} in the strong sense (whatever "
+        "mix of real and null effects): the decoding test opens the gate, then the decoding "
+        "probes and every other test share α in one Holm-type graph (Bretz et al. 2009); each "
+        "claim below survives that correction for all of them: "
         + (f"{n} claim(s) pass." if n else "no effect passes.")
     )
 
