@@ -1,6 +1,7 @@
 """Benchmark: default `analyze` on a random 600-problem store (7 positions × 3 layers × 2048).
 
-    python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--keep DIR]
+    python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--permutations N]
+        [--keep DIR]
     python benchmarks/analyze.py --refit-cost [--refits 5]
 
 Builds the store with `write_store` (float16, as extraction writes it; a weak category signal is
@@ -8,12 +9,15 @@ planted so the probes have something to fit), then times `analyze` with default 
 probe, control and control task, the permutation family (logistic regression refitted on every
 view and cell for each permutation), the step-confound problems, the binary probes, the
 descriptive tests, figures and report. Prints the wall time, the CPU-seconds of the process and
-its workers, and the load average. Not a test: the figure goes into the README.
+its workers, and the load average, and writes them to `benchmarks/results/` (`write_result`:
+`analyze-default-600` at the defaults, `analyze-<N>-permutations` with --permutations N).
 
 `--refit-cost` analyzes nothing: it plans the default analysis of the same store, counts the
 permutation-family refits (logistic regression on each permuted labelling, per view and fold) and
-times a few of them per view kind, single-threaded as the workers run them, so the cost of the
-family can be stated on a machine too busy to run the whole analysis.
+times them per view kind, single-threaded as the workers run them: every permutation of one task
+through the batched solver the analysis uses, and `--refits` of them through scikit-learn one by
+one (what the family cost before), so its cost can be stated on a machine too busy to run the
+whole analysis.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
+from results import write_result
 
 from opcircuits.options import AnalyzeOptions
 from opcircuits.report.analyze import analyze
@@ -73,6 +78,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="write store and outputs here")
     ap.add_argument("--refit-cost", action="store_true", help="time permutation refits only")
     ap.add_argument("--refits", type=int, default=5, help="refits timed per view kind")
+    ap.add_argument("--permutations", type=int, default=None, help="default: AnalyzeOptions'")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +92,10 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
         start = time.perf_counter()
-        analyze(store, base / "out", AnalyzeOptions(jobs=args.jobs))
+        options = AnalyzeOptions(jobs=args.jobs)
+        if args.permutations is not None:
+            options = AnalyzeOptions(jobs=args.jobs, permutations=args.permutations)
+        analyze(store, base / "out", options)
         wall = time.perf_counter() - start
         # Stop the worker processes so their CPU time is counted (RUSAGE_CHILDREN).
         get_reusable_executor().shutdown(wait=True)
@@ -95,10 +104,24 @@ def main() -> None:
     # Other processes on a shared machine slow this down: the load average says how much.
     print(
         f"analyze: {args.problems} problems × 7 positions × 3 layers × {args.dim}, "
-        f"jobs={args.jobs} ({os.cpu_count()} CPUs): {wall:.1f} s wall "
-        f"(1-min load average {load_before:.1f} before, {load_after:.1f} after); "
-        f"{cpu:.1f} CPU-seconds in this process and its workers"
+        f"{options.permutations} permutations, jobs={args.jobs} ({os.cpu_count()} CPUs): "
+        f"{wall:.1f} s wall (1-min load average {load_before:.1f} before, {load_after:.1f} "
+        f"after); {cpu:.1f} CPU-seconds in this process and its workers"
     )
+    default = args.permutations is None and args.problems == 600 and args.dim == 2048
+    name = "analyze-default-600" if default else f"analyze-{options.permutations}-permutations"
+    figures = {
+        "problems": args.problems,
+        "dim": args.dim,
+        "permutations": options.permutations,
+        "jobs": args.jobs,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(load_after, 2),
+    }
+    notes = "2 CPU cores shared with other processes: the load average says how busy"
+    print(f"written to {write_result(name, 'analyze', figures, notes=notes)}")
 
 
 def refit_cost(store: Path, refits: int) -> None:
@@ -109,7 +132,8 @@ def refit_cost(store: Path, refits: int) -> None:
     from opcircuits.analysis import tasks
     from opcircuits.analysis.features import view_matrix
     from opcircuits.analysis.inputs import load_input
-    from opcircuits.analysis.probes import logreg, probe_pipeline
+    from opcircuits.analysis.probes import LOGREG_C, logreg, probe_pipeline
+    from opcircuits.analysis.solver import fit_multinomial_batch
     from opcircuits.store import open_store
 
     options = AnalyzeOptions()
@@ -121,6 +145,7 @@ def refit_cost(store: Path, refits: int) -> None:
     by_kind: dict[str, list] = {}
     for t in permuted:
         by_kind.setdefault(t.view.kind, []).append(t)
+    batch_total = 0.0
     for kind, group in sorted(by_kind.items()):
         t = group[0]
         X = view_matrix(inp.hidden, t.view, inp.positions, inp.layers, cat.rows)
@@ -131,15 +156,21 @@ def refit_cost(store: Path, refits: int) -> None:
             for yp in plan.permuted_y[:refits]:
                 logreg(0).fit(z, yp[train])
             each = (time.process_time() - start) / refits
+            start = time.process_time()
+            fit_multinomial_batch(z, plan.permuted_y[:, train], C=LOGREG_C, max_iter=300)
+            batch = (time.process_time() - start) / len(plan.permuted_y)
         n = len(group) * options.permutations
         total += n * each
+        batch_total += n * batch
         print(
             f"{kind}: {len(group)} view × fold tasks × {options.permutations} permutations = "
-            f"{n} refits on {z.shape[0]} × {z.shape[1]} span coordinates, {each:.3f} CPU-s each"
+            f"{n} refits on {z.shape[0]} × {z.shape[1]} span coordinates, {each:.4f} CPU-s each "
+            f"one by one (scikit-learn), {batch:.4f} batched"
         )
     print(
         f"permutation family: {len(permuted) * options.permutations} refits, about {total:.0f} "
-        f"CPU-seconds (1-min load average {os.getloadavg()[0]:.1f})"
+        f"CPU-seconds one by one, {batch_total:.0f} batched "
+        f"(1-min load average {os.getloadavg()[0]:.1f})"
     )
 
 

@@ -1,7 +1,7 @@
 """Validation of the report's claims: 20 seeded pure-noise stores and one planted-signal store.
 
     python benchmarks/validate_claims.py [--stores 20] [--permutations 200] [--repeats 3]
-        [--jobs -1] [--out validate_claims.json]
+        [--jobs -1] [--out FILE]
 
 Each store holds 600 problems (200 per category) × 7 positions × 3 layers × 64 Gaussian features,
 with question text, step counts, operations and logit-lens tokens drawn independently of the
@@ -11,7 +11,8 @@ otherwise: the permutation p-values stay valid with fewer permutations (only the
 attainable p grows, 1/(B+1)), so a cheaper run still checks the error rate. The report may claim an
 effect on at most about 5% of the noise stores (its family-wise error rate) and must find the
 planted cell; the rendered summary must say "No effect is claimed." exactly where nothing is.
-Not part of the test run (21 full analyses); its output is quoted in the README.
+Not part of the test run (21 full analyses); it writes `benchmarks/results/validate-claims.json`
+(`results.write_result`; --out elsewhere), from which the docs quote it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import write_result
 
 from opcircuits.analysis.compute import compute_report
 from opcircuits.options import AnalyzeOptions
@@ -94,7 +96,7 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=-1)
-    ap.add_argument("--out", type=Path, default=Path("validate_claims.json"))
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []
@@ -115,10 +117,12 @@ def main() -> None:
         for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
         for f in ("ru_utime", "ru_stime")
     )
-    result = {
+    figures = {
         "noise_stores": len(noise),
-        "options": {"permutations": args.permutations, "repeats": args.repeats},
+        "permutations": args.permutations,
+        "repeats": args.repeats,
         "noise_stores_with_any_claim": sum(bool(r["claims"]) for r in noise),
+        "family_wise_error_rate": sum(bool(r["claims"]) for r in noise) / max(len(noise), 1),
         "summary_agrees_with_claims": all(
             r["summary_says_no_effect"] == (not r["claims"]) for r in rows
         ),
@@ -126,15 +130,21 @@ def main() -> None:
             r["best_cell_ci_low_above_chance"] for r in noise
         ),
         "planted_cell_claimed": f"decoding: logreg:{PLANTED[0]}@{PLANTED[1]}" in planted["claims"],
-        "planted": planted,
-        "rows": rows,
-        "wall_s": time.perf_counter() - start,
-        "cpu_s": cpu,
+        "planted_claims": len(planted["claims"]),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "cpu_s": round(cpu, 1),
         "load_average_before": load,
+        "stores": rows,  # one row per store, as printed
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    path = write_result(
+        "validate-claims",
+        "validate_claims",
+        figures,
+        notes="FWER = share of pure-noise stores with any claim; 2 shared CPU cores",
+        out=args.out,
+    )
+    print(json.dumps({k: v for k, v in figures.items() if k != "stores"}, indent=2))
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -125,37 +125,13 @@ def analyze(
                     **{k: (counts[k] / n if n else None) for k in CLASSES},
                 }
             )
-            top_tokens.append(
-                {
-                    "category": cat,
-                    "position": pos,
-                    "tokens": [
-                        {"token": printable(t), "count": c}
-                        for t, c in sorted(Counter(toks).items(), key=lambda kv: (-kv[1], kv[0]))[
-                            :TOP_TOKENS
-                        ]
-                    ],
-                }
-            )
+            top_tokens.append({"category": cat, "position": pos, "tokens": _most_read(toks)})
             reads = [
                 (i, op)
                 for i, (kind, op) in zip(rows, kinds, strict=True)
                 if kind == "operator" and ops_sets[i] is not None
             ]
-            hits = sum(op in ops_sets[i] for i, op in reads)
-            matches.append(
-                {
-                    "category": cat,
-                    "position": pos,
-                    "n_operator_reads": len(reads),
-                    "matches": hits,
-                    "match_rate": hits / len(reads) if reads else None,
-                    "baseline_rate": float(np.mean([base[op] for _, op in reads]))
-                    if reads
-                    else None,
-                    "operators_read": dict(sorted(Counter(op for _, op in reads).items())),
-                }
-            )
+            matches.append({"category": cat, "position": pos, **_match(reads, ops_sets, base)})
     return {
         "positions": names,
         "shares": shares,
@@ -165,6 +141,26 @@ def analyze(
             _latent_match(top1, names, ops_sets, permutations, seed) if have_ops else None
         ),
         "operator_base_rates": base if have_ops else {},
+    }
+
+
+def _most_read(toks: list[str]) -> list[dict]:
+    """The TOP_TOKENS most frequent tokens, most frequent first (ties alphabetically)."""
+    ranked = sorted(Counter(toks).items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"token": printable(t), "count": c} for t, c in ranked[:TOP_TOKENS]]
+
+
+def _match(
+    reads: list[tuple[int, str]], ops_sets: list[set[str] | None], base: dict[str, float]
+) -> dict:
+    """How often an operator read at a position is one its problem uses, against chance."""
+    hits = sum(op in ops_sets[i] for i, op in reads)
+    return {
+        "n_operator_reads": len(reads),
+        "matches": hits,
+        "match_rate": hits / len(reads) if reads else None,
+        "baseline_rate": float(np.mean([base[op] for _, op in reads])) if reads else None,
+        "operators_read": dict(sorted(Counter(op for _, op in reads).items())),
     }
 
 

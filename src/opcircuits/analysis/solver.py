@@ -38,7 +38,10 @@ MAX_LS = 50  # scikit-learn's maxls
 LS_FTOL, LS_GTOL, LS_XTOL, STPMAX = 1e-3, 0.9, 0.1, 1e10  # lnsrlb's constants
 EPS = float(np.finfo(np.float64).eps)
 FTOL = 64 * EPS  # scikit-learn's ftol for lbfgs
-CHUNK = 256  # label vectors per batch: bounds the L-BFGS memory ([chunk, 10, K·(d+1)] × 2)
+# The pairs are stored in float32: half the memory traffic of the two-loop recursion, and
+# rounding of the same order as scikit-learn's own float32 arithmetic (the tests show no change).
+MEMORY_DTYPE = np.float32
+CHUNK = 256  # label vectors per batch: bounds the L-BFGS memory ([10, chunk, K·(d+1)] × 2)
 
 
 @dataclass
@@ -173,7 +176,13 @@ class _State:
     def keep(self, mask: np.ndarray) -> None:
         for name in ("rows", "x", "f", "g", "col", "n_iter"):
             setattr(self, name, getattr(self, name)[mask])
-        self.S, self.Yd, self.rho = self.S[:, mask], self.Yd[:, mask], self.rho[:, mask]
+        used = int(self.col.max()) if len(self.col) else 0  # copy only the pairs held
+        for name in ("S", "Yd"):
+            old = getattr(self, name)
+            new = np.zeros((MEMORY, len(self.col), old.shape[2]), MEMORY_DTYPE)
+            new[:used] = old[:used, mask]
+            setattr(self, name, new)
+        self.rho = self.rho[:, mask]
 
 
 def _lbfgs(
@@ -183,9 +192,10 @@ def _lbfgs(
     out_x, out_iter, out_conv = np.empty((b, D)), np.zeros(b, np.int64), np.zeros(b, bool)
     x = np.tile(start, (b, 1))
     f, g = objective(x, rows)
+    pairs = [np.zeros((MEMORY, b, D), MEMORY_DTYPE) for _ in range(2)]
     st = _State(
-        np.arange(b), x, f, g, np.zeros((MEMORY, b, D)), np.zeros((MEMORY, b, D)),
-        np.zeros((MEMORY, b)), np.zeros(b, dtype=np.int64), np.zeros(b, dtype=np.int64),
+        np.arange(b), x, f, g, *pairs, np.zeros((MEMORY, b)), np.zeros(b, dtype=np.int64),
+        np.zeros(b, dtype=np.int64),
     )  # fmt: skip
     done = np.abs(g).max(axis=1) <= tol
     conv = done.copy()
@@ -202,8 +212,11 @@ def _lbfgs(
         # lnsrlb: the first iteration tries a step of length 1, later ones the full step.
         stp = np.where(st.n_iter == 0, np.minimum(1.0 / np.linalg.norm(d, axis=1), STPMAX), 1.0)
         ok = gd < 0  # else L-BFGS-B's info = -4: not a descent direction
-        f, g = st.f.copy(), st.g.copy()
-        if ok.any():
+        f, g = st.f, st.g
+        if ok.all():  # slices, not copies, in the usual case
+            ok, stp, f, g = _line_search(objective, st, slice(None), d, gd, stp)
+        elif ok.any():
+            f, g = f.copy(), g.copy()
             i = np.flatnonzero(ok)
             ok[i], stp[i], f[i], g[i] = _line_search(objective, st, i, d[i], gd[i], stp[i])
         # A failed line search: L-BFGS-B forgets its memory and retries from steepest descent,
@@ -214,10 +227,11 @@ def _lbfgs(
         reset = ~ok & (st.col > 0)
         st.col[reset], st.rho[:, reset] = 0, 0.0
         st.S[:, reset], st.Yd[:, reset] = 0.0, 0.0
-        a = np.flatnonzero(ok)
+        idx = np.flatnonzero(ok)
+        a = slice(None) if len(idx) == len(ok) else idx
         s = stp[a, None] * d[a]
         y = g[a] - st.g[a]
-        f_old = st.f[a]
+        f_old = st.f[a].copy()
         st.x[a] += s
         st.f[a], st.g[a] = f[a], g[a]
         st.n_iter[a] += 1
@@ -228,7 +242,10 @@ def _lbfgs(
         conv[a] = ~stop_iter & (small | flat)
         sy = np.einsum("bi,bi->b", s, y)
         update = ~done[a] & (sy > EPS * (-gd[a] * stp[a]))  # else L-BFGS-B skips the update
-        _push(st, a[update], s[update], y[update], sy[update])
+        if update.all():
+            _push(st, idx, s, y, sy)
+        else:
+            _push(st, idx[update], s[update], y[update], sy[update])
 
 
 def _direction(st: _State) -> np.ndarray:
@@ -236,9 +253,10 @@ def _direction(st: _State) -> np.ndarray:
     q = -st.g
     used = int(st.col.max())
     alpha = np.zeros((used, len(q)))
+    tmp = np.empty_like(q)
     for j in range(used - 1, -1, -1):
         alpha[j] = st.rho[j] * np.einsum("bi,bi->b", st.S[j], q)
-        q -= alpha[j, :, None] * st.Yd[j]
+        q -= np.multiply(st.Yd[j], alpha[j, :, None], out=tmp)
     if used:
         held = st.col > 0
         newest = np.maximum(st.col - 1, 0)
@@ -249,7 +267,7 @@ def _direction(st: _State) -> np.ndarray:
         q *= (sy / yy)[:, None]
     for j in range(used):
         beta = st.rho[j] * np.einsum("bi,bi->b", st.Yd[j], q)
-        q += (alpha[j] - beta)[:, None] * st.S[j]
+        q += np.multiply(st.S[j], (alpha[j] - beta)[:, None], out=tmp)
     return q
 
 
@@ -260,14 +278,17 @@ def _push(st: _State, a: np.ndarray, s: np.ndarray, y: np.ndarray, sy: np.ndarra
         st.S[:-1, full], st.Yd[:-1, full] = st.S[1:, full], st.Yd[1:, full]
         st.rho[:-1, full] = st.rho[1:, full]
     slot = np.minimum(st.col[a], MEMORY - 1)
-    st.S[slot, a], st.Yd[slot, a], st.rho[slot, a] = s, y, 1.0 / sy
+    if len(a) == len(st.col) and (slot == slot[0]).all():  # the usual case: no fancy scatter
+        st.S[slot[0]], st.Yd[slot[0]], st.rho[slot[0]] = s, y, 1.0 / sy
+    else:
+        st.S[slot, a], st.Yd[slot, a], st.rho[slot, a] = s, y, 1.0 / sy
     st.col[a] = np.minimum(st.col[a] + 1, MEMORY)
 
 
 def _line_search(
     objective: _Objective,
     st: _State,
-    a: np.ndarray,
+    a: np.ndarray | slice,
     d: np.ndarray,
     gd0: np.ndarray,
     stp: np.ndarray,
@@ -288,7 +309,7 @@ def _line_search(
     while pending:
         idx = np.fromiter(pending, dtype=np.int64)
         if evals > 1:
-            fi, gi = objective(x0[idx] + stp[idx, None] * d[idx], st.rows[a[idx]])
+            fi, gi = objective(x0[idx] + stp[idx, None] * d[idx], st.rows[a][idx])
             f[idx], g[idx], gd[idx] = fi, gi, np.einsum("bi,bi->b", gi, d[idx])
         for i in idx:
             step, _, _, task = pending[i]._iterate(stp[i], f[i], gd[i], b"FG")
