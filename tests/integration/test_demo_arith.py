@@ -48,9 +48,10 @@ def _accuracy(texts: list[str], problems: list[dict]) -> float:
     return sum(right) / len(right)
 
 
-def test_thoughts_carry_the_computation(organism, fresh_problems):
-    """With six thoughts the organism answers most fresh problems; with none it mostly cannot:
-    the answer depends on the continuous thoughts."""
+def test_six_thoughts_beat_none_at_natural_positions(organism, fresh_problems):
+    """With six thoughts the organism answers most fresh problems; with none (eot right after
+    bot) it mostly cannot. This alone does not say the answer uses the thoughts: K also moves
+    eot's position (see the next test)."""
     model, tokenizer = organism
     questions = [p["question"] for p in fresh_problems]
     k6 = _accuracy(student_answers(model, tokenizer, questions, 6, 16)[0], fresh_problems)
@@ -87,3 +88,19 @@ def test_model_card_figures(tmp_path):
     for fig in (training_curves(rows, tmp_path), accuracy_vs_thoughts(result, tmp_path)):
         png = tmp_path / fig["file"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_one_thought_with_eots_position_kept_answers_as_well_as_six(organism, fresh_problems):
+    """Position-preserved truncation: one thought, with eot and the answer at the positions they
+    have after six, answers as well as six; with eot moved up to position 2 it does not. The
+    accuracy-against-K curve is mostly eot's position, not the later thoughts' content."""
+    model, tokenizer = organism
+    questions = [p["question"] for p in fresh_problems]
+
+    def acc(k: int, keep: bool) -> float:
+        texts, _ = student_answers(model, tokenizer, questions, k, 16, keep_positions=keep)
+        return _accuracy(texts, fresh_problems)
+
+    k6, kept, natural = acc(6, False), acc(1, True), acc(1, False)
+    assert abs(kept - k6) <= 0.1, (kept, k6)
+    assert kept - natural >= 0.3, (kept, natural)

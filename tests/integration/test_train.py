@@ -376,3 +376,83 @@ def test_lora_on_a_pretrained_gpt2_base(gsm8k_dir: Path, tiny_base: Path, tmp_pa
     assert any(not torch.all(saved[k] == 0) for k in lora_keys if "lora_B" in k)  # trained
     model, _ = load_codi(out, device="cpu", merge=False)
     assert model.config.lora_r == 4 and model.config.base == str(base.resolve())
+
+
+def _digit_problems(path: Path) -> Path:
+    """Four GSM8K-style rows whose every step result is one digit (one token each)."""
+    rows = [
+        ("Start with 3. Add 4, then take away 5.", "<<3+4=7>> <<7-5=2>>", 2),
+        ("Start with 2. Double it, then add 1.", "<<2*2=4>> <<4+1=5>>", 5),
+        ("Start with 9. Halve 8 first: 8/2, then add 2.", "<<8/2=4>> <<4+2=6>>", 6),
+        ("Start with 1. Add 2, then triple it.", "<<1+2=3>> <<3*3=9>>", 9),
+    ]
+    with open(path, "w", encoding="utf-8") as fh:
+        for q, steps, final in rows:
+            fh.write(json.dumps({"question": q, "answer": f"{steps}\n#### {final}"}) + "\n")
+    return path
+
+
+def test_step_targets_are_each_steps_result(tiny_base: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from opcircuits.codi.training.examples import IGNORE, step_targets
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)  # digits split: 7 is one token, 14 two
+    first, *_ = read_train_problems(_digit_problems(tmp_path / "p.jsonl"))
+    seven, two = (tok(" " + d, add_special_tokens=False)["input_ids"][-1] for d in "72")
+    assert step_targets(first, tok, 3) == (seven, two, two)  # after the last step: the final
+    ex = next(e for e in read_train_problems(tmp_path / "p.jsonl"))
+    wide = type(ex)(ex.id, ex.question, ("<<7*2=14>>",), ex.answer)
+    assert step_targets(wide, tok, 2) == (IGNORE, IGNORE)
+
+
+def test_bottleneck_with_step_supervision_trains_and_is_recorded(
+    tiny_base: Path, tmp_path: Path
+) -> None:
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import run_batch
+
+    data = _digit_problems(tmp_path / "p.jsonl")
+    opts = _options(
+        tiny_base,
+        tmp_path,
+        tmp_path / "run",
+        data=str(data),
+        max_steps=20,
+        lr=1e-2,
+        include_last_cot=True,
+        step_factor=1.0,
+        answer_reads_prompt=False,
+    )
+    out = train(opts)
+    log = _log(out)
+    assert log[-1]["step_ce"] < 0.5 * log[0]["step_ce"]
+    assert log[-1]["student_ce"] < log[0]["student_ce"]
+    summary = json.loads((out / "train_data.json").read_text())
+    assert summary["step_targets"] == 8 and summary["step_targets_not_one_token"] == 0
+    cfg = json.loads((out / "codi_config.json").read_text())
+    assert cfg["answer_reads_prompt"] is False and "thought_input" not in cfg
+    model, tok = load_codi(out, device="cpu")
+    assert model.config.answer_reads_prompt is False
+    assert len(run_batch(model, tok, ["Start with 3. Add 4."], layers=[1]).answer_ids) == 1
+
+
+def test_negative_twin_trains_a_learned_constant(tiny_base: Path, tmp_path: Path) -> None:
+    data = _digit_problems(tmp_path / "p.jsonl")
+    opts = _options(
+        tiny_base,
+        tmp_path,
+        tmp_path / "run",
+        data=str(data),
+        max_steps=3,
+        lr=1e-2,
+        thought_input="constant",
+        thoughts_read_prompt=False,
+    )
+    out = train(opts)
+    weights = load_file(str(out / "model.safetensors"))
+    assert "thought_constant" in weights
+    assert not torch.equal(
+        weights["thought_constant"],
+        torch.randn(weights["thought_constant"].shape, generator=torch.Generator().manual_seed(0)),
+    )  # trained away from its initial value

@@ -115,12 +115,15 @@ def build_tiny_codi(
     partial: bool = False,
     seed: int = 0,
     init_std: float = 0.05,
+    routing: dict | None = None,
 ) -> TinyCodi:
     """Write `root/base` and `root/checkpoint` for a random tiny CODI model.
 
     LoRA B matrices are random (not peft's zeros) so LoRA really changes the outputs. With
     `partial`, the base dir also holds pretrained weights and the checkpoint omits every base
-    weight except the (resized) embeddings, so the loader must fill them from the base."""
+    weight except the (resized) embeddings, so the loader must fill them from the base.
+    `routing` sets the config's routing options (`answer_reads_prompt`, …), declared in
+    codi_config.json as a trained organism's are."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -142,8 +145,14 @@ def build_tiny_codi(
         base.save_pretrained(base_dir)
     else:
         cfg.save_pretrained(base_dir)
+    routing = dict(routing or {})
     config = CodiConfig(
-        base=str(base_dir), num_latent=num_latent, prj_dim=prj_dim, lora_r=lora_r, lora_alpha=32
+        base=str(base_dir),
+        num_latent=num_latent,
+        prj_dim=prj_dim,
+        lora_r=lora_r,
+        lora_alpha=32,
+        **routing,
     )
     model = CodiModel.from_base(config, base, mean_resizing=False)
     with torch.no_grad():
@@ -165,7 +174,7 @@ def build_tiny_codi(
         torch.save(state, ckpt_dir / "pytorch_model.bin")  # keeps both tied names, as released
     else:
         raise ValueError(fmt)
-    undeclared = {"num_latent": num_latent, "remove_eos": True, "lora_alpha": 32}
+    undeclared = {"num_latent": num_latent, "remove_eos": True, "lora_alpha": 32, **routing}
     (ckpt_dir / "codi_config.json").write_text(json.dumps(undeclared))
     return TinyCodi(arch, ckpt_dir, base_dir, config, vocab)
 

@@ -14,6 +14,7 @@ from opcircuits.errors import OpcircuitsError
 from opcircuits.files import read_json_object
 
 CONFIG_NAME = "codi_config.json"
+THOUGHT_INPUTS: tuple[str, ...] = ("projection", "constant")
 
 # LoRA targets of the released checkpoints, by transformers `model_type`.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -45,9 +46,20 @@ class CodiConfig:
     lora_targets: list[str] | None = None
     remove_eos: bool = True
     layers: list[int] | None = None
+    # Routing of a model organism (defaults = CODI as released): whether eot and the answer may
+    # attend to the prompt (question + bot), whether the thoughts may, and what a thought's input
+    # is ("projection" of the previous final state, or "constant": one learned vector).
+    answer_reads_prompt: bool = True
+    thoughts_read_prompt: bool = True
+    thought_input: str = "projection"
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if self.thought_input not in THOUGHT_INPUTS:
+            raise OpcircuitsError(
+                f"must be one of {list(THOUGHT_INPUTS)}, got {self.thought_input!r}",
+                field="thought_input",
+            )
         if not self.base:
             raise OpcircuitsError("base must be a non-empty hub id or directory", field="base")
         if self.num_latent < 1:
@@ -62,7 +74,13 @@ class CodiConfig:
             self.lora_targets = list(self.lora_targets)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, except routing fields at their defaults (so the configs of models
+        trained before these options existed are written byte-identically)."""
+        out = dataclasses.asdict(self)
+        for name, default in ROUTING_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, path: str | Path | None = None) -> CodiConfig:
@@ -97,6 +115,12 @@ class CodiConfig:
         return out
 
 
+ROUTING_DEFAULTS: dict[str, Any] = {
+    "answer_reads_prompt": True,
+    "thoughts_read_prompt": True,
+    "thought_input": "projection",
+}
+
 # The JSON kinds each field accepts (a config file is JSON: bools are not numbers, "six" is no int).
 _KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "base": ("a string", (str,)),
@@ -108,6 +132,9 @@ _KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "lora_alpha": ("a number", (int, float)),
     "lora_dropout": ("a number", (int, float)),
     "remove_eos": ("true or false", (bool,)),
+    "answer_reads_prompt": ("true or false", (bool,)),
+    "thoughts_read_prompt": ("true or false", (bool,)),
+    "thought_input": ("a string", (str,)),
 }
 _LISTS: dict[str, tuple[str, type]] = {
     "lora_targets": ("a list of module names", str),

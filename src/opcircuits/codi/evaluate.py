@@ -129,7 +129,12 @@ def teacher_answers(
 
 
 def student_answers(
-    model: Any, tokenizer: Any, questions: list[str], num_latent: int, max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    num_latent: int,
+    max_new_tokens: int,
+    keep_positions: bool = False,
 ) -> tuple[list[str], list[bool]]:
     """The student task: question, bot, K continuous thoughts, eot → answer, greedy.
     K = 0 is question, bot, eot → answer (no thoughts). Both go through the one latent loop, so
@@ -144,8 +149,20 @@ def student_answers(
         layers=[0],
         max_new_tokens=max_new_tokens,
         num_latent=num_latent,
+        keep_positions=keep_positions,
     )
     return [decode_answer(model, tokenizer, a) for a in out.answer_ids], out.truncated
+
+
+def _settings(
+    options: EvaluateOptions, ks: list[int], model_k: int
+) -> list[tuple[str, int | None, bool]]:
+    """(name, K or None for the teacher, position-preserved) of every setting measured."""
+    out: list[tuple[str, int | None, bool]] = [("teacher", None, False)] if options.teacher else []
+    out += [(f"student_k{k}", k, False) for k in ks]
+    if options.keep_positions:
+        out += [(f"student_k{k}_kept", k, True) for k in ks if k < model_k]
+    return out
 
 
 def evaluate(options: EvaluateOptions) -> dict[str, Any]:
@@ -172,10 +189,13 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     ks = [int(k) for k in options.num_latent]
     questions = [p["question"] for p in problems]
     ids = [p["id"] for p in problems]
-    for k in sorted(set(ks))[-1:]:  # the largest K needs the most positions
-        check_lengths(model, tokenizer, questions, ids, num_latent=k)
-    settings: list[tuple[str, int | None]] = [("teacher", None)] if options.teacher else []
-    settings += [(f"student_k{k}", k) for k in ks]
+    settings = _settings(options, ks, model.config.num_latent)
+    # the largest K (or the model's, for position-preserved ones) needs the most positions
+    widest = max(
+        [k if not keep else model.config.num_latent for _, k, keep in settings if k is not None],
+        default=0,
+    )
+    check_lengths(model, tokenizer, questions, ids, num_latent=widest)
     result: dict[str, Any] = {
         "model": options.model,
         "dtype": str(model.prj[1].weight.dtype).removeprefix("torch."),
@@ -188,7 +208,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         "answers": {},
     }
     marks: dict[str, list[bool]] = {}
-    for name, k in settings:
+    for name, k, keep in settings:
         t0 = time.time()
         texts: list[str] = []
         cut: list[bool] = []
@@ -197,7 +217,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
             if k is None:
                 t, c = teacher_answers(model, tokenizer, qs, options.max_cot_tokens)
             else:
-                t, c = student_answers(model, tokenizer, qs, k, options.max_new_tokens)
+                t, c = student_answers(model, tokenizer, qs, k, options.max_new_tokens, keep)
             texts += t
             cut += c
         marks[name] = [

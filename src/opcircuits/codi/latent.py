@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from opcircuits.codi.masks import answer_mask, thought_mask
 from opcircuits.codi.model import CodiModel, cache_arg_name
 from opcircuits.codi.prompt import (  # the format's names, re-exported where callers import them
     answer_start_ids,
@@ -189,20 +190,29 @@ def run_batch(
     top_k: int = 5,
     prefill_tokens: int = 4096,
     num_latent: int | None = None,
+    keep_positions: bool = False,
 ) -> LatentBatch:
     """Run the latent loop on a batch of questions; see the module docstring.
 
     `num_latent` overrides the model's K (0 = question, bot, then straight to the answer: the
-    positions are `bot` alone and `latent_inputs` is empty). Decoding stops once every problem
-    has produced EOS; a problem's answer stops at `max_new_tokens`, or earlier where the model's
-    positions end, and is then marked `truncated`. A question too long for the model's
-    positions is an error (`check_lengths`).
+    positions are `bot` alone and `latent_inputs` is empty); with `keep_positions` eot and the
+    answer keep the position ids they have after the model's own K thoughts (the skipped steps
+    leave no keys), so a shorter loop changes the thoughts, not where the answer sits.
+
+    Decoding stops once every problem has produced EOS; a problem's answer stops at
+    `max_new_tokens`, or earlier where the model's positions end, and is then marked
+    `truncated`. A question too long for the model's positions is an error (`check_lengths`).
 
     Prompts are run in groups of similar length of at most `prefill_tokens` padded tokens (a
     batch's prompts vary a lot in length; padding them all to the longest wasted up to half of
     the prompt compute); the latent and answer steps then run on the whole batch."""
     device = model.prj[1].weight.device
-    check_lengths(model, tokenizer, questions, num_latent=num_latent)
+    K = model.config.num_latent if num_latent is None else int(num_latent)
+    if K < 0:
+        raise ValueError(f"num_latent must be >= 0, got {K}")
+    # The position the answer counts from: after K thoughts, or the model's own K.
+    K_pos = max(K, model.config.num_latent) if keep_positions else K
+    check_lengths(model, tokenizer, questions, num_latent=K_pos)
     prompts = [prompt_ids(model, tokenizer, q) for q in questions]
     B, T = len(prompts), max(map(len, prompts))
     ids = torch.full((B, T), model.pad_id, dtype=torch.long)
@@ -214,24 +224,14 @@ def run_batch(
     # Left padding: real tokens count positions from 0; pads get 0 (they are masked anyway).
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     last = pos[:, -1:]
-
-    K = model.config.num_latent if num_latent is None else int(num_latent)
-    if K < 0:
-        raise ValueError(f"num_latent must be >= 0, got {K}")
     start = answer_start_ids(model, tokenizer)
     layer_idx = list(layers)
     k_top = min(top_k, model.eot_id + 1)
     backbone = model.lm.base_model  # the transformer without its LM head
     cache_name = cache_arg_name(backbone)
     cache = new_cache(model, T + K + len(start) + max_new_tokens)
-    # Answer tokens each problem may decode: the limit, or fewer where the positions end.
     limit = max_positions(model)
-    budgets = [
-        max_new_tokens
-        if limit is None
-        else min(max_new_tokens, limit - len(p) - K - len(start) + 1)
-        for p in prompts
-    ]
+    budgets = _budgets(limit, [len(p) for p in prompts], K_pos + len(start), max_new_tokens)
 
     hidden, final = prefill(
         model, backbone, cache_name, ids, mask, pos, layer_idx, cache, prefill_tokens
@@ -248,6 +248,7 @@ def run_batch(
             hidden,
             final,
             num_latent=K,
+            skipped=K_pos - K,
             start=start,
             budgets=budgets,
             limit=limit,
@@ -255,6 +256,13 @@ def run_batch(
             k_top=k_top,
             max_new_tokens=max_new_tokens,
         )
+
+
+def _budgets(limit: int | None, lengths: list[int], extra: int, max_new_tokens: int) -> list[int]:
+    """Answer tokens each problem may decode: the limit, or fewer where the positions end."""
+    if limit is None:
+        return [max_new_tokens] * len(lengths)
+    return [min(max_new_tokens, limit - n - extra + 1) for n in lengths]
 
 
 @contextlib.contextmanager
@@ -290,6 +298,7 @@ def _latents_and_answer(
     final,
     *,
     num_latent,
+    skipped,
     start,
     budgets,
     limit,
@@ -299,6 +308,8 @@ def _latents_and_answer(
 ) -> LatentBatch:
     device = mask.device
     B, K = mask.shape[0], num_latent
+    T = mask.shape[1]  # the prompt: question + bot
+    config = model.config
     ones = torch.ones((B, 1), dtype=mask.dtype, device=device)
     hiddens, inputs, lens_ids, lens_probs = [], [], [], []
     for k in range(K + 1):  # k = 0: the bot position; k >= 1: latent k
@@ -312,13 +323,44 @@ def _latents_and_answer(
         x = model.project(final)  # [B, 1, D]
         inputs.append(x[:, 0])
         mask, last = torch.cat([mask, ones], dim=1), last + 1
-        out = forward_step(backbone, cache_name, cache, mask, last, embeds=x)
+        keys = thought_mask(config, mask, T)
+        out = forward_step(backbone, cache_name, cache, keys, last, embeds=x)
         hidden = torch.stack([out.hidden_states[layer][:, -1] for layer in layer_idx], dim=1)
         final = out.last_hidden_state[:, -1:]  # after the final norm (= hidden_states[-1])
 
-    # End of thought (eot, or eot + EOS), then greedy decoding; every id but eot may be chosen.
-    eos = tokenizer.eos_token_id
-    n = len(start)
+    answers, truncated = _greedy_answers(
+        model,
+        (backbone, cache_name, cache),
+        mask,
+        last + skipped,  # position-preserved truncation: as after the model's own K
+        T,
+        start=start,
+        eos=tokenizer.eos_token_id,
+        budgets=budgets,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+    )
+    latent_inputs = (
+        torch.stack(inputs, dim=1) if inputs else hidden.new_zeros((B, 0, model.hidden_size))
+    )
+    return LatentBatch(
+        hidden=torch.stack(hiddens, dim=1).float().cpu(),
+        latent_inputs=latent_inputs.float().cpu(),
+        lens_ids=torch.stack(lens_ids, dim=1).cpu(),
+        lens_probs=torch.stack(lens_probs, dim=1).cpu(),
+        answer_ids=answers,
+        truncated=truncated,
+    )
+
+
+def _greedy_answers(
+    model, run, mask, last, T, *, start, eos, budgets, limit, max_new_tokens
+) -> tuple[list[list[int]], list[bool]]:
+    """End of thought (eot, or eot + EOS), then greedy decoding; every id but eot may be chosen.
+    `run` = (backbone, cache argument name, cache); `last` the position before eot."""
+    backbone, cache_name, cache = run
+    B, device, n = mask.shape[0], mask.device, len(start)
+    ones = torch.ones((B, 1), dtype=mask.dtype, device=device)
     x = model.embed(torch.tensor([start] * B, dtype=torch.long, device=device))
     answers: list[list[int]] = [[] for _ in range(B)]
     truncated = [False] * B
@@ -329,7 +371,8 @@ def _latents_and_answer(
         last = positions[:, -1:]
         if limit is not None:  # finished problems run on (ignored) past their last position
             positions = positions.clamp(max=limit - 1)
-        out = forward_step(backbone, cache_name, cache, mask, positions, embeds=x, hidden=False)
+        keys = answer_mask(model.config, mask, T)
+        out = forward_step(backbone, cache_name, cache, keys, positions, embeds=x, hidden=False)
         logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         logits[:, model.eot_id] = float("-inf")
         nxt = logits.argmax(-1)
@@ -344,18 +387,7 @@ def _latents_and_answer(
             break
         # Finished problems keep decoding (their tokens are ignored): the batch stays whole.
         x, n = model.embed(nxt[:, None]), 1
-
-    latent_inputs = (
-        torch.stack(inputs, dim=1) if inputs else hidden.new_zeros((B, 0, model.hidden_size))
-    )
-    return LatentBatch(
-        hidden=torch.stack(hiddens, dim=1).float().cpu(),
-        latent_inputs=latent_inputs.float().cpu(),
-        lens_ids=torch.stack(lens_ids, dim=1).cpu(),
-        lens_probs=torch.stack(lens_probs, dim=1).cpu(),
-        answer_ids=answers,
-        truncated=truncated,
-    )
+    return answers, truncated
 
 
 def token_text(model: CodiModel, tokenizer, token_id: int) -> str:

@@ -70,6 +70,17 @@ class CodiModel(nn.Module):
         self.bot_id = base_vocab_size + 1
         self.eot_id = base_vocab_size + 2
         self.merged = False
+        # thought_input = "constant": every thought's input is this one learned vector (the
+        # negative twin of an organism: its thoughts carry positions, no content).
+        self.thought_constant: nn.Parameter | None = None
+        if config.thought_input == "constant":
+            width = prj[1].in_features
+            weight = prj[1].weight
+            self.thought_constant = nn.Parameter(
+                torch.randn(width, generator=torch.Generator().manual_seed(0)).to(
+                    device=weight.device, dtype=weight.dtype
+                )
+            )
 
     @classmethod
     def from_base(
@@ -112,7 +123,10 @@ class CodiModel(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final hidden state(s) [..., d] → the next latent's input embedding [..., d]."""
+        """Final hidden state(s) [..., d] → the next latent's input embedding [..., d] (the
+        learned constant, whatever `hidden` is, with `thought_input = "constant"`)."""
+        if self.thought_constant is not None:
+            return self.thought_constant.expand(hidden.shape).to(hidden.dtype)
         return self.prj(hidden)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,15 @@ def recipe_opt(fallback: Any, *, help: str, **meta: Any) -> Any:
     return opt(None, help=f"{help} (default {shown}, or the recipe's)", fallback=fallback, **meta)
 
 
+# Train options added after checkpoints were written, with the value those runs had.
+LATER_DEFAULTS: dict[str, Any] = {
+    "answer_reads_prompt": True,
+    "thoughts_read_prompt": True,
+    "thought_input": "projection",
+    "step_factor": 0.0,
+}
+
+
 @dataclass
 class TrainOptions:
     """`opcircuits train`. Fields declared with `recipe_opt` are None until `__post_init__`
@@ -126,6 +135,30 @@ class TrainOptions:
         help="Keep the last chain-of-thought step in the teacher sequence (the official CODI "
         "training drops it, so the teacher computes the final result at the distillation "
         "token instead of copying it).",
+    )
+    answer_reads_prompt: bool = opt(
+        True,
+        help="Let eot and the answer attend to the question and bot; --no-answer-reads-prompt "
+        "makes the thoughts the answer's only path to the question (a bottleneck organism). "
+        "Saved in codi_config.json and honoured at inference.",
+    )
+    thoughts_read_prompt: bool = opt(
+        True,
+        help="Let the thoughts attend to the question and bot (--no-thoughts-read-prompt: they "
+        "see only earlier thoughts; with --thought-input constant they then carry nothing).",
+    )
+    thought_input: str = opt(
+        "projection",
+        choices=("projection", "constant"),
+        help="A thought's input: the projection of the previous final state (CODI), or one "
+        "learned constant for every thought (a negative twin: positions without content).",
+    )
+    step_factor: float = opt(
+        0.0,
+        min=0,
+        help="Weight of step supervision: thought k's LM-head output is trained to be step k's "
+        "result (the final result after the last step), a cross-entropy added to the loss; "
+        "steps whose result is not one token are left out (counted in train_data.json).",
     )
     layers: str | list[int] | None = opt(
         None, list=int, help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
@@ -182,6 +215,10 @@ class TrainOptions:
             for k, v in dataclasses.asdict(self).items()
             if k not in skip
         }
+        # Options added later, at their defaults, are left out: earlier checkpoints resume.
+        for name, default in LATER_DEFAULTS.items():
+            if out.get(name) == default:
+                del out[name]
         # Layers as the comma string checkpoints written before they became a list recorded.
         if self.layers is not None:
             out["layers"] = ",".join(map(str, self.layers))
@@ -232,6 +269,12 @@ class EvaluateOptions:
     limit: int | None = opt(None, min=1, help="Only the first N problems.")
     num_latent: list[int] = opt(
         [6, 0], list=int, help="Student settings: the K values to measure, e.g. 6,0."
+    )
+    keep_positions: bool = opt(
+        False,
+        help="Also measure each K below the model's own with eot and the answer at the "
+        "positions they have after the model's K thoughts (settings `student_k<K>_kept`): a "
+        "shorter loop then changes the thoughts, not where the answer sits.",
     )
     teacher: bool = opt(True, help="Also measure the teacher (explicit CoT, greedy).")
     batch_size: int = opt(64, min=1, help="Problems per batch.")

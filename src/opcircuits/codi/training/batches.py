@@ -26,7 +26,7 @@ def collate(examples: list[TokenExample], pad_id: int) -> dict[str, torch.Tensor
     enc = [e.encoder_ids for e in examples]
     dec = [e.decoder_ids for e in examples]
     tea = [e.teacher_ids for e in examples]
-    return {
+    out = {
         "encoder_ids": pad(enc, pad_id, left=True),
         "encoder_mask": pad([[1] * len(s) for s in enc], 0, left=True),
         "decoder_ids": pad(dec, pad_id, left=False),
@@ -38,6 +38,9 @@ def collate(examples: list[TokenExample], pad_id: int) -> dict[str, torch.Tensor
         "teacher_pos": torch.tensor([e.teacher_pos for e in examples], dtype=torch.long),
         "student_pos": torch.tensor([e.student_pos for e in examples], dtype=torch.long),
     }
+    if examples[0].step_ids:
+        out["step_ids"] = torch.tensor([list(e.step_ids) for e in examples], dtype=torch.long)
+    return out
 
 
 def batch_indices(

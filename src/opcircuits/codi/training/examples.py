@@ -43,6 +43,7 @@ from opcircuits.errors import OpcircuitsError
 
 IGNORE = -100
 _ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
+_RESULT = re.compile(r"=([^<>=]*)>>\s*$")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class TokenExample:
     teacher_labels: list[int]  # IGNORE on the question
     teacher_pos: int  # index in teacher_ids whose logits predict the answer value's first token
     student_pos: int  # the same position in decoder_ids
+    # Step supervision: per thought k = 1…K the id thought k's LM head is trained to give (step
+    # k's result; the final result after the last step), IGNORE where it is not one token.
+    step_ids: tuple[int, ...] = ()
 
 
 # Why a record is left out of training (counted and reported, never silently).
@@ -175,9 +179,11 @@ def tokenize_example(
     eot_id: int,
     remove_eos: bool = True,
     include_last_cot: bool = False,
+    num_steps: int = 0,
 ) -> TokenExample:
     """Token ids of both tasks. With `remove_eos` False an EOS separates question and thoughts
-    (CODI's option for bases trained that way); the released checkpoints use True."""
+    (CODI's option for bases trained that way); the released checkpoints use True. With
+    `num_steps` = K > 0 also the step-supervision targets (`step_targets`)."""
     bos = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
     eos = tokenizer.eos_token_id
     q, _ = text_ids(tokenizer, ex.question)
@@ -200,7 +206,32 @@ def tokenize_example(
         teacher_labels=labels,
         teacher_pos=first_ans_teacher + vi - 1,
         student_pos=first_ans_decoder + vi - 1,
+        step_ids=step_targets(ex, tokenizer, num_steps) if num_steps else (),
     )
+
+
+def step_targets(ex: TextExample, tokenizer: Any, num_latent: int) -> tuple[int, ...]:
+    """The id each of K thoughts is trained to decode: step k's result for k ≤ the number of
+    steps, the last step's result after it; IGNORE where a result is not exactly one token (its
+    value token as in `The answer is: N`) or a step has no `=result`."""
+    values = []
+    for step in ex.steps:
+        m = _RESULT.search(step)
+        values.append(remove_commas(m.group(1).strip()) if m else None)
+    out = []
+    for k in range(num_latent):
+        value = values[min(k, len(values) - 1)] if values else None
+        out.append(_single_token(tokenizer, value) if value and is_number(value) else IGNORE)
+    return tuple(out)
+
+
+def _single_token(tokenizer: Any, value: str) -> int:
+    """The id of `value` in an answer when it is exactly one token, else IGNORE."""
+    try:
+        ids, i = value_token_index(tokenizer, answer_text(value))
+    except NoAnswerToken:
+        return IGNORE
+    return ids[i] if i == len(ids) - 1 else IGNORE
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -219,6 +250,7 @@ def build_examples(
     max_tokens: int,
     remove_eos: bool = True,
     include_last_cot: bool = False,
+    num_steps: int = 0,
 ) -> tuple[list[TokenExample], dict[str, int]]:
     """Tokenize all examples. Those with no token covering the answer value, or whose teacher
     sequence exceeds `max_tokens`, are left out and counted per reason (`dropped`)."""
@@ -226,7 +258,9 @@ def build_examples(
     dropped = {NO_ANSWER_TOKEN: 0, TOO_LONG: 0}
     for ex in examples:
         try:
-            tex = tokenize_example(ex, tokenizer, bot_id, eot_id, remove_eos, include_last_cot)
+            tex = tokenize_example(
+                ex, tokenizer, bot_id, eot_id, remove_eos, include_last_cot, num_steps
+            )
         except NoAnswerToken:
             dropped[NO_ANSWER_TOKEN] += 1
             continue

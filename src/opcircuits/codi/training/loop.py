@@ -30,7 +30,12 @@ from opcircuits.codi.config import CONFIG_NAME, CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
 from opcircuits.codi.strict import load_weights_strict
 from opcircuits.codi.training.batches import batch_indices, collate
-from opcircuits.codi.training.examples import TokenExample, build_examples, read_train_data
+from opcircuits.codi.training.examples import (
+    IGNORE,
+    TokenExample,
+    build_examples,
+    read_train_data,
+)
 from opcircuits.codi.training.objective import CodiObjective
 from opcircuits.codi.training.state import (
     find_checkpoint,
@@ -50,6 +55,8 @@ from opcircuits.progress import stage_progress
 log = logging.getLogger(__name__)
 
 LOG_NAME = "train_log.jsonl"
+# The losses each step logs (step_ce only where step supervision is on).
+LOSSES = ("loss", "student_ce", "distill", "teacher_ce", "step_ce")
 DATA_SUMMARY_NAME = "train_data.json"
 
 
@@ -133,6 +140,9 @@ def _build_model(options: TrainOptions) -> tuple[CodiModel, Any]:
         lora_alpha=options.lora_alpha,
         remove_eos=options.remove_eos,
         layers=layers,
+        answer_reads_prompt=options.answer_reads_prompt,
+        thoughts_read_prompt=options.thoughts_read_prompt,
+        thought_input=options.thought_input,
     )
     return CodiModel.from_base(config, base), tokenizer
 
@@ -152,6 +162,7 @@ def _training_examples(
         options.max_tokens,
         options.remove_eos,
         options.include_last_cot,
+        options.num_latent if options.step_factor > 0 else 0,
     )
     data.dropped.update(dropped)
     summary = {
@@ -166,6 +177,10 @@ def _training_examples(
         "max_tokens": options.max_tokens,
         "include_last_cot": options.include_last_cot,
     }
+    if options.step_factor > 0:
+        targets = [t for e in examples for t in e.step_ids]
+        summary["step_targets"] = len(targets)
+        summary["step_targets_not_one_token"] = sum(t == IGNORE for t in targets)
     if main:
         write_json_atomic(Path(options.out) / DATA_SUMMARY_NAME, summary)
         left_out = sum(data.dropped.values())
@@ -260,9 +275,9 @@ def _accumulate(
     acc: Any,
 ) -> torch.Tensor:
     """The forward and backward passes of one optimizer step's micro-batches; returns the summed
-    losses (loss, student_ce, distill, teacher_ce) of this process."""
+    losses (`LOSSES`) of this process."""
     student = step >= options.teacher_only_steps
-    sums = torch.zeros(4)
+    sums = torch.zeros(len(LOSSES))
     for micro in range(options.grad_accum):
         idx = batch_indices(
             len(examples), step, micro, acc.process_index, options, acc.num_processes
@@ -277,12 +292,7 @@ def _accumulate(
             # data-parallel wrappers average gradients over processes; the losses are
             # already shares of the global batch, so undo the average
             acc.backward(losses["loss"] * acc.num_processes / options.grad_accum)
-        sums += torch.stack(
-            [
-                losses[k].detach().float().cpu()
-                for k in ("loss", "student_ce", "distill", "teacher_ce")
-            ]
-        )
+        sums += torch.stack([losses[k].detach().float().cpu() for k in LOSSES])
     return sums
 
 
@@ -303,15 +313,10 @@ def _step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     means = acc.reduce(sums.to(acc.device) / options.grad_accum, "sum").cpu().tolist()
-    return {
-        "step": step + 1,
-        "loss": means[0],
-        "student_ce": means[1],
-        "distill": means[2],
-        "teacher_ce": means[3],
-        "lr": scheduler.get_last_lr()[0],
-        "grad_norm": float(grad_norm),
-    }
+    record = {"step": step + 1, **dict(zip(LOSSES, means, strict=True))}
+    if not options.step_factor:  # logs of runs without step supervision stay as they were
+        del record["step_ce"]
+    return {**record, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
 
 
 def _accelerator(options: TrainOptions) -> Any:
@@ -424,7 +429,7 @@ class _progress:
             text = (
                 f"ce {rec['student_ce']:.3f} distill {rec['distill']:.3f} "
                 f"teacher {rec['teacher_ce']:.3f}"
-            )
+            ) + (f" step {rec['step_ce']:.3f}" if "step_ce" in rec else "")
             if self.bar is not None:
                 self.bar.update(self.task, advance=1, description=text)
             if rec["step"] % 25 == 0:

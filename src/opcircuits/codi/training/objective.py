@@ -7,7 +7,12 @@
   token that predicts the answer value's first token, at every layer (HF `hidden_states`,
   embeddings included), teacher side detached, each layer's loss divided by the teacher states'
   std (its square for l2, as official), averaged over layers and multiplied by `distill_factor`.
-total = student CE + distillation + teacher CE × `teacher_factor`.
+- step supervision (`step_factor` > 0): cross-entropy of each thought's LM-head output against
+  its step's result (`examples.step_targets`), as SIM-CoT supervises each latent with its step.
+total = student CE + distillation + teacher CE × `teacher_factor` + step CE × `step_factor`.
+
+The routing options of the config (`codi.masks`) hold here as at inference: a bottleneck model's
+eot and answer never see the prompt, a twin's thoughts neither see it nor get the projection.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from opcircuits.codi.masks import answer_mask, thought_mask
 from opcircuits.codi.model import CodiModel, cache_arg_name
 from opcircuits.codi.training.examples import IGNORE
 from opcircuits.options import TrainOptions
@@ -33,12 +39,12 @@ class CodiObjective(nn.Module):
         self.distill_factor = options.distill_factor
         self.teacher_factor = options.teacher_factor
         self.distill_loss = options.distill_loss
+        self.step_factor = options.step_factor
 
     def forward(
         self, batch: dict[str, torch.Tensor], student: bool = True
     ) -> dict[str, torch.Tensor]:
         lm = self.model.codi
-        cache_kw = cache_arg_name(self.model.lm)
         teacher = lm(
             input_ids=batch["teacher_ids"],
             attention_mask=batch["teacher_mask"],
@@ -49,10 +55,46 @@ class CodiObjective(nn.Module):
         zero = teacher_ce.new_zeros(())
         if not student:
             # keep every trainable parameter in the graph (data-parallel reducers expect it)
-            unused = sum(p.sum() for p in self.model.prj.parameters()) * 0.0
+            extra = [self.model.thought_constant] if self.model.thought_constant is not None else []
+            unused = sum(p.sum() for p in [*self.model.prj.parameters(), *extra]) * 0.0
             total = teacher_ce * self.teacher_factor + unused
-            return {"loss": total, "student_ce": zero, "distill": zero, "teacher_ce": teacher_ce}
+            return {
+                "loss": total,
+                "student_ce": zero,
+                "distill": zero,
+                "teacher_ce": teacher_ce,
+                "step_ce": zero,
+            }
 
+        out, step_logits = self._student(batch)
+        dec_mask = batch["decoder_mask"]
+        student_ce = _shifted_ce(out.logits, batch["decoder_labels"])
+
+        rows = torch.arange(dec_mask.shape[0], device=dec_mask.device)
+        students = [h[rows, batch["student_pos"]] for h in out.hidden_states]
+        teachers = [h[rows, batch["teacher_pos"]].detach() for h in teacher.hidden_states]
+        stds = _global_std(teachers)
+        elements = _global_sum(teachers[0].new_tensor(float(teachers[0].numel())))
+        distill = zero
+        for s, t, std in zip(students, teachers, stds, strict=True):
+            distill = distill + layer_distill_loss(s, t, std, elements, self.distill_loss)
+        distill = distill / len(students) * self.distill_factor
+        step_ce = zero
+        if self.step_factor > 0 and "step_ids" in batch:
+            step_ce = _token_ce(torch.stack(step_logits, dim=1), batch["step_ids"])
+        total = student_ce + distill + teacher_ce * self.teacher_factor + step_ce * self.step_factor
+        return {
+            "loss": total,
+            "student_ce": student_ce,
+            "distill": distill,
+            "teacher_ce": teacher_ce,
+            "step_ce": step_ce,
+        }
+
+    def _student(self, batch: dict[str, torch.Tensor]) -> tuple[Any, list[torch.Tensor]]:
+        """The student's forward: its answer output and each thought's LM-head logits [B, V]."""
+        lm = self.model.codi
+        cache_kw = cache_arg_name(self.model.lm)
         # student: question + bot, K latent steps, then eot + answer, one KV cache throughout
         enc_mask = batch["encoder_mask"]
         positions = (enc_mask.cumsum(-1) - 1).clamp(min=0)
@@ -66,14 +108,16 @@ class CodiObjective(nn.Module):
         )
         cache = out.past_key_values
         mask = enc_mask
+        config, T = self.model.config, enc_mask.shape[1]
         next_pos = positions[:, -1:] + 1
         hidden = out.hidden_states[-1][:, -1:, :]
+        step_logits = []
         for _ in range(self.num_latent):
             latent = self.model.project(hidden)
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = lm(
                 inputs_embeds=latent,
-                attention_mask=mask,
+                attention_mask=thought_mask(config, mask, T),
                 position_ids=next_pos,
                 **{cache_kw: cache},
                 use_cache=True,
@@ -83,34 +127,18 @@ class CodiObjective(nn.Module):
             cache = out.past_key_values
             next_pos = next_pos + 1
             hidden = out.hidden_states[-1][:, -1:, :]
+            step_logits.append(out.logits[:, -1])
         dec_mask = batch["decoder_mask"]
         dec_pos = next_pos + torch.arange(dec_mask.shape[1], device=dec_mask.device)[None, :]
         out = lm(
             inputs_embeds=self.model.embed(batch["decoder_ids"]),
-            attention_mask=torch.cat([mask, dec_mask], dim=1),
+            attention_mask=answer_mask(config, torch.cat([mask, dec_mask], dim=1), T),
             position_ids=dec_pos,
             **{cache_kw: cache},
             use_cache=True,
             output_hidden_states=True,
         )
-        student_ce = _shifted_ce(out.logits, batch["decoder_labels"])
-
-        rows = torch.arange(dec_mask.shape[0], device=dec_mask.device)
-        students = [h[rows, batch["student_pos"]] for h in out.hidden_states]
-        teachers = [h[rows, batch["teacher_pos"]].detach() for h in teacher.hidden_states]
-        stds = _global_std(teachers)
-        elements = _global_sum(teachers[0].new_tensor(float(teachers[0].numel())))
-        distill = zero
-        for s, t, std in zip(students, teachers, stds, strict=True):
-            distill = distill + layer_distill_loss(s, t, std, elements, self.distill_loss)
-        distill = distill / len(students) * self.distill_factor
-        total = student_ce + distill + teacher_ce * self.teacher_factor
-        return {
-            "loss": total,
-            "student_ce": student_ce,
-            "distill": distill,
-            "teacher_ce": teacher_ce,
-        }
+        return out, step_logits
 
 
 # Every loss is this process's share of the loss of the whole micro-batch (all processes' slices
@@ -159,12 +187,15 @@ def _global_std(states: list[torch.Tensor]) -> list[torch.Tensor]:
 def _shifted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: this process's token losses summed, divided by the number of
     target tokens of the global micro-batch."""
-    target = labels[:, 1:].reshape(-1)
+    return _token_ce(logits[:, :-1], labels[:, 1:])
+
+
+def _token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits [B, N, V] against targets [B, N] (IGNORE left out): this
+    process's sum divided by the global micro-batch's number of targets."""
+    target = targets.reshape(-1)
     count = _global_sum((target != IGNORE).sum().to(torch.float32)).clamp(min=1)
     total = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        target,
-        ignore_index=IGNORE,
-        reduction="sum",
+        logits.reshape(-1, logits.shape[-1]).float(), target, ignore_index=IGNORE, reduction="sum"
     )
     return total / count
