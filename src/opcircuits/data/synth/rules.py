@@ -221,14 +221,22 @@ def build_pool(options: SynthOptions) -> Pool:
     """The raked pool of the split; an error when no balanced weights exist for the options."""
     plans, cats = enumerate_pool(options)
     pool = rake(plans, cats, uniform=("applications",))
-    if pool.deviation > MAX_DEVIATION or any(
-        pool.weight[pool.category == c].sum() == 0 for c in range(len(CATEGORIES))
+    ranges = (
+        f"operands {options.min_operand}..{options.max_operand}, results <= "
+        f"{options.max_result}, steps {options.step_counts()}, {options.split} split"
+    )
+    missing = [c for i, c in enumerate(CATEGORIES) if not np.any(cats == i)]
+    if missing:
+        raise OpcircuitsError(
+            f"no {missing[0]} problem exists ({ranges}); change --steps or widen the ranges",
+            field="steps",
+        )
+    if pool.deviation > MAX_DEVIATION or not all(
+        pool.weight[pool.category == i].sum() for i in range(len(CATEGORIES))
     ):
         raise OpcircuitsError(
-            f"no weights balance rule set, start, operand and applications across the "
-            f"categories for operands {options.min_operand}..{options.max_operand}, results "
-            f"<= {options.max_result} and steps {options.step_counts()} in the {options.split} "
-            f"split (largest difference {pool.deviation:.3f}); widen the ranges",
+            f"no weights balance rule set, start, operand and steps across the categories "
+            f"({ranges}; largest difference {pool.deviation:.3f}); widen the ranges",
             field="max_result",
         )
     return pool

@@ -121,6 +121,8 @@ def rule_record(pid: str, plan: RulePlan, split: str) -> dict[str, Any]:
         "heldout_frame": heldout_frame(plan.frame),
         "kind": "rules",
         "rule_id": plan.rule,
+        "start": plan.start,
+        "operand": plan.operand,
         "phrasing_id": plan.phrasing,
         "heldout_phrasing": heldout_phrasing(plan.phrasing),
         "step_ops": ops,
