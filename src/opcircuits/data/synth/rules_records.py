@@ -23,6 +23,8 @@ PREDICATES: dict[int, tuple[str, str]] = {
     3: ("a multiple of 3", "not a multiple of 3"),
     4: ("a multiple of 4", "not a multiple of 4"),
     5: ("a multiple of 5", "not a multiple of 5"),
+    6: ("a multiple of 6", "not a multiple of 6"),
+    7: ("a multiple of 7", "not a multiple of 7"),
 }
 # What a branch does, as a clause about the count.
 ACTIONS: dict[tuple[str, int | None], str] = {
