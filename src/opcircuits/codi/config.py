@@ -178,8 +178,8 @@ def lora_targets_for(model_type: str) -> list[str]:
 
 
 def demo_dir(name: str = "demo") -> Path:
-    """A small CODI model shipped inside the package: `demo` (GSM8K) or `demo-arith` (the
-    synthetic problems of `data synth`)."""
+    """A small CODI model shipped inside the package: `demo` (GSM8K), `demo-arith` (the
+    synthetic problems of `data synth`), `demo-rules` / `demo-rules-twin` (`--kind rules`)."""
     return Path(__file__).resolve().parent.parent / "models" / name
 
 
@@ -220,4 +220,8 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(checkpoint=str(demo_dir()), base="."),
     # The model organism: trained on synthetic problems (see its MODEL_CARD.md).
     "demo-arith": Preset(checkpoint=str(demo_dir("demo-arith")), base="."),
+    # Organisms on `data synth --kind rules`: the answer reads only the thoughts, each thought
+    # trained to hold its step; and the negative twin, whose thoughts are one learned constant.
+    "demo-rules": Preset(checkpoint=str(demo_dir("demo-rules")), base="."),
+    "demo-rules-twin": Preset(checkpoint=str(demo_dir("demo-rules-twin")), base="."),
 }

@@ -12,14 +12,20 @@ from opcircuits.report.figures.style import OKABE_ITO, save
 
 
 def training_curves(log_rows: list[dict[str, Any]], out_dir: Path) -> dict:
-    """The three losses of `opcircuits train` (its train_log.jsonl rows) against the step, each
-    smoothed over 25 steps; steps of teacher-only warm-up have no student losses."""
+    """The losses of `opcircuits train` (its train_log.jsonl rows) against the step, each
+    smoothed over 25 steps; steps of teacher-only warm-up have no student losses, and a loss a
+    recipe does not use (0 throughout, or absent: step supervision) is not drawn."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = np.array([r["step"] for r in log_rows])
     for k, (key, label) in enumerate(
-        [("teacher_ce", "teacher CE"), ("student_ce", "student CE"), ("distill", "distillation")]
+        [
+            ("teacher_ce", "teacher CE"),
+            ("student_ce", "student CE"),
+            ("distill", "distillation"),
+            ("step_ce", "step supervision CE"),
+        ]
     ):
-        values = np.array([r[key] for r in log_rows], dtype=float)
+        values = np.array([r.get(key, 0.0) for r in log_rows], dtype=float)
         keep = values > 0  # 0 = not computed (teacher-only steps)
         if not keep.any():
             continue
@@ -36,7 +42,7 @@ def training_curves(log_rows: list[dict[str, Any]], out_dir: Path) -> dict:
         out_dir,
         "loss_curve.png",
         "Training losses",
-        "Teacher and student cross-entropy and the distillation loss per step (25-step mean).",
+        "The losses of the training recipe per step (25-step mean).",
     )
 
 
