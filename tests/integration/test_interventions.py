@@ -154,7 +154,7 @@ def test_each_kind_sets_its_site_and_only_later_states_change(tiny):
         j = sources.resample[i]
         assert j != i and got["resample latent_4@2", i].source == j
         check("resample latent_4@2", Site(4, 2), ref.states[j, 4, L(2)])
-        label = "patch " + "+".join(f"latent_{s}@2" for s in range(1, engine.K + 1))
+        label = f"patch latent_1-{engine.K}@2"
         if sources.patch[i] is None:
             assert torch.equal(got[label, i].states, clean)
         else:

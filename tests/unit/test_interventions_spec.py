@@ -33,7 +33,12 @@ def test_parse_sites_expands_stars_and_keeps_joint_sets() -> None:
     ]  # the repeated latent_2@1 once
     assert len(iv.parse_sites("all", 3, 2)) == 4 * 3
     assert iv.parse_sites("bot@all", 1, 1) == [(Site(0, 0), Site(0, 1))]
-    assert iv.sites_name(sets[3]) == "latent_1@0+latent_2@0+latent_3@0"
+    assert iv.sites_name(sets[3]) == "latent_1-3@0"
+    assert iv.sites_name(sets[4]) == "bot@1+bot@2"
+    assert iv.sites_name([Site(2, x) for x in (0, 1)] + [Site(3, x) for x in (0, 1)]) == (
+        "latent_2-3@0-1"
+    )
+    assert iv.sites_name([Site(1, 0), Site(3, 0)]) == "latent_1@0+latent_3@0"
 
 
 @pytest.mark.parametrize(
