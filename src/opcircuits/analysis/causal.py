@@ -163,13 +163,37 @@ def _aggregate(sw: Sweep, boot: Boot) -> tuple[dict, dict, dict]:
 
 
 def _pooled_tests(sw: Sweep, n_boot: int, seed: int) -> dict[str, list]:
-    """Per pooled intervention: family-wise p (step-down studentized sign flips) and TOST."""
+    """Per pooled intervention: family-wise p (step-down studentized sign flips) and TOST (at
+    the sweep's "no effect" bound, and at the tighter `DISPENSABLE` bound of the accuracy drop
+    that "dispensable" needs)."""
     out: dict[str, list] = {}
     for name in ("drop", "logp_drop"):
         X = sw.matrix(MATRICES[name][0], sw.all_ids, True)
         out[f"{name}_p_family"] = [_num(v) for v in causal_stats.family_p(X, n_boot, seed)]
         out[f"{name}_tost_p"], out[f"{name}_no_effect"] = causal_stats.no_effect(X, name, ALPHA)
+        if name == "drop":
+            delta = causal_stats.DISPENSABLE
+            tost, within = causal_stats.no_effect(X, name, ALPHA, delta)
+            out["drop_equiv_p"], out["drop_dispensable"] = tost, within
     return out
+
+
+def routing(
+    table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """The routing controls' own measures (`causal_routing`): normalized recovery of the
+    patching interventions (pooled, per category, per changed step) and the position effect of
+    truncation, with the same bootstrap resamples as `effects`."""
+    from opcircuits.analysis import causal_routing
+
+    sw = sweep(table)
+    boot = _weights(sw.ids, n_boot, seed)
+    W_all = np.concatenate([boot.weights[c] for c in sw.cats], 1)
+    return {
+        "dispensable_delta": causal_stats.DISPENSABLE,
+        "recovery": causal_routing.recovery(sw, boot.weights, level),
+        "position_effect": causal_routing.position_effect(sw, W_all, level),
+    }
 
 
 def effects(
@@ -310,12 +334,15 @@ SECTION_KEYS = (
     "provenance", "options", "num_latent", "num_layers", "positions", "categories", "clean",
     "thoughts", "effects", "interactions", "notes", "methods",
 )  # fmt: skip
+# Kept when present (sweeps from before the routing controls lack them).
+OPTIONAL_KEYS = ("routing",)
 
 
 def report_section(result: dict[str, Any], source: str, manifest: dict[str, Any]) -> dict:
     """The report's `causal_tests`: interventions.json's numbers, where they came from, and
     whether they came from the analyzed store's model and problems (hashes compared)."""
     section = {k: result[k] for k in SECTION_KEYS}
+    section.update({k: result[k] for k in OPTIONAL_KEYS if k in result})
     section["provenance"] = {k: v for k, v in result["provenance"].items() if k != "created"}
     prov = section["provenance"]
     same = {

@@ -30,6 +30,9 @@ from opcircuits.analysis.inference import holm, step_down_max_t, tost_p
 
 # The equivalence bounds of "no effect": accuracy (share of problems) and log-prob (nats).
 DELTA = {"drop": 0.05, "logp_drop": 0.1}
+# The tighter bound of "dispensable" (a thought's content, a truncation): the accuracy drop is
+# shown to lie within ±0.02.
+DISPENSABLE = 0.02
 _FLOOR = 1e-12  # a variance of 0 (every difference equal) must not divide by 0
 
 
@@ -110,9 +113,12 @@ def crossovers(rows: list[dict], measure: str = "drop") -> list[dict]:
     return out
 
 
-def no_effect(X: np.ndarray, measure: str, alpha: float = 0.05) -> tuple[list, list]:
-    """Per intervention: the TOST p-value of |mean| < DELTA[measure] and whether "no effect"
-    holds after Holm over the sweep."""
-    ps = [tost_p(row, DELTA[measure]) for row in X]
+def no_effect(
+    X: np.ndarray, measure: str, alpha: float = 0.05, delta: float | None = None
+) -> tuple[list, list]:
+    """Per intervention: the TOST p-value of |mean| < δ (DELTA[measure] unless given) and
+    whether "no effect" holds after Holm over the sweep."""
+    bound = DELTA[measure] if delta is None else delta
+    ps = [tost_p(row, bound) for row in X]
     adjusted = holm(ps)
     return ps, [a is not None and a < alpha for a in adjusted]
