@@ -173,7 +173,13 @@ def _pooled_tests(sw: Sweep, n_boot: int, seed: int) -> dict[str, list]:
         out[f"{name}_tost_p"], out[f"{name}_no_effect"] = causal_stats.no_effect(X, name, ALPHA)
         if name == "drop":
             delta = causal_stats.DISPENSABLE
-            tost, within = causal_stats.no_effect(X, name, ALPHA, delta)
+            families = [
+                causal_stats.routing_family(
+                    str(sw.info.loc[x, "kind"]), _py(sw.info.loc[x].get("sites"))
+                )
+                for x in sw.labels
+            ]
+            tost, within = causal_stats.no_effect(X, name, ALPHA, delta, families)
             out["drop_equiv_p"], out["drop_dispensable"] = tost, within
     return out
 
@@ -289,6 +295,27 @@ METHODS = {
     "`logp_drop_p_family`: on all problems). An operation-specific effect is one that passes "
     "(`drop_claimed`); `drop_crossover` names interventions that pass with the opposite sign on "
     "the same pair (a double dissociation).",
+    "routing": "Routing controls. Truncation twice: eot and the answer right after the k kept "
+    "thoughts (natural positions) and at the position ids they have after K thoughts "
+    "(`truncate_pos`, the skipped steps leave no keys), so only the thoughts differ; their paired "
+    "difference is the position effect. Joint content ablations: latent_{k+1} … latent_K "
+    "mean/zero/resampled together at the input (layer 0: the fed-back vector only, the target's "
+    "position embedding kept) and at every layer, positions unchanged. Attention knockouts: the "
+    "attention logits of a query segment (eot + answer tokens, a thought, all thoughts) to a key "
+    "set (question, bot, a thought, all thoughts) set to -inf, on every layer or named ones, every "
+    "head or named ones. Path patching: the partner's prompt (question + bot keys and values, "
+    "and bot's final state) read by the thoughts only, the answer only, or all segments. "
+    "'Dispensable' needs TOST within ±0.02 accuracy (`drop_equiv_p`; `drop_dispensable`: Holm "
+    "within the control's family — the joint content ablations, the position-preserved "
+    "truncations, the knockouts, the paths, each other kind); 'needed' a family-wise claim "
+    "(step-down max-T over the whole sweep).",
+    "recovery": "Logit difference LD = log p(partner's answer) − log p(problem's answer), "
+    "teacher-forced (whole answer; and at the first answer token where they differ). Normalized "
+    "recovery of a patching intervention = (LD − LD_clean) / (LD_partner − LD_clean), means over "
+    "problems first (Heimersheim & Nanda 2024): 0 = the problem's own run, 1 = the partner's "
+    "own run (measured in its own batch); with the problem as the clean run it is the damage of "
+    "noising with the partner's states. Bootstrap intervals with the sweep's resamples; pooled, "
+    "per category and per changed step.",
     "log_prob": "log p of the gold answer's value tokens and EOS, teacher-forced after the "
     "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
     "eos.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opcircuits.analysis.causal_stats import DELTA
+from opcircuits.analysis.causal_stats import DELTA, DISPENSABLE
 from opcircuits.markdown import code, plain_label
 from opcircuits.report.findings import causal_routing
 from opcircuits.report.findings.text import Section, num, pval
@@ -87,8 +87,10 @@ def sentences(result: dict[str, Any]) -> Section:
         "studentized paired differences, signs flipped by problem: strong family-wise error "
         "control within the sweep, a family of its own apart from the probes' claims); 'no "
         f"effect' only where two one-sided tests bound it within ±{num(DELTA['drop'])} accuracy "
-        f"(±{num(DELTA['logp_drop'], 1)} nats), Holm over the sweep; anything else is 'not "
-        "claimed', and other intervals are uncorrected."
+        f"(±{num(DELTA['logp_drop'], 1)} nats), Holm over the sweep; 'dispensable' only where "
+        f"they bound the accuracy drop within ±{num(DISPENSABLE)}, Holm within the control's "
+        "family (joint content ablations, position-preserved truncations, knockouts, paths); "
+        "anything else is 'not claimed', and other intervals are uncorrected."
     ]
     s += _thoughts(result, pooled) + causal_routing.sentences(result, pooled)
     s += _ablations(pooled) + _patching(pooled)
