@@ -277,7 +277,8 @@ class InterveneOptions:
     edges: str = opt(
         DEFAULT_EDGES,
         example="answer>question@*,answer>latent_1#*",
-        help="Attention knockouts: QUERY>KEYS[@LAYERS][#HEADS], comma-separated; QUERY = answer "
+        help="Attention knockouts: QUERY>KEYS, then optionally @LAYERS and #HEADS, "
+        "comma-separated; QUERY = answer "
         "(eot + answer tokens), thoughts or latent_k; KEYS = question, bot, prompt, thoughts or "
         "latent_k (latent_* = each); LAYERS = blocks 1..n joined by + (default every layer; * = "
         "each in turn); HEADS likewise (default every head).",
