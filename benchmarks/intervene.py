@@ -237,7 +237,10 @@ def main() -> None:
     from results import write_result
 
     name = args.result or f"intervene-{args.shape or Path(args.model).name}"
-    notes = "(a) run_interventions as shipped, (b) naive=True; throughput per CPU-second."
+    notes = (
+        "(a) run_interventions as shipped, (b) naive=True; throughput per CPU-second. Timings "
+        f"on a shared machine (load average {load_before[0]:.1f} before this run)."
+    )
     print(f"wrote {write_result(name, 'intervene', result, notes=notes)}")
 
 

@@ -224,3 +224,27 @@ def test_the_engine_runs_a_routed_model_as_it_was_trained(tmp_path, tiny_texts, 
             assert (got["none", i].states - plain.hidden[i]).abs().max() <= 1e-4
             assert got["none", i].answer_ids == plain.answer_ids[i]
             assert got["truncate 1", i].answer_ids == short.answer_ids[i]
+
+
+def test_patch_step_patches_each_pair_at_the_thought_of_its_changed_step(tiny):
+    engine, problems, batches, ref = tiny
+    N, K = len(problems), engine.K
+    partner = _pairs(problems)
+    steps = [1 + i % K for i in range(N)]
+    for i, j in enumerate(partner):  # a pair shares its changed step, as the synth pairs do
+        problems[i].changed_step = problems[j].changed_step = steps[min(i, j)]
+    try:
+        sites = tuple(Site(s, 2) for s in range(1, K + 1))
+        ivs = [Intervention("patch_step", sites)]
+        got = run(engine, problems, batches, ref, ivs, Sources(patch=partner))
+    finally:
+        for p in problems:
+            p.changed_step = None
+    L = ref.layers.index(2)
+    for i, j in enumerate(partner):
+        s, clean = got[ivs[0].label, i].states, got["none", i].states
+        step = steps[min(i, j)]
+        assert torch.equal(s[:step], clean[:step])  # nothing before the changed step moves
+        assert torch.allclose(s[step, L], ref.states[j, step, L], atol=1e-5)
+        assert torch.equal(s[step, :L], clean[step, :L])
+        assert got[ivs[0].label, i].logp_source is not None

@@ -58,10 +58,10 @@ def test_parse_sites_errors(spec: str, message: str) -> None:
 
 def test_the_kinds_table() -> None:
     assert iv.KINDS == (
-        "none", "zero", "mean", "resample", "patch", "steer", "truncate", "truncate_pos",
-        "knockout", "path",
+        "none", "zero", "mean", "resample", "patch", "patch_step", "steer", "truncate",
+        "truncate_pos", "knockout", "path",
     )  # fmt: skip
-    assert iv.SITE_KINDS == ("zero", "mean", "resample", "patch", "steer")
+    assert iv.SITE_KINDS == ("zero", "mean", "resample", "patch", "patch_step", "steer")
     assert {k.source for k in iv.TABLE.values()} == {None, "resample", "patch"}
     assert iv.TABLE["path"].source == "patch" and iv.TABLE["path"].sites == "optional"
     with pytest.raises(OpcircuitsError, match="unknown intervention 'ablate'"):

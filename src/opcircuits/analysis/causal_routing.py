@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 MEASURES = {"ld_first": "ld_partner_first", "ld_answer": "ld_partner_answer"}
-PATCHING = ("patch", "path")
+PATCHING = ("patch", "patch_step", "path")
 
 
 def _ratio(

@@ -62,6 +62,10 @@ def build_sweep(
         elif kind == "patch":
             if with_patch:
                 out += [Intervention("patch", s) for s in sites]
+                # Each pair patched at the thought that should hold its changed step.
+                for layer in range(num_layers + 1):
+                    steps = range(1, num_latent + 1)
+                    out.append(Intervention("patch_step", tuple(iv.Site(s, layer) for s in steps)))
             else:
                 notes.append(
                     "patch skipped: no problem has a partner (pair_id pairs in the data or a "

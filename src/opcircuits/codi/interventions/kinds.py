@@ -2,7 +2,9 @@
 
 A *site kind* replaces the state h at each of its sites by what its edit function makes of it:
 `zero` — zeros; `mean` — the site's mean over the reference set; `resample` and `patch` — the
-same site's state of each problem's source problem (`Sources`); `steer` — `h + α · s · u`. The
+same site's state of each problem's source problem (`Sources`); `patch_step` — the same, but at
+each thought only in the problems whose pair changes that step (`Problem.changed_step`: the
+sites of the thought that should hold the changed step); `steer` — `h + α · s · u`. The
 other kinds change the loop itself: `none` — the clean run; `truncate` — stop after `keep`
 thoughts (`Intervention.start` / `thoughts`), eot and the answer at the next position ids (the
 natural positions); `truncate_pos` — the same, but eot and the answer keep the position ids they
@@ -62,6 +64,16 @@ def _copy(iv, ref, step, li, src_rows, dtype, device) -> Edit:
     return lambda h: value
 
 
+def _copy_step(iv, ref, step, li, src_rows, dtype, device) -> Edit:
+    """patch_step: the source's state, only in the rows whose pair changes this step (the
+    partner's `changed_step`); other rows keep theirs."""
+    assert src_rows is not None
+    value = ref.content(src_rows, step, li).to(device=device, dtype=dtype)
+    which = [ref.problems[r].changed_step == step for r in src_rows]
+    mask = torch.tensor(which, device=device)[:, None]
+    return lambda h: torch.where(mask, value, h)
+
+
 def _steer(iv, ref, step, li, src_rows, dtype, device) -> Edit:
     if iv.direction not in ref.directions:
         raise OpcircuitsError(f"no steering direction {iv.direction!r}", field="direction")
@@ -78,6 +90,7 @@ TABLE: dict[str, Kind] = {
         Kind("mean", _mean, sites="required"),
         Kind("resample", _copy, source="resample", sites="required"),
         Kind("patch", _copy, source="patch", sites="required"),
+        Kind("patch_step", _copy_step, source="patch", sites="required"),
         Kind("steer", _steer, sites="required"),
         Kind("truncate"),
         Kind("truncate_pos"),

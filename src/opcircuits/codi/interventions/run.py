@@ -27,6 +27,8 @@ from opcircuits.codi.latent import one_query_attention
 from opcircuits.codi.prompt import decode_answer, extract_number
 from opcircuits.errors import OpcircuitsError
 
+PATCHING = ("patch", "patch_step", "path")  # kinds measured against the source's answer too
+
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar prompt length (longest first, ties by index)."""
@@ -220,7 +222,7 @@ def _run_one(
         edit = site_edit(iv, site, reference, src_rows, engine.dtype, engine.device)
         edits.setdefault(site.step, {})[site.layer] = edit
     # Patching measures the source's answer too (and the clean run, when sources exist).
-    source_gold = _source_gold(engine, reference, src) if iv.kind in ("patch", "path") else None
+    source_gold = _source_gold(engine, reference, src) if iv.kind in PATCHING else None
     drafts = [[c] for c in clean_ids]
     layers = reference.layers if record else None
     if iv.kind == "path":
@@ -331,13 +333,13 @@ def outcome_rows(
     rows = []
     for o in outcomes:
         iv, p = o.intervention, problems[o.problem]
-        if iv.kind in ("patch", "path") and o.source is None:
+        if iv.kind in PATCHING and o.source is None:
             continue
         single = iv.sites[0] if len(iv.sites) == 1 else None
         src = reference.problems[o.source] if o.source is not None else None
         src_gold = src.gold_value if src is not None else None
         follows = None
-        if iv.kind in ("patch", "path") and src_gold is not None:
+        if iv.kind in PATCHING and src_gold is not None:
             follows = o.predicted is not None and o.predicted == src_gold
         rows.append(
             {

@@ -221,6 +221,7 @@ class Problem:
     question: str
     gold: str  # the final answer as written after "The answer is: " in training
     category: str | None = None
+    changed_step: int | None = None  # the step a counterfactual pair's partners differ at
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Problem:
@@ -233,7 +234,11 @@ class Problem:
         question = record.get("question")
         if not isinstance(question, str) or not question.strip():
             raise OpcircuitsError("empty question", field="question")
-        return cls(str(record["id"]), question, gold.strip(), record.get("category"))
+        step = record.get("changed_step")
+        return cls(
+            str(record["id"]), question, gold.strip(), record.get("category"),
+            int(step) if step is not None else None,
+        )  # fmt: skip
 
     @property
     def gold_value(self) -> float | None:
