@@ -176,7 +176,10 @@ def test_path_patching_limits_and_the_logit_difference_baselines(tiny):
     ivs = [Intervention("path", every, path="all"), Intervention("path", path="all")]
     ivs += [Intervention("path", path=p) for p in ("thoughts", "answer")]
     partner = _pairs(problems)
-    got = run(engine, problems, batches, ref, ivs, Sources(patch=partner))
+    # bot's input is one embedding for every problem: patching it is an identity patch, measured
+    # against the partner.
+    identity = Intervention("patch", (Site(0, 0),))
+    got = run(engine, problems, batches, ref, [*ivs, identity], Sources(patch=partner))
     base = iv.partner_runs(engine, ref, list(enumerate(partner)), 3)
     same = run(engine, problems, batches, ref, ivs, Sources(patch=list(range(len(problems)))))
     for i in range(len(partner)):
@@ -194,6 +197,21 @@ def test_path_patching_limits_and_the_logit_difference_baselines(tiny):
             assert s.answer_ids == clean.answer_ids
             assert s.logp_gold == pytest.approx(clean.logp_gold, abs=1e-4)
         assert abs(ld_partner - ld_clean) > 1e-3
+    # Normalized recovery (means first): every position patched, the prompt included → 1; the
+    # identity patch → 0.
+    N = len(problems)
+    labels = ("none", ivs[0].label, ivs[1].label, identity.label)
+    lds = {
+        k: sum(got[k, i].logp_source - got[k, i].logp_gold for i in range(N)) / N for k in labels
+    }
+    partner_m = sum(b.logp_gold - b.logp_source for b in base) / N
+
+    def recovery(label):
+        return (lds[label] - lds["none"]) / (partner_m - lds["none"])
+
+    assert recovery(ivs[0].label) == pytest.approx(1.0, abs=0.01)
+    assert recovery(ivs[1].label) == pytest.approx(1.0, abs=0.01)
+    assert recovery(identity.label) == pytest.approx(0.0, abs=1e-4)
     moved = [
         got[x.label, i].logp_gold != got["none", i].logp_gold
         for x in ivs[2:]
