@@ -99,3 +99,16 @@ def test_sentences_say_what_routes_the_answer_and_nothing_the_numbers_contradict
     text = " ".join(sentences(result(table(first_matters=False)))["sentences"])
     assert "content is needed" not in text and "thoughts needed" not in text
     assert "nothing here shows that the answer needs the thoughts' content" in text
+
+
+def test_nothing_is_dispensable_when_the_clean_run_answers_nothing():
+    from opcircuits.report.findings.causal import sentences
+
+    t = table()
+    t["correct"] = False  # a model that answers nothing (the GSM8K demo)
+    r = result(t)
+    r["clean"]["all"]["accuracy"] = 0.0
+    text = " ".join(sentences(r)["sentences"])
+    assert "none is called so here" in text
+    assert "latent_6 is dispensable" not in text and "leaves accuracy unchanged" not in text
+    assert "content is needed" not in text and "reads the question directly" not in text

@@ -87,6 +87,7 @@ class Engine:
         self.answer_prefix = answer_start_ids(model, tokenizer)  # eot [eos]
         # GPT-2's absolute position embedding (layer 0 = input + it); None for rotary models.
         self.wpe = getattr(self.backbone, "wpe", None)
+        self._pos0: list[torch.Tensor] = []  # the last `latents` call's position embeddings
         self._gold_cache: dict[str, tuple[list[int], int]] = {}
         # How answers were found: "draft" (a verified draft), "continued" (decoded on from a
         # draft's confirmed start), "decoded" (token by token from the answer prompt).

@@ -23,6 +23,7 @@ ALL = "all"
 ALPHA = 0.05
 JOINT = re.compile(r"latent_(\d+)(?:-(\d+))?@(0|0-\d+)$")
 ABLATIONS = ("mean", "zero", "resample")
+FLOOR = 0.05  # a clean accuracy below this leaves nothing for an ablation to lower
 
 
 def _ci(ci: list[float | None]) -> str:
@@ -55,8 +56,18 @@ def _verdict(e: dict[str, Any]) -> str:
 
 
 def sentences(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
-    """The routing sentences of the "Causal tests" section (none for a sweep without them)."""
-    return (
+    """The routing sentences of the "Causal tests" section (none for a sweep without them).
+    With the clean run's accuracy near 0 an unchanged accuracy says nothing, so nothing is then
+    called dispensable from it."""
+    floor: list[str] = []
+    clean = (result.get("clean") or {}).get(ALL, {}).get("accuracy")
+    if clean is not None and clean < FLOOR and any(dispensable(e) for e in pooled):
+        pooled = [{**e, "drop_dispensable": False} for e in pooled]
+        floor = [
+            f"The clean run answers {num(clean)} correctly, so an unchanged accuracy cannot show "
+            "that a thought, an edge or a path is dispensable: none is called so here."
+        ]
+    return floor + (
         _truncations(result, pooled)
         + _content(result, pooled)
         + _edges(pooled)
