@@ -39,6 +39,8 @@ def test_parse_sites_expands_stars_and_keeps_joint_sets() -> None:
         "latent_2-3@0-1"
     )
     assert iv.sites_name([Site(1, 0), Site(3, 0)]) == "latent_1@0+latent_3@0"
+    assert iv.sites_name([Site(2, x) for x in range(3)]) == "latent_2@0-2"
+    assert iv.sites_name([Site(2, 0), Site(2, 2)]) == "latent_2@0+latent_2@2"
 
 
 @pytest.mark.parametrize(

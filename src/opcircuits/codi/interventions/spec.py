@@ -132,10 +132,10 @@ def joint_name(first: int, last: int) -> str:
 
 def sites_name(sites: Sequence[Site]) -> str:
     """`latent_3@2`, `bot@1+latent_2@3`; a block of consecutive thoughts at the same layers is
-    written as a range: `latent_2-6@0`, `latent_2-6@0-4` (layers 0 to 4)."""
+    written as a range: `latent_2-6@0`, `latent_2-6@0-4` (layers 0 to 4), `latent_6@0-4`."""
     steps = sorted({s.step for s in sites})
     layers = sorted({s.layer for s in sites})
-    block = len(steps) > 1 and steps[0] >= 1 and steps == list(range(steps[0], steps[-1] + 1))
+    block = len(sites) > 1 and steps[0] >= 1 and steps == list(range(steps[0], steps[-1] + 1))
     if block and len(sites) == len(steps) * len(layers):
         if len(layers) == 1 or layers == list(range(layers[0], layers[-1] + 1)):
             where = str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
