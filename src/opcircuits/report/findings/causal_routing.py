@@ -106,7 +106,10 @@ def _truncations(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[s
         )
     for e in kept:
         if e["thoughts"] in (0, 1) and e not in enough[:1]:
-            s.append(f"Keeping {e['thoughts']} thoughts at preserved positions {_verdict(e)}.")
+            n = e["thoughts"]
+            s.append(
+                f"Keeping {n} thought{'' if n == 1 else 's'} at preserved positions {_verdict(e)}."
+            )
     effect = (result.get("routing") or {}).get("position_effect") or []
     natural = {e["thoughts"]: e for e in pooled if e["kind"] == "truncate"}
     moved = [
