@@ -41,6 +41,8 @@ def table(n: int = 150, seed: int = 0, first_matters: bool = True) -> pd.DataFra
             row("patch latent_3@2", "patch", ok, sites="latent_3@2", position="latent_3",
                 layer=2, ld_answer=ld_clean, ld_first=ld_clean / 2,
                 follows_source=False)  # fmt: skip
+            row("patch_step latent_1-6@2", "patch_step", ok, sites="latent_1-6@2",
+                ld_answer=(ld_clean + ld_partner) / 2, ld_first=None)  # fmt: skip
             row("path all", "path", not ok, ld_answer=ld_partner, ld_first=ld_partner / 2,
                 follows_source=True)  # fmt: skip
     return pd.DataFrame(rows)
@@ -73,7 +75,13 @@ def test_normalized_recovery_is_0_for_the_problems_run_and_1_for_the_partners():
         assert got["path all", "category", "all", measure]["recovery"] == pytest.approx(1)
         for step in ("1", "2"):  # step-resolved where the partners carry changed_step
             assert got["path all", "changed_step", step, measure]["recovery"] == pytest.approx(1)
-    assert {r["intervention"] for r in rec} == {"patch latent_3@2", "path all"}
+    half = got["patch_step latent_1-6@2", "changed_step", "1", "ld_answer"]["recovery"]
+    assert half == pytest.approx(0.5)  # halfway: the mean of the two baselines
+    assert {r["intervention"] for r in rec} == {
+        "patch latent_3@2",
+        "path all",
+        "patch_step latent_1-6@2",
+    }
 
 
 def test_position_effect_is_the_preserved_minus_the_natural_truncation():
@@ -95,6 +103,7 @@ def test_sentences_say_what_routes_the_answer_and_nothing_the_numbers_contradict
     assert "Blocking the answer's attention to all thoughts leaves accuracy unchanged" in text
     assert "is a position effect" in text
     assert "With the answer's positions kept, 1 of the 6 thoughts answer as well as all 6" in text
+    assert "step 1: 0.50 at layer 2" in text and "step 2: 0.50 at layer 2" in text
     # Without the first thought's content mattering, nothing says the thoughts are needed.
     text = " ".join(sentences(result(table(first_matters=False)))["sentences"])
     assert "content is needed" not in text and "thoughts needed" not in text

@@ -242,7 +242,7 @@ def _edges(pooled: list[dict[str, Any]]) -> list[str]:
 def _paths(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
     paths = {e["intervention"]: e for e in pooled if e["kind"] == "path"}
     if not paths:
-        return []
+        return _by_step(result, pooled)
     rec = {
         r["intervention"]: r
         for r in (result.get("routing") or {}).get("recovery", [])
@@ -267,6 +267,7 @@ def _paths(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
             "Path patching the partner's prompt (question + bot): read by the answer only, "
             f"{text('path answer')}; read by the thoughts only, {text('path thoughts')}{every}."
         )
+    s += _by_step(result, pooled)
     patch = [r for r in rec.values() if paths.get(r["intervention"]) is None]
     best = max((r for r in patch if r["recovery"] is not None), key=lambda r: r["recovery"],
                default=None)  # fmt: skip
@@ -278,3 +279,31 @@ def _paths(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
             "the whole answer, 0 = the problem's own run, 1 = the partner's)."
         )
     return s
+
+
+def _by_step(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
+    """Step-resolved: per changed step, the layer where patching the thought that should hold
+    it (`patch_step`) recovers most of the way to the partner's answer."""
+    kinds = {e["intervention"]: e["kind"] for e in pooled}
+    rows = [
+        r
+        for r in (result.get("routing") or {}).get("recovery", [])
+        if r["by"] == "changed_step" and r["measure"] == "ld_answer"
+        and kinds.get(r["intervention"]) == "patch_step" and r["recovery"] is not None
+    ]  # fmt: skip
+    if not rows:
+        return []
+    parts = []
+    for step in sorted({r["group"] for r in rows}, key=int):
+        best = max((r for r in rows if r["group"] == step), key=lambda r: r["recovery"])
+        layer = best["intervention"].rsplit("@", 1)[-1]
+        parts.append(
+            f"step {step}: {num(best['recovery'])} at layer {layer} ({_ci(best['recovery_ci'])}, "
+            f"{best['n']} problems)"
+        )
+    return [
+        "By the step whose operation the partner changes, patching the partner's state into the "
+        "thought of that step recovers at most (normalized, whole-answer logit difference): "
+        + "; ".join(parts)
+        + "."
+    ]
