@@ -24,6 +24,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from opcircuits.analysis.scoring import Scores, make_folds, score
+
 TEXT_CS = (0.1, 1.0, 10.0, 100.0)
 
 
@@ -83,3 +85,14 @@ def confound_fold(
 ) -> np.ndarray:
     with threadpool_limits(1):
         return confound_pipeline(seed).fit(features[train], y[train]).predict(features[test])
+
+
+def question_text_scores(
+    questions: list[str], y: np.ndarray, folds: int = 5, repeats: int = 1, seed: int = 0
+) -> Scores:
+    """The question-text control on its own, as the analysis runs it (the same stratified folds,
+    `text_fold` on each): how well the question's words alone predict the labels `y` (0..k−1).
+    Used to check that a data set's questions do not give its labels away."""
+    fold_list = make_folds(y, folds, repeats, seed)
+    preds = [text_fold(questions, y, f.train, f.test, seed) for f in fold_list]
+    return score(y, fold_list, preds, int(y.max()) + 1)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 REFERENCE_NAME = "reference_answers.json"
 # Record fields accuracy is also broken down by, when every problem has them (the data stage's
 # labels; synthetic problems add whether the question's frame was held out of training).
-GROUP_FIELDS = ("category", "n_steps", "heldout_frame")
+GROUP_FIELDS = ("category", "n_steps", "heldout_frame", "heldout_phrasing")
 
 
 def read_eval_problems(source: str | Path) -> list[dict[str, Any]]:

@@ -8,6 +8,11 @@ from pathlib import Path
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options.core import DEFAULT_DATA, SPLITS, check_fields, opt
 
+SYNTH_KINDS = ("chain", "rules")
+# Per kind: (step counts, max_result) when --steps / --max-result are not given.
+SYNTH_DEFAULTS = {"chain": ([2, 3], 50), "rules": ([3, 4, 5], 60)}
+RULES_MAX_RESULT = 200
+
 # --- data --------------------------------------------------------------------------------------
 
 
@@ -95,34 +100,59 @@ class SynthOptions:
         help="Output JSONL; a manifest <name>.manifest.json (and <name>.pairs.jsonl) are "
         "written beside it.",
     )
+    kind: str = opt(
+        "chain",
+        choices=SYNTH_KINDS,
+        help="chain: every step's operation is stated in the question ('then she gives away "
+        "3'). rules: one rule is stated once and applied --steps times, e.g. 'if the number is "
+        "even it is halved, otherwise 5 is added'; which operation each step applies depends on "
+        "the current value, so the operations (and the category) are known only by computing "
+        "the intermediate results. Problems are drawn with raked weights under which the rule "
+        "set, start number, operand and step count have the same distribution in every "
+        "category, so the question text does not give the category away.",
+    )
     n: int = opt(600, help="Problems in all (a multiple of 3: n/3 per category).")
     seed: int = opt(0, help="Seed (same seed and options → same bytes).")
     split: str = opt(
         "test",
         choices=SPLITS,
-        help="train: only training frames and train computations; test: also the held-out "
-        "frames, and only test computations.",
+        help="train: only training frames (and phrasings) and train computations; test: also "
+        "the held-out frames (and, for rules, held-out rule phrasings), and only test "
+        "computations.",
     )
     # `str` too: `opcircuits run --synth-steps 2,3` passes the text, check_fields parses it
-    steps: list[int] | str = opt(
-        [2, 3],
+    steps: list[int] | str | None = opt(
+        None,
         list=int,
-        help="Step counts (each 2..6); every category gets the same number of problems of each.",
+        help="Step counts (each 2..6; default 2,3, or 3,4,5 with --kind rules: how many times "
+        "the rule is applied); every category gets the same number of problems of each.",
     )
-    min_operand: int = opt(2, help="Smallest number in a question.")
-    max_operand: int = opt(10, help="Largest number in a question.")
-    max_result: int = opt(50, help="Largest intermediate or final result (all are ≥ 1).")
+    min_operand: int = opt(2, help="Smallest number in a question (rules: of the operand b).")
+    max_operand: int = opt(10, help="Largest number in a question (rules: of the operand b).")
+    max_result: int | None = opt(
+        None,
+        help="Largest intermediate or final result (all are ≥ 1; default 50, or 60 with --kind "
+        "rules; rules: also the largest start number).",
+    )
     heldout_share: float = opt(
-        0.5, help="test split: share of problems written with a held-out frame."
+        0.5,
+        help="test split: share of problems written with a held-out frame (rules: and, drawn "
+        "separately, the share written with a held-out phrasing of the rule).",
     )
     pairs: bool = opt(
         True,
-        help="Also write <name>.pairs.jsonl: each problem's counterfactual partner (one step's "
-        "operation changed).",
+        help="Also write <name>.pairs.jsonl: each problem's counterfactual partner (chain: one "
+        "step's operation changed; rules: the start or the operand changed so that exactly one "
+        "step's operation changes, for the problems that have such a partner).",
     )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        default_steps, default_max = SYNTH_DEFAULTS[self.kind]
+        if self.steps is None:
+            self.steps = list(default_steps)
+        if self.max_result is None:
+            self.max_result = default_max
         if self.n < 3 or self.n % 3:  # the three categories get n/3 each
             raise OpcircuitsError(f"must be a positive multiple of 3, got {self.n}", field="n")
         if any(not 2 <= c <= 6 for c in self.steps):
@@ -143,6 +173,12 @@ class SynthOptions:
             )
         if not 0.0 <= self.heldout_share <= 1.0:
             raise OpcircuitsError("must be between 0 and 1", field="heldout_share")
+        if self.kind == "rules" and self.max_result > RULES_MAX_RESULT:
+            # every (rule set, start, operand, steps) is enumerated and raked
+            raise OpcircuitsError(
+                f"must be at most {RULES_MAX_RESULT} with --kind rules, got {self.max_result}",
+                field="max_result",
+            )
 
     def step_counts(self) -> list[int]:
         return sorted(set(self.steps))

@@ -44,16 +44,19 @@ class CodiObjective(nn.Module):
     def forward(
         self, batch: dict[str, torch.Tensor], student: bool = True
     ) -> dict[str, torch.Tensor]:
-        lm = self.model.codi
-        teacher = lm(
-            input_ids=batch["teacher_ids"],
-            attention_mask=batch["teacher_mask"],
-            output_hidden_states=student,
-            use_cache=False,
-        )
-        teacher_ce = _shifted_ce(teacher.logits, batch["teacher_labels"])
-        zero = teacher_ce.new_zeros(())
+        # The teacher runs only where a loss reads it (a student-only recipe sets both to 0).
+        teacher = None
+        if not student or self.teacher_factor or self.distill_factor:
+            teacher = self.model.codi(
+                input_ids=batch["teacher_ids"],
+                attention_mask=batch["teacher_mask"],
+                output_hidden_states=student,
+                use_cache=False,
+            )
         if not student:
+            assert teacher is not None
+            teacher_ce = _shifted_ce(teacher.logits, batch["teacher_labels"])
+            zero = teacher_ce.new_zeros(())
             # keep every trainable parameter in the graph (data-parallel reducers expect it)
             extra = [self.model.thought_constant] if self.model.thought_constant is not None else []
             unused = sum(p.sum() for p in [*self.model.prj.parameters(), *extra]) * 0.0
@@ -67,19 +70,12 @@ class CodiObjective(nn.Module):
             }
 
         out, step_logits = self._student(batch)
-        dec_mask = batch["decoder_mask"]
         student_ce = _shifted_ce(out.logits, batch["decoder_labels"])
-
-        rows = torch.arange(dec_mask.shape[0], device=dec_mask.device)
-        students = [h[rows, batch["student_pos"]] for h in out.hidden_states]
-        teachers = [h[rows, batch["teacher_pos"]].detach() for h in teacher.hidden_states]
-        stds = _global_std(teachers)
-        elements = _global_sum(teachers[0].new_tensor(float(teachers[0].numel())))
-        distill = zero
-        for s, t, std in zip(students, teachers, stds, strict=True):
-            distill = distill + layer_distill_loss(s, t, std, elements, self.distill_loss)
-        distill = distill / len(students) * self.distill_factor
-        step_ce = zero
+        zero = student_ce.new_zeros(())
+        teacher_ce = distill = step_ce = zero
+        if teacher is not None:
+            teacher_ce = _shifted_ce(teacher.logits, batch["teacher_labels"])
+            distill = self._distill(batch, out, teacher)
         if self.step_factor > 0 and "step_ids" in batch:
             step_ce = _token_ce(torch.stack(step_logits, dim=1), batch["step_ids"])
         total = student_ce + distill + teacher_ce * self.teacher_factor + step_ce * self.step_factor
@@ -90,6 +86,18 @@ class CodiObjective(nn.Module):
             "teacher_ce": teacher_ce,
             "step_ce": step_ce,
         }
+
+    def _distill(self, batch: dict[str, torch.Tensor], out: Any, teacher: Any) -> torch.Tensor:
+        """The distillation loss at the answer value's first token, every layer."""
+        rows = torch.arange(batch["decoder_mask"].shape[0], device=batch["decoder_mask"].device)
+        students = [h[rows, batch["student_pos"]] for h in out.hidden_states]
+        teachers = [h[rows, batch["teacher_pos"]].detach() for h in teacher.hidden_states]
+        stds = _global_std(teachers)
+        elements = _global_sum(teachers[0].new_tensor(float(teachers[0].numel())))
+        distill = students[0].new_zeros(())
+        for s, t, std in zip(students, teachers, stds, strict=True):
+            distill = distill + layer_distill_loss(s, t, std, elements, self.distill_loss)
+        return distill / len(students) * self.distill_factor
 
     def _student(self, batch: dict[str, torch.Tensor]) -> tuple[Any, list[torch.Tensor]]:
         """The student's forward: its answer output and each thought's LM-head logits [B, V]."""

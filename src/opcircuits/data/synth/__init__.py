@@ -23,12 +23,19 @@ with the confounds of GSM8K removed by construction:
   so its annotations and gold answer (and usually its category) differ. Partners go to a file
   of their own (`<name>.pairs.jsonl`), so the main file stays balanced.
 
+`--kind rules` (modules `rules`, `rules_records`) writes problems of another shape in the same
+record format: a rule stated once ("when the number is even it is halved, otherwise 5 is added")
+applied 3–5 times, so each step's operation depends on the current value and the operations are
+known only by computing; drawn with raked weights so that the question text does not give the
+category away (see `rules`).
+
 Everything is drawn from `random.Random` seeded with a string, so the same seed and options give
 byte-identical files on any machine and Python version.
 
 Modules: `language` (names, objects, phrasings, frames), `plans` (drawing a problem and its
 partner), `records` (a plan in words, the problem record), `output` (a file, its partners and
-manifest: `synth`).
+manifest: `synth`), `rules` (rule sets, the raked pool, partners of the rules kind),
+`rules_records` (its phrasings, records and generation).
 """
 
 from __future__ import annotations
@@ -60,6 +67,22 @@ from opcircuits.data.synth.plans import (
     valid,
 )
 from opcircuits.data.synth.records import record, render
+from opcircuits.data.synth.rules import (
+    RULE_SETS,
+    RULES_TEST_PERCENT,
+    Pool,
+    RulePlan,
+    RuleSet,
+    build_pool,
+    rule_partner,
+    rule_split,
+)
+from opcircuits.data.synth.rules_records import (
+    PHRASINGS,
+    generate_rules,
+    heldout_phrasing,
+    rule_record,
+)
 from opcircuits.options import SynthOptions
 
 __all__ = [
@@ -72,23 +95,35 @@ __all__ = [
     "OBJECTS",
     "OPS",
     "PHRASES",
+    "PHRASINGS",
     "PRONOUNS",
+    "RULES_TEST_PERCENT",
+    "RULE_SETS",
     "SUB_VERBS",
     "TEST_COMPUTATION_PERCENT",
     "Plan",
+    "Pool",
+    "RulePlan",
+    "RuleSet",
     "Step",
     "SynthOptions",
     "allocate_steps",
     "apply",
+    "build_pool",
     "computation_split",
     "draw_ops",
     "draw_plan",
     "generate",
+    "generate_rules",
     "heldout_frame",
+    "heldout_phrasing",
     "pairs_path",
     "partner",
     "record",
     "render",
+    "rule_partner",
+    "rule_record",
+    "rule_split",
     "synth",
     "valid",
 ]

@@ -14,6 +14,8 @@ from opcircuits.data.annotations import CATEGORIES
 from opcircuits.data.synth.language import FRAMES, heldout_frame
 from opcircuits.data.synth.plans import TEST_COMPUTATION_PERCENT, draw_plan, partner
 from opcircuits.data.synth.records import record
+from opcircuits.data.synth.rules import RULE_SETS, RULES_TEST_PERCENT, Pool
+from opcircuits.data.synth.rules_records import PHRASINGS, generate_rules, heldout_phrasing
 from opcircuits.files import manifest_path, sha256_file, write_json_atomic, write_jsonl_atomic
 from opcircuits.options import SynthOptions
 from opcircuits.versions import __version__
@@ -28,11 +30,18 @@ def allocate_steps(per_category: int, counts: list[int]) -> dict[int, int]:
     return {c: q + (i < r) for i, c in enumerate(counts)}
 
 
+def _slots(options: SynthOptions) -> list[tuple[str, int]]:
+    per_step = allocate_steps(options.n // len(CATEGORIES), options.step_counts())
+    return [(c, k) for c in CATEGORIES for k, m in per_step.items() for _ in range(m)]
+
+
 def generate(options: SynthOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The problems (balanced, step-matched, shuffled) and their counterfactual partners."""
+    if options.kind == "rules":
+        problems, partners, _ = generate_rules(options, _slots(options))
+        return problems, partners
     rng = random.Random(f"opcircuits-synth:{options.seed}:{options.split}")
-    per_step = allocate_steps(options.n // len(CATEGORIES), options.step_counts())
-    slots = [(c, k) for c in CATEGORIES for k, m in per_step.items() for _ in range(m)]
+    slots = _slots(options)
     rng.shuffle(slots)
     seen_frames = [f for f in range(len(FRAMES)) if not heldout_frame(f)]
     held = [f for f in range(len(FRAMES)) if heldout_frame(f)]
@@ -69,10 +78,36 @@ def _histograms(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     }
 
 
+def _rules_manifest(
+    problems: list[dict[str, Any]], partners: list[dict[str, Any]], pool: Pool
+) -> dict[str, Any]:
+    """What the rules kind adds to the manifest: rule sets, phrasings, partners, the pool."""
+    return {
+        "kind": "rules",
+        "rule_sets": len(RULE_SETS),
+        "phrasings": len(PHRASINGS),
+        "heldout_phrasing_ids": [p for p in range(len(PHRASINGS)) if heldout_phrasing(p)],
+        "heldout_phrasings": sum(r["heldout_phrasing"] for r in problems),
+        "test_computation_percent": RULES_TEST_PERCENT,
+        "pool": {
+            "computations": len(pool.plans),
+            "drawn_from": int((pool.weight > 0).sum()),
+            "largest_marginal_difference": pool.deviation,
+        },
+        "partners": len(partners),
+        "without_partner": dict(Counter(r["category"] for r in problems if r["pair_id"] is None)),
+        "changed_step": dict(sorted(Counter(str(r["changed_step"]) for r in partners).items())),
+    }
+
+
 def synth(options: SynthOptions) -> Path:
     """Write the problems (and partners) with a manifest beside them; returns the output path."""
     out = Path(options.out)
-    problems, partners = generate(options)
+    pool = None
+    if options.kind == "rules":
+        problems, partners, pool = generate_rules(options, _slots(options))
+    else:
+        problems, partners = generate(options)
     write_jsonl_atomic(out, problems)
     outputs = {"output_sha256": sha256_file(out)}
     if options.pairs:
@@ -81,6 +116,13 @@ def synth(options: SynthOptions) -> Path:
         outputs["pairs_sha256"] = sha256_file(pairs_path(out))
     opts = asdict(options)
     opts["out"] = str(out)
+    if options.kind == "chain":
+        del opts["kind"]  # the chain kind's manifest stays as it was before kinds existed
+    extra = (
+        {"test_computation_percent": TEST_COMPUTATION_PERCENT}
+        if pool is None
+        else _rules_manifest(problems, partners, pool)
+    )
     write_json_atomic(
         manifest_path(out),
         {
@@ -93,7 +135,7 @@ def synth(options: SynthOptions) -> Path:
             "heldout_frames": sum(r["heldout_frame"] for r in problems),
             "frames": len(FRAMES),
             "heldout_frame_ids": [f for f in range(len(FRAMES)) if heldout_frame(f)],
-            "test_computation_percent": TEST_COMPUTATION_PERCENT,
+            **extra,
             "partner_categories": dict(Counter(r["category"] for r in partners)),
             **outputs,
         },
