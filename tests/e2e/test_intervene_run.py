@@ -68,9 +68,16 @@ def test_the_run_patches_the_sampled_problems_from_their_synthetic_partners(fini
     patch = table[table["kind"] == "patch"]
     assert len(patch) == 18
     assert (patch["source_id"] == patch["id"].str.replace("synth_", "synth_cf_")).all()
-    assert sorted(table["intervention"].unique()) == sorted(
-        ["none", "zero latent_1@1", "patch latent_1@1", "truncate 0", "truncate 1"]
-    )
+    labels = set(table["intervention"].unique())
+    asked = {"none", "zero latent_1@1", "patch latent_1@1", "truncate 0", "truncate 1"}
+    assert asked <= labels
+    # The routing controls of these kinds: position-preserved truncations, the joint content
+    # ablations of latent_{k+1} … latent_K (input and every layer), patch_step at each layer.
+    n = int(table[table["kind"] == "patch_step"]["sites"].str.split("@").str[1].astype(int).max())
+    routing = {"truncate_pos 0", "truncate_pos 1", "zero latent_1-2@0", f"zero latent_1-2@0-{n}",
+               "zero latent_2@0", f"zero latent_2@0-{n}"}  # fmt: skip
+    routing |= {f"patch_step latent_1-2@{x}" for x in range(n + 1)}
+    assert labels - asked == routing
     # The model is [extract]'s: the same weights the store was extracted with.
     store = json.loads((out / "store" / "manifest.json").read_text())
     sweep = json.loads((out / "interventions" / "manifest.json").read_text())

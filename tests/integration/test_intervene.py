@@ -59,9 +59,23 @@ def test_sweep_writes_one_row_per_problem_and_intervention(finished, synth_data)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is True
     labels = manifest["interventions"]
-    # 2 sites × (zero, mean, resample, patch) + 1 steering site × 2 directions × 2 α + K truncations
-    assert len(labels) == 8 + 4 + 6 and "truncate 0" in labels and "patch bot@0" in labels
+    # 2 sites × (zero, mean, resample, patch), 2K joint ablations × (zero, mean, resample), 1
+    # steering site × 2 directions × 2 α, K truncations × (natural, position-preserved
+    # positions), the default knockouts (answer → question, bot, prompt, thoughts, each thought;
+    # each thought and all thoughts → question) and 3 paths.
+    K = 6
+    n = 4  # the tiny model's blocks: patch_step at each of layers 0 … n
+    assert len(labels) == 8 + (n + 1) + 3 * 2 * K + 4 + 2 * K + (4 + K + K + 1) + 3
+    for label in ("truncate 0", "truncate_pos 0", "patch bot@0", "mean latent_2-6@0",
+                  "zero latent_1-6@0-4", "knockout answer>question", "knockout latent_3>question",
+                  "path thoughts", "path answer", "path all",
+                  "patch_step latent_1-6@2"):  # fmt: skip
+        assert label in labels, label
     assert len(table) == 6 * (1 + len(labels))  # every problem has a partner: patch rows for all
+    clean = table[table.kind == "none"]
+    assert clean["ld_partner_answer"].notna().all() and clean["ld_answer"].notna().all()
+    assert table["changed_step"].notna().all()
+    assert table[table.kind == "path"]["ld_answer"].notna().all()
     assert table["id"].tolist()[:: 1 + len(labels)] == [f"synth_{i}" for i in range(6)]
     patch = table[table.kind == "patch"]
     assert (patch["source_id"] == patch["id"].str.replace("synth_", "synth_cf_")).all()
@@ -82,8 +96,14 @@ def test_sweep_writes_one_row_per_problem_and_intervention(finished, synth_data)
         "causal_steering.png",
         "causal_patching.png",
     }
-    thoughts = [t for t in result["thoughts"] if t["category"] == "all"]
-    assert [t["thoughts"] for t in thoughts] == list(range(7))
+    for positions in ("natural", "preserved"):  # both truncation curves, the clean run at 6
+        curve = [
+            t for t in result["thoughts"] if t["category"] == "all" and t["positions"] == positions
+        ]
+        assert [t["thoughts"] for t in curve] == list(range(7))
+    assert result["routing"]["dispensable_delta"] == 0.02
+    assert {r["by"] for r in result["routing"]["recovery"]} == {"category", "changed_step"}
+    assert len(result["routing"]["position_effect"]) == 6
 
 
 def test_a_crashed_sweep_resumes_to_the_same_result(

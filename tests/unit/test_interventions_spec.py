@@ -33,7 +33,14 @@ def test_parse_sites_expands_stars_and_keeps_joint_sets() -> None:
     ]  # the repeated latent_2@1 once
     assert len(iv.parse_sites("all", 3, 2)) == 4 * 3
     assert iv.parse_sites("bot@all", 1, 1) == [(Site(0, 0), Site(0, 1))]
-    assert iv.sites_name(sets[3]) == "latent_1@0+latent_2@0+latent_3@0"
+    assert iv.sites_name(sets[3]) == "latent_1-3@0"
+    assert iv.sites_name(sets[4]) == "bot@1+bot@2"
+    assert iv.sites_name([Site(2, x) for x in (0, 1)] + [Site(3, x) for x in (0, 1)]) == (
+        "latent_2-3@0-1"
+    )
+    assert iv.sites_name([Site(1, 0), Site(3, 0)]) == "latent_1@0+latent_3@0"
+    assert iv.sites_name([Site(2, x) for x in range(3)]) == "latent_2@0-2"
+    assert iv.sites_name([Site(2, 0), Site(2, 2)]) == "latent_2@0+latent_2@2"
 
 
 @pytest.mark.parametrize(
@@ -52,9 +59,13 @@ def test_parse_sites_errors(spec: str, message: str) -> None:
 
 
 def test_the_kinds_table() -> None:
-    assert iv.KINDS == ("none", "zero", "mean", "resample", "patch", "steer", "truncate")
-    assert iv.SITE_KINDS == ("zero", "mean", "resample", "patch", "steer")
+    assert iv.KINDS == (
+        "none", "zero", "mean", "resample", "patch", "patch_step", "steer", "truncate",
+        "truncate_pos", "knockout", "path",
+    )  # fmt: skip
+    assert iv.SITE_KINDS == ("zero", "mean", "resample", "patch", "patch_step", "steer")
     assert {k.source for k in iv.TABLE.values()} == {None, "resample", "patch"}
+    assert iv.TABLE["path"].source == "patch" and iv.TABLE["path"].sites == "optional"
     with pytest.raises(OpcircuitsError, match="unknown intervention 'ablate'"):
         Intervention("ablate")
     with pytest.raises(OpcircuitsError, match="sites are needed"):
@@ -66,6 +77,46 @@ def test_the_kinds_table() -> None:
     assert Intervention("truncate", keep=1).start(3) == 2
     assert Intervention("truncate", keep=1).thoughts(3) == 1
     assert Intervention("patch", site).start(3) == 2 and Intervention("none").start(3) == 4
+    assert Intervention("truncate_pos", keep=1).label == "truncate_pos 1"
+    assert Intervention("truncate_pos", keep=1).start(3) == 2
+    edges = tuple(iv.parse_edges("latent_2>question,answer>bot@1#0", 3, 2, 4))
+    knock = Intervention("knockout", edges=edges)
+    assert knock.label == "knockout latent_2>question,answer>bot@1#0" and knock.start(3) == 2
+    assert Intervention("knockout", edges=edges[1:]).start(3) == 4  # only the answer
+    assert Intervention("path", path="answer").label == "path answer"
+    assert Intervention("path", site, path="all").label == "path all latent_2@1"
+    for bad in ({"kind": "knockout"}, {"kind": "path"}, {"kind": "path", "path": "x"}):
+        with pytest.raises(OpcircuitsError):
+            Intervention(**bad)
+
+
+def test_edges_are_parsed_from_text() -> None:
+    E = iv.Edge
+    assert iv.parse_edges("answer>question", 3, 2, 4) == [E("answer", "question")]
+    assert iv.parse_edges("latent_*>question@*", 2, 2, 4) == [
+        E("latent_1", "question", (1,)), E("latent_1", "question", (2,)),
+        E("latent_2", "question", (1,)), E("latent_2", "question", (2,)),
+    ]  # fmt: skip
+    assert iv.parse_edges("answer>latent_2@1+2#*", 3, 2, 2) == [
+        E("answer", "latent_2", (1, 2), (0,)), E("answer", "latent_2", (1, 2), (1,))
+    ]  # fmt: skip
+    edge = E("answer", "latent_2")
+    assert list(edge.columns(10, 3)) == [11] and list(E("answer", "question").columns(10, 3)) == [
+        *range(9)
+    ]
+    assert list(E("answer", "thoughts").columns(10, 3)) == [10, 11, 12]
+    assert edge.applies("answer") and not edge.applies(2)
+    assert E("thoughts", "question").applies(1) and not E("thoughts", "question").applies(0)
+    for bad, msg in (
+        ("answer", "QUERY>KEYS"), ("answer>latent_4", "unknown keys"), ("bot>question", "query"),
+        ("answer>bot@3", "out of range"), ("answer>bot#4", "out of range"), ("", "no edges"),
+    ):  # fmt: skip
+        with pytest.raises(OpcircuitsError, match=msg):
+            iv.parse_edges(bad, 3, 2, 4)
+    sets = iv.parse_sites("latent_2-3@0,latent_1-3@all", 3, 1)
+    assert sets == [(Site(2, 0), Site(3, 0)), tuple(Site(s, x) for s in (1, 2, 3) for x in (0, 1))]
+    with pytest.raises(OpcircuitsError, match="range"):
+        iv.parse_sites("latent_3-2@0", 3, 1)
 
 
 def _reference() -> iv.Reference:

@@ -163,13 +163,43 @@ def _aggregate(sw: Sweep, boot: Boot) -> tuple[dict, dict, dict]:
 
 
 def _pooled_tests(sw: Sweep, n_boot: int, seed: int) -> dict[str, list]:
-    """Per pooled intervention: family-wise p (step-down studentized sign flips) and TOST."""
+    """Per pooled intervention: family-wise p (step-down studentized sign flips) and TOST (at
+    the sweep's "no effect" bound, and at the tighter `DISPENSABLE` bound of the accuracy drop
+    that "dispensable" needs)."""
     out: dict[str, list] = {}
     for name in ("drop", "logp_drop"):
         X = sw.matrix(MATRICES[name][0], sw.all_ids, True)
         out[f"{name}_p_family"] = [_num(v) for v in causal_stats.family_p(X, n_boot, seed)]
         out[f"{name}_tost_p"], out[f"{name}_no_effect"] = causal_stats.no_effect(X, name, ALPHA)
+        if name == "drop":
+            delta = causal_stats.DISPENSABLE
+            families = [
+                causal_stats.routing_family(
+                    str(sw.info.loc[x, "kind"]), _py(sw.info.loc[x].get("sites"))
+                )
+                for x in sw.labels
+            ]
+            tost, within = causal_stats.no_effect(X, name, ALPHA, delta, families)
+            out["drop_equiv_p"], out["drop_dispensable"] = tost, within
     return out
+
+
+def routing(
+    table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """The routing controls' own measures (`causal_routing`): normalized recovery of the
+    patching interventions (pooled, per category, per changed step) and the position effect of
+    truncation, with the same bootstrap resamples as `effects`."""
+    from opcircuits.analysis import causal_routing
+
+    sw = sweep(table)
+    boot = _weights(sw.ids, n_boot, seed)
+    W_all = np.concatenate([boot.weights[c] for c in sw.cats], 1)
+    return {
+        "dispensable_delta": causal_stats.DISPENSABLE,
+        "recovery": causal_routing.recovery(sw, boot.weights, level),
+        "position_effect": causal_routing.position_effect(sw, W_all, level),
+    }
 
 
 def effects(
@@ -265,6 +295,27 @@ METHODS = {
     "`logp_drop_p_family`: on all problems). An operation-specific effect is one that passes "
     "(`drop_claimed`); `drop_crossover` names interventions that pass with the opposite sign on "
     "the same pair (a double dissociation).",
+    "routing": "Routing controls. Truncation twice: eot and the answer right after the k kept "
+    "thoughts (natural positions) and at the position ids they have after K thoughts "
+    "(`truncate_pos`, the skipped steps leave no keys), so only the thoughts differ; their paired "
+    "difference is the position effect. Joint content ablations: latent_{k+1} … latent_K "
+    "mean/zero/resampled together at the input (layer 0: the fed-back vector only, the target's "
+    "position embedding kept) and at every layer, positions unchanged. Attention knockouts: the "
+    "attention logits of a query segment (eot + answer tokens, a thought, all thoughts) to a key "
+    "set (question, bot, a thought, all thoughts) set to -inf, on every layer or named ones, every "
+    "head or named ones. Path patching: the partner's prompt (question + bot keys and values, "
+    "and bot's final state) read by the thoughts only, the answer only, or all segments. "
+    "'Dispensable' needs TOST within ±0.02 accuracy (`drop_equiv_p`; `drop_dispensable`: Holm "
+    "within the control's family — the joint content ablations, the position-preserved "
+    "truncations, the knockouts, the paths, each other kind); 'needed' a family-wise claim "
+    "(step-down max-T over the whole sweep).",
+    "recovery": "Logit difference LD = log p(partner's answer) − log p(problem's answer), "
+    "teacher-forced (whole answer; and at the first answer token where they differ). Normalized "
+    "recovery of a patching intervention = (LD − LD_clean) / (LD_partner − LD_clean), means over "
+    "problems first (Heimersheim & Nanda 2024): 0 = the problem's own run, 1 = the partner's "
+    "own run (measured in its own batch); with the problem as the clean run it is the damage of "
+    "noising with the partner's states. Bootstrap intervals with the sweep's resamples; pooled, "
+    "per category and per changed step.",
     "log_prob": "log p of the gold answer's value tokens and EOS, teacher-forced after the "
     "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
     "eos.",
@@ -310,12 +361,15 @@ SECTION_KEYS = (
     "provenance", "options", "num_latent", "num_layers", "positions", "categories", "clean",
     "thoughts", "effects", "interactions", "notes", "methods",
 )  # fmt: skip
+# Kept when present (sweeps from before the routing controls lack them).
+OPTIONAL_KEYS = ("routing",)
 
 
 def report_section(result: dict[str, Any], source: str, manifest: dict[str, Any]) -> dict:
     """The report's `causal_tests`: interventions.json's numbers, where they came from, and
     whether they came from the analyzed store's model and problems (hashes compared)."""
     section = {k: result[k] for k in SECTION_KEYS}
+    section.update({k: result[k] for k in OPTIONAL_KEYS if k in result})
     section["provenance"] = {k: v for k, v in result["provenance"].items() if k != "created"}
     prov = section["provenance"]
     same = {

@@ -17,12 +17,15 @@ and which bounds its effect near 0 (`analysis.causal` builds the matrices; this 
 - `crossovers`: claimed interactions of opposite sign on the same pair of categories (site A
   matters more for category X, site B more for Y): the double dissociation.
 - `no_effect`: Schuirmann's (1987) TOST per intervention with bound ±δ, Holm over the sweep, so
-  "no effect" is said only where the effect is shown to lie within ±δ.
+  "no effect" is said only where the effect is shown to lie within ±δ; "dispensable" (δ =
+  `DISPENSABLE`) is corrected by Holm within each `routing_family` (the claims the routing
+  sentences make of one control), not over the whole sweep.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 
@@ -30,6 +33,9 @@ from opcircuits.analysis.inference import holm, step_down_max_t, tost_p
 
 # The equivalence bounds of "no effect": accuracy (share of problems) and log-prob (nats).
 DELTA = {"drop": 0.05, "logp_drop": 0.1}
+# The tighter bound of "dispensable" (a thought's content, a truncation): the accuracy drop is
+# shown to lie within ±0.02.
+DISPENSABLE = 0.02
 _FLOOR = 1e-12  # a variance of 0 (every difference equal) must not divide by 0
 
 
@@ -110,9 +116,31 @@ def crossovers(rows: list[dict], measure: str = "drop") -> list[dict]:
     return out
 
 
-def no_effect(X: np.ndarray, measure: str, alpha: float = 0.05) -> tuple[list, list]:
-    """Per intervention: the TOST p-value of |mean| < DELTA[measure] and whether "no effect"
-    holds after Holm over the sweep."""
-    ps = [tost_p(row, DELTA[measure]) for row in X]
-    adjusted = holm(ps)
+def no_effect(
+    X: np.ndarray,
+    measure: str,
+    alpha: float = 0.05,
+    delta: float | None = None,
+    families: list[str] | None = None,
+) -> tuple[list, list]:
+    """Per intervention: the TOST p-value of |mean| < δ (DELTA[measure] unless given) and
+    whether "no effect" holds after Holm over the sweep (or within each of `families`, one
+    label per intervention)."""
+    bound = DELTA[measure] if delta is None else delta
+    ps = [tost_p(row, bound) for row in X]
+    groups = families or ["sweep"] * len(ps)
+    adjusted: list[float | None] = [None] * len(ps)
+    for name in dict.fromkeys(groups):
+        members = [i for i, g in enumerate(groups) if g == name]
+        for i, a in zip(members, holm([ps[i] for i in members]), strict=True):
+            adjusted[i] = a
     return ps, [a is not None and a < alpha for a in adjusted]
+
+
+def routing_family(kind: str, sites: str | None) -> str:
+    """The family a "dispensable" claim is corrected within: the joint content ablations of a
+    block of thoughts, each routing control's kind (truncate_pos, knockout, path), and every
+    other kind on its own."""
+    if kind in ("zero", "mean", "resample") and sites and re.match(r"latent_\d+-\d+@", sites):
+        return "joint"
+    return kind

@@ -52,17 +52,22 @@ def summarize(
         w = wilson_interval(float(sub["correct"].sum()), len(sub))
         clean_acc[cat] = {"n": len(sub), "accuracy": w.mean, "ci": [w.low, w.high]}
     K = manifest["num_latent"]
-    # Accuracy against the number of thoughts kept (truncation; K = the clean run), Wilson CIs.
+    # Accuracy against the number of thoughts kept (K = the clean run), Wilson CIs: eot and the
+    # answer right after the kept thoughts (natural positions) or at their K-thought position
+    # ids (position-preserved).
     thoughts = []
-    trunc = frame[frame["kind"].isin(["truncate", "none"])]
-    for cat in [*cats, causal.ALL]:
-        in_cat = trunc if cat == causal.ALL else trunc[trunc["category"] == cat]
-        for k, sub in in_cat.groupby("thoughts"):
-            w = wilson_interval(float(sub["correct"].sum()), len(sub))
-            thoughts.append(
-                {"thoughts": int(k), "category": cat, "n": len(sub), "accuracy": w.mean,
-                 "ci": [w.low, w.high]}
-            )  # fmt: skip
+    for positions, kind in (("natural", "truncate"), ("preserved", "truncate_pos")):
+        trunc = frame[frame["kind"].isin([kind, "none"])]
+        if not (trunc["kind"] == kind).any():
+            continue
+        for cat in [*cats, causal.ALL]:
+            in_cat = trunc if cat == causal.ALL else trunc[trunc["category"] == cat]
+            for k, sub in in_cat.groupby("thoughts"):
+                w = wilson_interval(float(sub["correct"].sum()), len(sub))
+                thoughts.append(
+                    {"thoughts": int(k), "category": cat, "positions": positions, "n": len(sub),
+                     "accuracy": w.mean, "ci": [w.low, w.high]}
+                )  # fmt: skip
     result = {
         "provenance": {k: v for k, v in manifest.items() if k not in ("options", "complete")},
         "options": manifest["options"],
@@ -74,11 +79,19 @@ def summarize(
         "thoughts": _round(thoughts),
         "effects": _round(effects),
         "interactions": _round(interactions),
+        "routing": _routing(frame, options),
         "notes": notes,
         "methods": causal.METHODS,
     }
     result["findings"] = causal_findings.sentences(result)
     return result
+
+
+def _routing(frame: pd.DataFrame, options: InterveneOptions) -> dict[str, Any]:
+    from opcircuits.analysis import causal
+
+    got = causal.routing(frame, n_boot=options.bootstrap, seed=options.seed)
+    return {k: _round(v) if isinstance(v, list) else v for k, v in got.items()}
 
 
 def _round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

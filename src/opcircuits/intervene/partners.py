@@ -63,7 +63,8 @@ def read_inputs(options: InterveneOptions, pairs: Path | None) -> Inputs:
     if not records:
         raise OpcircuitsError("no problems", path=options.data)
     # Partners are only patch sources: without patching they would only cost clean runs.
-    partners = read_records(pairs) if pairs is not None and "patch" in options.kinds else []
+    patching = {"patch", "path"} & set(options.kinds)
+    partners = read_records(pairs) if pairs is not None and patching else []
     ids = {str(r["id"]) for r in records}
     partners = [r for r in partners if str(r["id"]) not in ids]  # a problem is its own record
     patch_map = _read_patch_map(options.patch_map) if options.patch_map is not None else None

@@ -21,7 +21,7 @@ from opcircuits.files import (
     write_json_atomic,
 )
 
-FORMAT = "opcircuits-interventions/1"
+FORMAT = "opcircuits-interventions/2"  # 2: routing controls, logit differences
 MANIFEST = "manifest.json"
 PARTS = "parts"
 TABLE = "interventions.parquet"
@@ -51,6 +51,11 @@ SCHEMA = pa.schema(
         ("source_gold", pa.float64()),
         ("logp_source", pa.float64()),
         ("follows_source", pa.bool_()),
+        ("ld_first", pa.float64()),
+        ("ld_answer", pa.float64()),
+        ("ld_partner_first", pa.float64()),
+        ("ld_partner_answer", pa.float64()),
+        ("changed_step", pa.int64()),
     ]
 )
 
@@ -89,7 +94,7 @@ def remove_interventions(path: str | Path) -> None:
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     """Deterministic parquet (fixed schema and options, no timestamps), written atomically."""
     for r in rows:  # a non-finite log-probability (underflow) is recorded as missing
-        for key in ("logp_gold", "logp_source"):
+        for key in ("logp_gold", "logp_source", "ld_first", "ld_answer"):
             if r.get(key) is not None and not math.isfinite(r[key]):
                 r[key] = None
     table = pa.Table.from_pylist(rows, schema=SCHEMA)

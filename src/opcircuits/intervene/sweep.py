@@ -32,9 +32,14 @@ log = logging.getLogger(__package__)  # the command's logger, as before the pack
 
 
 def build_sweep(
-    options: InterveneOptions, num_latent: int, num_layers: int, with_patch: bool
+    options: InterveneOptions,
+    num_latent: int,
+    num_layers: int,
+    with_patch: bool,
+    num_heads: int = 0,
 ) -> tuple[list[Any], list[str]]:
     """The interventions the options ask for, in a fixed order, and notes on what was skipped."""
+    from opcircuits.codi import interventions as iv
     from opcircuits.codi.interventions import Intervention, parse_sites
 
     notes: list[str] = []
@@ -44,9 +49,23 @@ def build_sweep(
     for kind in options.kinds:
         if kind in ("zero", "mean", "resample"):
             out += [Intervention(kind, s) for s in sites]
+            out += [Intervention(kind, s) for s in joint_sites(num_latent, num_layers)]
+        elif kind == "knockout":
+            heads = num_heads or 1
+            edges = iv.parse_edges(options.edges, num_latent, num_layers, heads)
+            out += [Intervention("knockout", edges=(e,)) for e in edges]
+        elif kind == "path":
+            if with_patch:
+                out += [Intervention("path", path=p) for p in iv.PATHS]
+            else:
+                notes.append("path skipped: no problem has a partner")
         elif kind == "patch":
             if with_patch:
                 out += [Intervention("patch", s) for s in sites]
+                # Each pair patched at the thought that should hold its changed step.
+                for layer in range(num_layers + 1):
+                    steps = range(1, num_latent + 1)
+                    out.append(Intervention("patch_step", tuple(iv.Site(s, layer) for s in steps)))
             else:
                 notes.append(
                     "patch skipped: no problem has a partner (pair_id pairs in the data or a "
@@ -58,7 +77,21 @@ def build_sweep(
                     out += [Intervention("steer", s, a, direction) for a in options.alphas]
         elif kind == "truncate":
             out += [Intervention("truncate", keep=k) for k in range(num_latent)]
-    return out, notes
+            out += [Intervention("truncate_pos", keep=k) for k in range(num_latent)]
+    return list(dict.fromkeys(out)), notes  # a site set asked for twice runs once
+
+
+def joint_sites(num_latent: int, num_layers: int) -> list[tuple[Any, ...]]:
+    """latent_{k+1} … latent_K together, for k = 0 … K-1, at the input (layer 0) and at every
+    layer: the content of the later thoughts at fixed positions."""
+    from opcircuits.codi.interventions import Site
+
+    out = []
+    for k in range(num_latent):
+        steps = range(k + 1, num_latent + 1)
+        out.append(tuple(Site(s, 0) for s in steps))
+        out.append(tuple(Site(s, x) for s in steps for x in range(num_layers + 1)))
+    return out
 
 
 def _steer_categories(options: InterveneOptions, categories: list[str]) -> tuple[str, str] | None:
@@ -103,7 +136,8 @@ def intervene(options: InterveneOptions) -> Path:
     refuse_inputs(out, [options.data, pairs, options.patch_map])
     inputs = read_inputs(options, pairs)
     model, tokenizer = _load_model(options)
-    plan = _plan(options, inputs, model.config.num_latent, model.num_layers)
+    heads = int(getattr(model.lm.config, "num_attention_heads", 0) or 0)
+    plan = _plan(options, inputs, model.config.num_latent, model.num_layers, heads)
     manifest = open_output(out, _manifest(options, inputs, pairs, model, plan))
     parts_dir = out / PARTS
     parts_dir.mkdir(exist_ok=True)
@@ -129,9 +163,9 @@ def _load_model(options: InterveneOptions):
     )  # fmt: skip
 
 
-def _plan(options: InterveneOptions, inputs: Inputs, K: int, n_layers: int) -> Plan:
+def _plan(options: InterveneOptions, inputs: Inputs, K: int, n_layers: int, heads: int) -> Plan:
     with_patch = any(s is not None for s in inputs.source_rows)
-    sweep, notes = build_sweep(options, K, n_layers, with_patch)
+    sweep, notes = build_sweep(options, K, n_layers, with_patch, heads)
     cats = [str(r["category"]) for r in inputs.records]
     steer = _steer_categories(options, cats) if "steer" in options.kinds else None
     if "steer" in options.kinds and steer is None:
@@ -221,6 +255,7 @@ def _run_parts(
         resample=iv.resample_sources(N, options.seed) if N >= 2 else None,
         patch=inputs.source_rows,
     )
+    baseline = _partner_baselines(engine, ref, inputs, options.batch_size)
     todo = sum(len(parts.rows[i]) for i in parts.pending)
     with stage_progress("intervene", enabled=True) as bar:
         task = bar.add_task("intervene", total=todo)
@@ -233,7 +268,37 @@ def _run_parts(
                 for outcomes in runs:
                     rows += iv.outcome_rows(outcomes, problems, ref)
                     bar.advance(task, len({o.problem for o in outcomes}))
+            _add_columns(rows, inputs, baseline)
             order = {pid: k for k, pid in enumerate(p.id for p in problems[:N])}
             labels = {x.label: k for k, x in enumerate([iv.Intervention("none"), *plan.sweep])}
             rows.sort(key=lambda r: (order[r["id"]], labels[r["intervention"]]))
             package._write_parquet(rows, out / PARTS / part_name(i))
+
+
+def _partner_baselines(engine, ref, inputs: Inputs, batch_size: int) -> dict[str, tuple]:
+    """Per problem id with a partner: the logit difference (the partner's answer minus the
+    problem's; first differing token, whole answer) in the partner's own clean run."""
+    from opcircuits.codi import interventions as iv
+
+    pairs = [(i, s) for i, s in enumerate(inputs.source_rows) if s is not None]
+    if not pairs:
+        return {}
+    runs = iv.partner_runs(engine, ref, pairs, batch_size)
+    return {
+        inputs.problems[i].id: (
+            -a.ld_first if a.ld_first is not None else None,
+            a.logp_gold - a.logp_source if a.logp_source is not None else None,
+        )
+        for (i, _), a in zip(pairs, runs, strict=True)
+    }
+
+
+def _add_columns(rows: list[dict[str, Any]], inputs: Inputs, baseline: dict[str, tuple]) -> None:
+    """The record's `changed_step` (which step its partner changes) on every row, and the partner
+    baseline of the logit difference on the clean run's rows."""
+    step = {str(r["id"]): r.get("changed_step") for r in inputs.records}
+    for r in rows:
+        value = step.get(r["id"])
+        r["changed_step"] = int(value) if value is not None else None
+        first, answer = baseline.get(r["id"], (None, None)) if r["kind"] == "none" else (None, None)
+        r["ld_partner_first"], r["ld_partner_answer"] = first, answer

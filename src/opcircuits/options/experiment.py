@@ -237,7 +237,13 @@ class StoreVerifyOptions:
 
 # --- causal tests ------------------------------------------------------------------------------
 
-INTERVENTION_KINDS = ("zero", "mean", "resample", "patch", "steer", "truncate")
+INTERVENTION_KINDS = (
+    "zero", "mean", "resample", "patch", "steer", "truncate", "knockout", "path",
+)  # fmt: skip
+DEFAULT_EDGES = (  # codi.interventions.edges.DEFAULT_EDGES (options sit below codi)
+    "answer>question,answer>bot,answer>prompt,answer>thoughts,answer>latent_*,"
+    "latent_*>question,thoughts>question"
+)
 
 
 @dataclass
@@ -262,8 +268,20 @@ class InterveneOptions:
         # A string, as a config file's list reads back (the checks below make it a list).
         ",".join(INTERVENTION_KINDS),
         list=str,
-        help="Interventions: zero, mean, resample (another problem's state), patch (the "
-        "partner's state; skipped without partners), steer, truncate (fewer thoughts).",
+        help="Interventions: zero, mean, resample (another problem's state; these three also "
+        "ablate latent_{k+1}..latent_K jointly, at the input and at every layer), patch (the "
+        "partner's state; skipped without partners), steer, truncate (fewer thoughts: natural "
+        "positions and position-preserved), knockout (attention edges, --edges), path (the "
+        "partner's prompt read by the thoughts only / the answer only / all).",
+    )
+    edges: str = opt(
+        DEFAULT_EDGES,
+        example="answer>question@*,answer>latent_1#*",
+        help="Attention knockouts: QUERY>KEYS, then optionally @LAYERS and #HEADS, "
+        "comma-separated; QUERY = answer "
+        "(eot + answer tokens), thoughts or latent_k; KEYS = question, bot, prompt, thoughts or "
+        "latent_k (latent_* = each); LAYERS = blocks 1..n joined by + (default every layer; * = "
+        "each in turn); HEADS likewise (default every head).",
     )
     sites: str = opt(
         "all",

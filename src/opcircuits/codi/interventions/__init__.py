@@ -42,6 +42,7 @@ engine, thin named variants): `spec` (sites, `parse_sites`, `Intervention`, `Pro
 drafts and their verification), `run` (`clean_reference`, `run_interventions`, `outcome_rows`).
 """
 
+from opcircuits.codi.interventions.edges import DEFAULT_EDGES, Edge, parse_edges
 from opcircuits.codi.interventions.engine import Answer, Batch, Engine
 from opcircuits.codi.interventions.kinds import DIRECTIONS, KINDS, SITE_KINDS, TABLE, Edit, Kind
 from opcircuits.codi.interventions.reference import Reference, Sources, resample_sources
@@ -49,13 +50,16 @@ from opcircuits.codi.interventions.run import (
     Outcome,
     clean_reference,
     outcome_rows,
+    partner_runs,
     plan_batches,
     run_interventions,
 )
 from opcircuits.codi.interventions.spec import (
+    PATHS,
     Intervention,
     Problem,
     Site,
+    joint_name,
     parse_sites,
     position_name,
     position_step,
@@ -63,7 +67,10 @@ from opcircuits.codi.interventions.spec import (
 )
 
 __all__ = [
+    "DEFAULT_EDGES",
     "DIRECTIONS",
+    "PATHS",
+    "Edge",
     "KINDS",
     "SITE_KINDS",
     "TABLE",
@@ -80,6 +87,9 @@ __all__ = [
     "Sources",
     "clean_reference",
     "outcome_rows",
+    "partner_runs",
+    "joint_name",
+    "parse_edges",
     "parse_sites",
     "plan_batches",
     "position_name",

@@ -6,10 +6,15 @@ answer is decoded by verifying drafts (the gold answer, the source's, the clean 
 one forward each: greedy decoding accepts a draft when every next-token argmax equals the draft's
 next token; rows no draft explains are decoded token by token, as `latent.run_batch` does. The
 same forward gives the gold answer's teacher-forced log-probability.
+
+Every forward is one segment (a step, or the answer) with its key mask as `codi.masks` builds it
+for the model's routing options (`thoughts_read_prompt`, `answer_reads_prompt`), so a model is
+run as it was trained; attention knockouts act on top of that (`hooks.Hooks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ from opcircuits.codi.interventions.hooks import Hooks, rewind
 from opcircuits.codi.interventions.kinds import Edit
 from opcircuits.codi.interventions.spec import Problem
 from opcircuits.codi.latent import forward_step, layer_kv, new_cache, prefill
+from opcircuits.codi.masks import answer_mask, thought_mask
 from opcircuits.codi.model import CodiModel, cache_arg_name
 from opcircuits.codi.prompt import answer_start_ids, gold_answer_ids, prompt_ids
 from opcircuits.errors import OpcircuitsError
@@ -33,6 +39,9 @@ class Answer:
     ids: list[int]
     logp_gold: float
     logp_source: float | None = None
+    # The source's answer token minus the gold's, log-probabilities at the first answer token
+    # where they differ, teacher-forced along the gold answer (the logit difference).
+    ld_first: float | None = None
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Batch:
     T: int  # prompt length incl. bot (bot sits at cache index T - 1)
     clean_final: list[torch.Tensor] = field(default_factory=list)  # per step: [B, 1, D]
     clean_states: torch.Tensor | None = None  # [B, K+1, L, D] (recorded layers)
+    clean_pos0: torch.Tensor | None = None  # [B, K+1, D] position embedding at layer 0
 
     def positions(self, index: int, n: int) -> torch.Tensor:
         """Position ids of n tokens starting at cache index `index` (bot is at T - 1)."""
@@ -75,6 +85,9 @@ class Engine:
         self.cache_name = cache_arg_name(self.backbone)
         self.eos = int(tokenizer.eos_token_id)
         self.answer_prefix = answer_start_ids(model, tokenizer)  # eot [eos]
+        # GPT-2's absolute position embedding (layer 0 = input + it); None for rotary models.
+        self.wpe = getattr(self.backbone, "wpe", None)
+        self._pos0: list[torch.Tensor] = []  # the last `latents` call's position embeddings
         self._gold_cache: dict[str, tuple[list[int], int]] = {}
         # How answers were found: "draft" (a verified draft), "continued" (decoded on from a
         # draft's confirmed start), "decoded" (token by token from the answer prompt).
@@ -95,27 +108,39 @@ class Engine:
         return len(prompt_ids(self.model, self.tokenizer, question))
 
     # -- one forward ------------------------------------------------------------------------
-    def _forward(self, b: Batch, index: int, embeds: torch.Tensor, hidden: bool = False):
-        """Run `embeds` [B, n, D] at cache indices index … index+n-1 (the cache is rewound)."""
+    def _forward(self, b: Batch, index: int, embeds: torch.Tensor, segment: int | str):
+        """Run `embeds` [B, n, D] at cache indices index … index+n-1 (the cache is rewound) as
+        `segment` (a step: 0 = bot, k = thought k; or "answer"), with its key mask."""
         n = embeds.shape[1]
         rewind(b.cache, index)
+        mask = b.mask[:, : index + n]
+        if segment == "answer":
+            mask = answer_mask(self.model.config, mask, b.T)
+        elif segment != 0:
+            mask = thought_mask(self.model.config, mask, b.T)
+        positions = b.positions(index, n)
+        self.hooks.segment = segment
+        self.hooks.pos0 = None if self.wpe is None else self.wpe(positions[:, -1])
         return forward_step(
             self.backbone,
             self.cache_name,
             b.cache,
-            b.mask[:, : index + n],
-            b.positions(index, n),
+            mask,
+            positions,
             embeds=embeds,
-            hidden=hidden,
+            hidden=False,
         )
 
     # -- batches ----------------------------------------------------------------------------
-    def open_batch(self, problems: Sequence[Problem], rows: Sequence[int], room: int = 0) -> Batch:
-        """Left-pad the prompts, prefill all but bot once, allocate the cache for the loop (and
-        for answer prompts of up to `room` tokens besides the batch's own gold answers)."""
+    def open_batch(
+        self, problems: Sequence[Problem], rows: Sequence[int], room: int = 0, width: int = 0
+    ) -> Batch:
+        """Left-pad the prompts (to at least `width` tokens), prefill all but bot once, allocate
+        the cache for the loop (and for answer prompts of up to `room` tokens besides the batch's
+        own gold answers)."""
         m = self.model
         prompts = [prompt_ids(m, self.tokenizer, problems[i].question) for i in rows]
-        B, T = len(prompts), max(map(len, prompts))
+        B, T = len(prompts), max(width, *map(len, prompts))
         room = max([room] + [len(self.gold_ids(problems[i].gold)[0]) for i in rows])
         # Room for a draft or token-by-token decoding; no more, since attention reads the whole
         # preallocated cache at every step (a continuation needing more gets a cache of its own).
@@ -158,6 +183,7 @@ class Engine:
         m = self.model
         finals = b.clean_final[:start]
         recorded: list[dict[int, torch.Tensor]] = []
+        pos0: list[torch.Tensor] = []
         hooks = self.hooks
         B = len(b.rows)
         for s in range(start, stop + 1):
@@ -168,15 +194,18 @@ class Engine:
             hooks.edits = dict((edits or {}).get(s, {}))
             hooks.record = {} if record is not None else None
             try:
-                out = self._forward(b, b.T - 1 + s, x)
+                out = self._forward(b, b.T - 1 + s, x, s)
                 final = out.last_hidden_state[:, -1:]
                 hooks.final(final)
             finally:
                 rec, hooks.edits, hooks.record = hooks.record, {}, None
             finals.append(final)
+            if hooks.pos0 is not None:
+                pos0.append(hooks.pos0)
             if record is not None:
                 assert rec is not None
                 recorded.append({layer: rec[layer] for layer in record})
+        self._pos0 = pos0
         return finals, recorded
 
     def run_clean(self, b: Batch, layers: Sequence[int]) -> torch.Tensor:
@@ -185,14 +214,35 @@ class Engine:
         b.clean_final = finals
         states = torch.stack([torch.stack([r[x] for x in layers], 1) for r in rec], 1)
         b.clean_states = states
+        b.clean_pos0 = torch.stack(self._pos0, 1).float().cpu() if self._pos0 else None
         return states.float().cpu()
+
+    def swap_prompt(self, b: Batch, other: Batch) -> None:
+        """Exchange the prompts' keys, values and masks (question + bot, cache indices 0 … T-1)
+        of two batches of equal T, row by row (calling it again swaps them back)."""
+        assert b.T == other.T and len(b.rows) == len(other.rows)
+        for layer in range(self.n_layers):
+            for mine, theirs in zip(
+                layer_kv(b.cache, layer), layer_kv(other.cache, layer), strict=True
+            ):
+                tmp = mine[:, :, : b.T].clone()
+                mine[:, :, : b.T] = theirs[:, :, : b.T]
+                theirs[:, :, : b.T] = tmp
+        tmp = b.mask[:, : b.T].clone()
+        b.mask[:, : b.T] = other.mask[:, : b.T]
+        other.mask[:, : b.T] = tmp
 
     # -- answers ----------------------------------------------------------------------------
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden).float()
 
     def _verify(
-        self, b: Batch, index: int, drafts: Sequence[Sequence[int]], score_from: Sequence[int]
+        self,
+        b: Batch,
+        index: int,
+        drafts: Sequence[Sequence[int]],
+        score_from: Sequence[int],
+        contrast: Sequence[Sequence[int] | None] | None = None,
     ) -> tuple[list[list[int]], list[bool], list[float]]:
         """Feed each row's draft answer prompt (all but its last token) at cache index `index`.
 
@@ -200,20 +250,24 @@ class Engine:
         (eot excluded) equals the draft's next token, and at the first mismatch it produces the
         argmax. Returns per row those greedy tokens (the confirmed start of the greedy answer),
         whether they are the whole answer (EOS or `max_new_tokens` reached), and the draft's
-        teacher-forced log-probability from token `score_from[row]` on."""
+        teacher-forced log-probability from token `score_from[row]` on. With `contrast` (another
+        answer prompt per row, or None), `self.first_ld` holds per row the log-probability of the
+        contrast's token minus the draft's at the first token where they differ."""
         m = self.model
         n = max(len(d) for d in drafts) - 1
         ids = torch.full((len(drafts), n), self.eos, dtype=torch.long)
         for i, d in enumerate(drafts):
             ids[i, : len(d) - 1] = torch.tensor(d[:-1])
         ids = ids.to(self.device)
-        out = self._forward(b, index, m.embed(ids))
+        out = self._forward(b, index, m.embed(ids), "answer")
         logp = torch.log_softmax(self._logits(out.last_hidden_state), dim=-1)
         target = torch.zeros_like(ids)
         target[:, :-1] = ids[:, 1:]
         for i, d in enumerate(drafts):
             target[i, len(d) - 2] = d[-1]
         tok_logp = logp.gather(-1, target[..., None])[..., 0].cpu()
+        self.first_ld = [_first_ld(logp[i], d, c) for i, (d, c) in enumerate(
+            zip(drafts, contrast or [None] * len(drafts), strict=True))]  # fmt: skip
         logp[..., m.eot_id] = float("-inf")
         greedy = logp.argmax(-1).cpu().tolist()
         P = len(self.answer_prefix)
@@ -265,7 +319,7 @@ class Engine:
         answers = [list(k) for k in known]
         running = list(range(B))
         for _ in range(self.max_new_tokens - min(map(len, known))):
-            out = self._forward(b, index, x)
+            out = self._forward(b, index, x, "answer")
             index += x.shape[1]
             logits = self._logits(out.last_hidden_state[:, -1])
             logits[:, m.eot_id] = float("-inf")
@@ -291,15 +345,24 @@ class Engine:
         drafts: Sequence[Sequence[Sequence[int]]] = (),
         source: Sequence[tuple[list[int], int] | None] | None = None,
         naive: bool = False,
+        shift: int = 0,
     ) -> list[Answer]:
-        """Answers after `thoughts` latent steps (eot at cache index T + thoughts): the gold
-        answer's teacher-forced log-probability (and the source's), and the greedy answer, found by
-        verifying the gold answer, the source's and each row's `drafts` in one forward each, then
-        decoding token by token from the longest confirmed start what none of them explains."""
+        """Answers after `thoughts` latent steps (eot at cache index T + thoughts, position ids
+        `shift` later than right after them): the gold answer's teacher-forced log-probability
+        (and the source's, with the logit difference at their first differing token), and the
+        greedy answer, found by verifying the gold answer, the source's and each row's `drafts`
+        in one forward each, then decoding token by token from the longest confirmed start what
+        none of them explains."""
+        if shift:
+            b = dataclasses.replace(b, last=b.last + shift)
         index = b.T + thoughts
         B = len(b.rows)
         P = list(self.answer_prefix)
-        known, done, logp_gold = self._verify(b, index, [g[0] for g in gold], [g[1] for g in gold])
+        contrast = [s[0] if s is not None else None for s in source] if source else None
+        known, done, logp_gold = self._verify(
+            b, index, [g[0] for g in gold], [g[1] for g in gold], contrast
+        )
+        ld_first = list(self.first_ld)
         tried = [[list(g[0])] for g in gold]
 
         def take(rows: Sequence[int], got, complete) -> None:
@@ -344,7 +407,7 @@ class Engine:
             rest = self._greedy(sub, index, start)
             for i, ids in zip(todo, rest, strict=True):
                 known[i] = ids
-        return [Answer(known[i], logp_gold[i], logp_source[i]) for i in range(B)]
+        return [Answer(known[i], logp_gold[i], logp_source[i], ld_first[i]) for i in range(B)]
 
     # -- hooks ------------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -353,3 +416,16 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.hooks.close()
+
+
+def _first_ld(logp: torch.Tensor, draft: Sequence[int], other: Sequence[int] | None):
+    """log p(other's token) − log p(draft's token) at the first answer token where they differ,
+    from the draft's teacher-forced log-probabilities `logp` [n, V] (None: no contrast, or the
+    same answer)."""
+    if other is None:
+        return None
+    n = min(len(draft), len(other))
+    d = next((t for t in range(n) if draft[t] != other[t]), None)
+    if d is None or d == 0:
+        return None
+    return float(logp[d - 1, other[d]] - logp[d - 1, draft[d]])

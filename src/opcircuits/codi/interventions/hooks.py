@@ -2,14 +2,24 @@
 rewind that lets an intervention rerun only the steps from its first site on.
 
 Layer 0 is a pre-hook on block 1's input; layer l < n block l's output; layer n (the final hidden
-state after the final norm) is edited after the forward (`Hooks.final`).
+state after the final norm) is edited after the forward (`Hooks.final`). At layer 0 an edit sees
+and replaces the fed-back vector only: `pos0` (the target's absolute position embedding, GPT-2)
+is taken off before it and added back after.
+
+Attention knockouts (`edges.Edge`): a pre-hook on each block's attention module sets the
+attention mask it receives to "masked" (−inf, or the dtype's minimum as transformers itself masks,
+or False for a boolean mask) at the named key columns, for every query of the forward of a
+matching segment (`segment`: the step, or "answer"), on all heads or the named ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from opcircuits.codi.interventions.edges import Edge
 from opcircuits.codi.interventions.kinds import Edit
 from opcircuits.errors import OpcircuitsError
 
@@ -33,24 +43,77 @@ def rewind(cache, length: int) -> None:
         cache.crop(length)
 
 
+def attention(block: nn.Module) -> nn.Module:
+    """A decoder block's self-attention module (LLaMA `self_attn`, GPT-2 `attn`)."""
+    for name in ("self_attn", "attn", "attention"):
+        mod = getattr(block, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise OpcircuitsError(f"cannot find the attention module of {type(block).__name__}")
+
+
+def knock_out(mask: torch.Tensor, columns: Sequence[int], heads: Sequence[int], n_heads: int):
+    """`mask` [B, 1 or H, q, k] with `columns` masked (on `heads` only when given)."""
+    B, _, q, k = mask.shape
+    mask = mask.expand(B, n_heads, q, k).clone() if heads else mask.clone()
+    cols = torch.tensor([c for c in columns if c < k], device=mask.device, dtype=torch.long)
+    blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    for h in heads or [slice(None)]:
+        mask[:, h, :, cols] = blocked
+    return mask
+
+
 class Hooks:
-    """Forward hooks that edit and record the last position's state at chosen layers."""
+    """Forward hooks that edit and record the last position's state at chosen layers, and cut
+    attention edges."""
 
     def __init__(self, backbone: nn.Module, num_layers: int) -> None:
         self.n = num_layers
         self.edits: dict[int, Edit] = {}
         self.record: dict[int, torch.Tensor] | None = None
+        self.pos0: torch.Tensor | None = None  # [B, D] the target's position embedding
+        self.segment: int | str = 0  # the step being run, or "answer"
+        self.knockouts: list[tuple[Edge, range]] = []  # (edge, its key columns)
         mods = blocks(backbone, num_layers)
         self.handles = [mods[0].register_forward_pre_hook(self._pre)]
         for i in range(num_layers - 1):  # output of block i+1 = hidden_states[i+1]
             self.handles.append(mods[i].register_forward_hook(self._post(i + 1)))
+        for i, block in enumerate(mods):
+            attn = attention(block)
+            self.handles.append(attn.register_forward_pre_hook(self._mask(i + 1), with_kwargs=True))
+        config = getattr(backbone, "config", None)
+        self.n_heads = int(getattr(config, "num_attention_heads", 0) or 0)
 
     def _apply(self, layer: int, h: torch.Tensor) -> None:
         edit = self.edits.get(layer)
         if edit is not None:
-            h[:, -1] = edit(h[:, -1])
+            if layer == 0 and self.pos0 is not None:  # replace only the fed-back vector
+                h[:, -1] = edit(h[:, -1] - self.pos0) + self.pos0
+            else:
+                h[:, -1] = edit(h[:, -1])
         if self.record is not None:
             self.record[layer] = h[:, -1].clone()
+
+    def _mask(self, block: int):
+        def hook(module, args, kwargs):
+            cut = [
+                (e, cols)
+                for e, cols in self.knockouts
+                if e.applies(self.segment) and (not e.layers or block in e.layers)
+            ]
+            if not cut:
+                return None
+            mask = kwargs.get("attention_mask")
+            if mask is None or mask.dim() != 4:
+                raise OpcircuitsError(
+                    "attention knockouts need the 4-D attention mask transformers builds "
+                    f"(block {block} got {None if mask is None else tuple(mask.shape)})"
+                )
+            for e, cols in cut:
+                mask = knock_out(mask, cols, e.heads, self.n_heads)
+            return args, {**kwargs, "attention_mask": mask}
+
+        return hook
 
     def _pre(self, module, args):
         self._apply(0, args[0])

@@ -25,6 +25,9 @@ class Reference:
     states: torch.Tensor
     layers: list[int]
     reference_rows: list[int]
+    # [N, K+1, D]: the absolute position embedding layer 0 holds at each step (None: none, as
+    # with rotary positions); `content` removes it.
+    pos0: torch.Tensor | None = None
     mean: torch.Tensor = field(init=False)  # [K+1, L, D]
     norm: torch.Tensor = field(init=False)  # [K+1, L]
     index: dict[str, int] = field(init=False)  # problem id → row
@@ -40,6 +43,20 @@ class Reference:
 
     def layer_index(self, layer: int) -> int:
         return self.layers.index(layer)
+
+    def content(self, rows, step: int, li: int) -> torch.Tensor:
+        """The states [len(rows), D] of `rows` at a site, without their own position embedding
+        at layer 0 (what an edit there replaces: the fed-back vector)."""
+        x = self.states[rows, step, li]
+        if self.pos0 is not None and self.layers[li] == 0:
+            x = x - self.pos0[rows, step]
+        return x
+
+    def content_mean(self, step: int, li: int) -> torch.Tensor:
+        """The mean over the reference rows of `content` at a site [D]."""
+        if self.pos0 is None or self.layers[li] != 0:
+            return self.mean[step, li]
+        return self.content(self.reference_rows, step, li).mean(0)
 
     def add_category_direction(self, a: str, b: str) -> None:
         """`diff`: the unit vector from category a's mean to category b's at every site (over the

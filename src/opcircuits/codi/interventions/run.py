@@ -27,6 +27,8 @@ from opcircuits.codi.latent import one_query_attention
 from opcircuits.codi.prompt import decode_answer, extract_number
 from opcircuits.errors import OpcircuitsError
 
+PATCHING = ("patch", "patch_step", "path")  # kinds measured against the source's answer too
+
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar prompt length (longest first, ties by index)."""
@@ -47,6 +49,7 @@ def clean_reference(
     interventions' own batches for the problems they run on, so that the states an intervention
     copies in (mean, resample, patch) are bit-identical to its clean run's."""
     states: torch.Tensor | None = None
+    pos0: torch.Tensor | None = None
     with engine:
         for rows in batches:
             b = engine.open_batch(problems, rows)
@@ -54,10 +57,41 @@ def clean_reference(
                 got = engine.run_clean(b, layers)
             if states is None:
                 states = torch.empty((len(problems), *got.shape[1:]))
+                if b.clean_pos0 is not None:
+                    pos0 = torch.empty((len(problems), *b.clean_pos0.shape[1:]))
             states[list(rows)] = got
+            if pos0 is not None and b.clean_pos0 is not None:
+                pos0[list(rows)] = b.clean_pos0
     assert states is not None
     ref_rows = list(range(len(problems))) if reference_rows is None else list(reference_rows)
-    return Reference(list(problems), states, list(layers), ref_rows)
+    return Reference(list(problems), states, list(layers), ref_rows, pos0)
+
+
+@torch.inference_mode()
+def partner_runs(
+    engine: Engine,
+    reference: Reference,
+    pairs: Sequence[tuple[int, int]],
+    batch_size: int,
+) -> list[Answer]:
+    """For each (problem, source) pair of reference rows, the source's own clean run, decoded
+    with the source's gold answer and the problem's as its contrast: the partner baseline of
+    the logit difference (source's answer minus the problem's = `logp_gold - logp_source`, and
+    `-ld_first` at the first differing token)."""
+    problems = [reference.problems[s] for _, s in pairs]
+    batches = plan_batches([engine.prompt_length(p.question) for p in problems], batch_size)
+    room = max((len(engine.gold_ids(p.gold)[0]) for p in reference.problems), default=0)
+    out: list[Answer | None] = [None] * len(pairs)
+    with engine:
+        for rows in batches:
+            b = engine.open_batch(problems, rows, room)
+            with one_query_attention(engine.model):
+                b.clean_final = engine.latents(b, 0, engine.K)[0]
+                gold = [engine.gold_ids(problems[i].gold) for i in rows]
+                other = [engine.gold_ids(reference.problems[pairs[i][0]].gold) for i in rows]
+                for i, a in zip(rows, engine.decode(b, engine.K, gold, source=other), strict=True):
+                    out[i] = a
+    return [a for a in out if a is not None]
 
 
 def site_edit(
@@ -89,6 +123,7 @@ class Outcome:
     logp_gold: float
     source: int | None = None  # resample/patch: the source's reference row
     logp_source: float | None = None  # patch: the source's gold answer, teacher-forced
+    ld_first: float | None = None  # the source's first differing answer token minus the gold's
     states: torch.Tensor | None = None  # [K+1, L, D] at the reference layers, when recorded
 
 
@@ -121,10 +156,12 @@ def run_interventions(
             with one_query_attention(engine.model):
                 engine.run_clean(b, reference.layers)
                 gold = [engine.gold_ids(problems[i].gold) for i in rows]
-                clean = engine.decode(b, K, gold, naive=naive)
+                src = _patch_sources(sources, ref_rows)
+                clean = engine.decode(b, K, gold, source=_source_gold(engine, reference, src),
+                                      naive=naive)  # fmt: skip
                 out = [
-                    _outcome(engine, problems[i], i, Intervention("none"), a, None)
-                    for i, a in zip(rows, clean, strict=True)
+                    _outcome(engine, problems[i], i, Intervention("none"), a, s)
+                    for i, a, s in zip(rows, clean, src, strict=True)
                 ]
                 if record:
                     assert b.clean_states is not None
@@ -137,6 +174,20 @@ def run_interventions(
                         sources, gold, [a.ids for a in clean], record, naive, room,
                     )  # fmt: skip
             yield out + [o for j in range(len(interventions)) for o in done[j]]
+
+
+def _patch_sources(sources: Sources, ref_rows: Sequence[int]) -> list[int | None]:
+    """Each row's patch source (None: none, or no patch sources given)."""
+    if sources.patch is None:
+        return [None] * len(ref_rows)
+    return [sources.patch[r] for r in ref_rows]
+
+
+def _source_gold(engine: Engine, reference: Reference, src: Sequence[int | None]):
+    """The sources' gold answer prompts (None where a row has no source; None for no source)."""
+    if all(s is None for s in src):
+        return None
+    return [engine.gold_ids(reference.problems[s].gold) if s is not None else None for s in src]
 
 
 def _run_one(
@@ -158,7 +209,7 @@ def _run_one(
     thoughts = iv.thoughts(K)
     src: list[int | None] = [None] * len(rows)
     src_rows = None
-    source = TABLE[iv.kind].source  # resample, patch: the field of `sources` to read
+    source = TABLE[iv.kind].source  # resample, patch, path: the field of `sources` to read
     if source is not None:
         table = getattr(sources, source)
         if table is None:
@@ -170,38 +221,84 @@ def _run_one(
     for site in iv.sites:
         edit = site_edit(iv, site, reference, src_rows, engine.dtype, engine.device)
         edits.setdefault(site.step, {})[site.layer] = edit
+    # Patching measures the source's answer too (and the clean run, when sources exist).
+    source_gold = _source_gold(engine, reference, src) if iv.kind in PATCHING else None
+    drafts = [[c] for c in clean_ids]
+    layers = reference.layers if record else None
+    if iv.kind == "path":
+        assert src_rows is not None
+        return _run_path(
+            engine, problems, rows, iv, reference, src, src_rows, edits, gold, source_gold,
+            drafts, layers, naive, room,
+        )  # fmt: skip
     start = iv.start(K)
     if naive:  # the whole loop again: the prompt, then every step
         b = engine.open_batch(problems, rows, room)
         start = 0
-    layers = reference.layers if record else None
-    recorded = engine.latents(b, start, thoughts, edits, layers)[1] if start <= thoughts else []
-    source_gold = None
-    if iv.kind == "patch":
-        source_gold = [
-            engine.gold_ids(reference.problems[s].gold) if s is not None else None for s in src
-        ]
-    drafts = [[c] for c in clean_ids]
-    answers = engine.decode(b, thoughts, gold, drafts, source_gold, naive=naive)
+    engine.hooks.knockouts = [(e, e.columns(b.T, K)) for e in iv.edges]
+    try:
+        recorded = engine.latents(b, start, thoughts, edits, layers)[1] if start <= thoughts else []
+        shift = K - thoughts if iv.kind == "truncate_pos" else 0
+        answers = engine.decode(b, thoughts, gold, drafts, source_gold, naive=naive, shift=shift)
+    finally:
+        engine.hooks.knockouts = []
     outcomes = [
         _outcome(engine, problems[i], i, iv, a, s)
         for i, a, s in zip(rows, answers, src, strict=True)
     ]
     if record:
-        B, L, D = len(rows), len(reference.layers), engine.model.hidden_size
-        steps = []
-        for s in range(K + 1):
-            if s < start:
-                assert b.clean_states is not None
-                steps.append(b.clean_states[:, s].float().cpu())
-            elif s - start < len(recorded):
-                r = recorded[s - start]
-                steps.append(torch.stack([r[x] for x in reference.layers], 1).float().cpu())
-            else:  # steps after a truncation never ran
-                steps.append(torch.full((B, L, D), float("nan")))
-        for o, st in zip(outcomes, torch.stack(steps, 1), strict=True):
-            o.states = st
+        _attach_states(engine, b, outcomes, reference, start, recorded)
     return outcomes
+
+
+def _run_path(
+    engine, problems, rows, iv, reference, src, src_rows, edits, gold, source_gold, drafts,
+    layers, naive, room,
+) -> list[Outcome]:  # fmt: skip
+    """Path patching: the problem's loop with the partner's prompt (question + bot keys and
+    values, bot's final state) read by the thoughts only, the answer only, or every segment
+    (then at the partner's position ids), and `edits` at the thoughts' sites."""
+    K = engine.K
+    width = max(engine.prompt_length(reference.problems[r].question) for r in src_rows)
+    b = engine.open_batch(problems, rows, room, width)
+    other = engine.open_batch(reference.problems, src_rows, room, b.T)
+    bot, rec = engine.latents(b, 0, 0, record=layers)
+    theirs, rec_theirs = engine.latents(other, 0, 0, record=layers)
+    if iv.path in ("thoughts", "all"):
+        engine.swap_prompt(b, other)
+        bot, rec = theirs, rec_theirs
+        if iv.path == "all":
+            b.last = other.last
+    b.clean_final = bot
+    recorded = rec + engine.latents(b, 1, K, edits, layers)[1]
+    if iv.path != "all":  # the answer reads the other prompt than the thoughts did
+        engine.swap_prompt(b, other)
+    answers = engine.decode(b, K, gold, drafts, source_gold, naive=naive)
+    outcomes = [
+        _outcome(engine, problems[i], i, iv, a, s)
+        for i, a, s in zip(rows, answers, src, strict=True)
+    ]
+    if layers is not None:
+        _attach_states(engine, b, outcomes, reference, 0, recorded)
+    return outcomes
+
+
+def _attach_states(engine, b, outcomes, reference, start, recorded) -> None:
+    """Each outcome's states [K+1, L, D]: the clean run's before `start`, then the recorded
+    ones, NaN for steps that never ran (after a truncation)."""
+    B, L, D = len(outcomes), len(reference.layers), engine.model.hidden_size
+    steps = []
+    for s in range(engine.K + 1):
+        if s < start:
+            assert b.clean_states is not None
+            steps.append(b.clean_states[:, s].float().cpu())
+        elif s - start < len(recorded):
+            r = recorded[s - start]
+            steps.append(torch.stack([r[x] for x in reference.layers], 1).float().cpu())
+        else:  # steps after a truncation never ran
+            steps.append(torch.full((B, L, D), float("nan")))
+    for o, st in zip(outcomes, torch.stack(steps, 1), strict=True):
+        o.states = st
 
 
 def _outcome(
@@ -221,6 +318,7 @@ def _outcome(
         logp_gold=a.logp_gold,
         source=source,
         logp_source=a.logp_source,
+        ld_first=a.ld_first,
     )
 
 
@@ -235,13 +333,13 @@ def outcome_rows(
     rows = []
     for o in outcomes:
         iv, p = o.intervention, problems[o.problem]
-        if iv.kind == "patch" and o.source is None:
+        if iv.kind in PATCHING and o.source is None:
             continue
         single = iv.sites[0] if len(iv.sites) == 1 else None
         src = reference.problems[o.source] if o.source is not None else None
         src_gold = src.gold_value if src is not None else None
         follows = None
-        if iv.kind == "patch" and src_gold is not None:
+        if iv.kind in PATCHING and src_gold is not None:
             follows = o.predicted is not None and o.predicted == src_gold
         rows.append(
             {
@@ -265,6 +363,10 @@ def outcome_rows(
                 "source_gold": src_gold,
                 "logp_source": o.logp_source,
                 "follows_source": follows,
+                # The logit difference, the source's answer minus the problem's: at the first
+                # differing token, and over the whole answer (log-prob of each, teacher-forced).
+                "ld_first": o.ld_first,
+                "ld_answer": (o.logp_source - o.logp_gold if o.logp_source is not None else None),
             }
         )
     return rows

@@ -77,32 +77,42 @@ def causal_map(result: dict, out_dir: Path, measure: str) -> dict | None:
 
 
 def causal_thoughts(result: dict, out_dir: Path) -> dict | None:
-    """Accuracy against the number of thoughts kept (truncation), per category, with CIs."""
+    """Accuracy against the number of thoughts kept, per category, with CIs: eot and the answer
+    at their natural positions (solid) and at the position ids of K thoughts (dashed)."""
     rows = result.get("thoughts") or []
     if len(rows) < 2:
         return None
     K = result["num_latent"]
     fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"natural": "-", "preserved": "--"}
     for k, cat in enumerate(_causal_panels(result)):
-        pts = sorted((e for e in rows if e["category"] == cat), key=lambda e: e["thoughts"])
-        xs = [e["thoughts"] for e in pts]
         colour = "#000000" if cat == "all" else OKABE_ITO[k % len(OKABE_ITO)]
-        ax.plot(
-            xs,
-            [e["accuracy"] for e in pts],
-            marker="o",
-            color=colour,
-            label=label_of(cat),
-            lw=2 if cat == "all" else 1,
-        )
-        ax.fill_between(
-            xs, [e["ci"][0] for e in pts], [e["ci"][1] for e in pts], color=colour, alpha=0.12
-        )
+        for positions, ls in styles.items():
+            pts = sorted(
+                (e for e in rows if e["category"] == cat
+                 and e.get("positions", "natural") == positions),
+                key=lambda e: e["thoughts"],
+            )  # fmt: skip
+            if not pts:
+                continue
+            xs = [e["thoughts"] for e in pts]
+            ax.plot(
+                xs,
+                [e["accuracy"] for e in pts],
+                marker="o" if positions == "natural" else "s",
+                color=colour,
+                ls=ls,
+                label=f"{label_of(cat)}, {positions} positions",
+                lw=2 if cat == "all" else 1,
+            )
+            ax.fill_between(
+                xs, [e["ci"][0] for e in pts], [e["ci"][1] for e in pts], color=colour, alpha=0.1
+            )
     ax.set_xlabel(f"thoughts kept ({K} = the clean run)")
     ax.set_ylabel("accuracy")
     ax.set_xticks(range(K + 1))
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     ax.set_title("Accuracy against the number of continuous thoughts")
     return save(
         fig,
@@ -110,7 +120,9 @@ def causal_thoughts(result: dict, out_dir: Path) -> dict | None:
         "causal_thoughts.png",
         "Accuracy by number of thoughts",
         "Answer accuracy when the model stops thinking after k thoughts and goes to eot, per "
-        "category (bands: 95% Wilson intervals).",
+        "category (bands: 95% Wilson intervals): solid, eot and the answer at the next position "
+        f"ids (natural positions); dashed, at the position ids they have after {K} thoughts "
+        "(position-preserved), so that only the thoughts differ.",
     )
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from opcircuits.analysis.causal_stats import DELTA
+from opcircuits.analysis.causal_stats import DELTA, DISPENSABLE
 from opcircuits.markdown import code, plain_label
+from opcircuits.report.findings import causal_routing
 from opcircuits.report.findings.text import Section, num, pval
 
 ALL = "all"  # analysis.causal.ALL: the pooled category
@@ -86,10 +87,13 @@ def sentences(result: dict[str, Any]) -> Section:
         "studentized paired differences, signs flipped by problem: strong family-wise error "
         "control within the sweep, a family of its own apart from the probes' claims); 'no "
         f"effect' only where two one-sided tests bound it within ±{num(DELTA['drop'])} accuracy "
-        f"(±{num(DELTA['logp_drop'], 1)} nats), Holm over the sweep; anything else is 'not "
-        "claimed', and other intervals are uncorrected."
+        f"(±{num(DELTA['logp_drop'], 1)} nats), Holm over the sweep; 'dispensable' only where "
+        f"they bound the accuracy drop within ±{num(DISPENSABLE)}, Holm within the control's "
+        "family (joint content ablations, position-preserved truncations, knockouts, paths); "
+        "anything else is 'not claimed', and other intervals are uncorrected."
     ]
-    s += _thoughts(result, pooled) + _ablations(pooled) + _patching(pooled)
+    s += _thoughts(result, pooled) + causal_routing.sentences(result, pooled)
+    s += _ablations(pooled) + _patching(pooled)
     s += _interactions(result, eff, pooled) + _steering(pooled)
     return {"title": "Causal tests", "sentences": s}
 
@@ -113,14 +117,19 @@ def _clean(result: dict[str, Any]) -> list[str]:
 
 def _thoughts(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
     curve = sorted(
-        (t for t in result.get("thoughts", []) if t["category"] == ALL), key=lambda t: t["thoughts"]
+        (
+            t
+            for t in result.get("thoughts", [])
+            if t["category"] == ALL and t.get("positions", "natural") == "natural"
+        ),
+        key=lambda t: t["thoughts"],
     )
     trunc = sorted((e for e in pooled if e["kind"] == "truncate"), key=lambda e: e["thoughts"])
     if not (trunc and curve):
         return []
     K = result["num_latent"]
     points = ", ".join(f"{t['thoughts']}: {num(t['accuracy'])}" for t in curve)
-    s = [f"Accuracy by number of thoughts kept ({K} = all): {points}."]
+    s = [f"Accuracy by number of thoughts kept ({K} = all), natural positions: {points}."]
     zero = trunc[0]
     if _claimed(zero):
         verdict = "lowers"
@@ -131,7 +140,8 @@ def _thoughts(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]
     else:
         verdict = "is not claimed to change"
     s.append(
-        f"Going from {K} thoughts to {zero['thoughts']} {verdict} accuracy (drop "
+        f"Going from {K} thoughts to {zero['thoughts']} (natural positions) {verdict} accuracy "
+        f"(drop "
         f"{num(zero['drop'])}, {_ci(zero['drop_ci'])}, family-wise "
         f"{pval(zero.get('drop_p_family'))}; gold log-prob drop {num(zero['logp_drop'])}, "
         f"{_ci(zero['logp_drop_ci'])})."
@@ -148,8 +158,9 @@ def _thoughts(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]
     if needed is not None and _claimed(zero):
         at = next(e for e in trunc if e["thoughts"] == needed)
         s.append(
-            f"With {needed} or more of the {K} thoughts kept, no accuracy drop is claimed (at "
-            f"{needed}: drop {num(at['drop'])}, {_ci(at['drop_ci'])})."
+            f"With {needed} or more of the {K} thoughts kept (natural positions), no accuracy "
+            f"drop is claimed (at {needed}: drop {num(at['drop'])}, {_ci(at['drop_ci'])}); a "
+            "truncation moves eot's position ids as well as removing thoughts."
         )
     return s
 
