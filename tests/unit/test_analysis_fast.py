@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from opcircuits.analysis import clustering, controls, tasks
 from opcircuits.analysis.features import build_views, view_matrix
@@ -86,3 +87,22 @@ def test_fold_scores_equal_sklearns_metrics() -> None:
                 truth, pred, labels=labels, average="macro", zero_division=0
             )[:3]
             assert macro_prf(conf) == expected  # bit for bit
+
+
+def test_fit_fold_predicts_as_each_probes_own_pipeline() -> None:
+    # The shared prefix (one scaler for the forest too, one span for logistic regression and the
+    # MLP) gives every probe exactly the predictions of its documented Pipeline.
+    from opcircuits.analysis.probes import PROBES, fit_fold, probe_pipeline
+
+    rng = np.random.default_rng(4)
+    y = np.arange(120) % 3
+    X = rng.standard_normal((120, 300), dtype=np.float32) * rng.uniform(0.1, 5, 300)
+    X[:, :6] += np.eye(3, dtype=np.float32)[y].repeat(2, axis=1)
+    train, test = np.arange(90), np.arange(90, 120)
+    control = rng.integers(0, 3, 120)
+    out = fit_fold(X, y, train, test, probes=PROBES, seed=0, control_y=control)
+    with threadpool_limits(1):  # as fit_fold runs them (and no oversubscribed BLAS threads)
+        for probe in PROBES:
+            for name, labels in ((probe, y), (f"control_task:{probe}", control)):
+                want = probe_pipeline(probe, 0).fit(X[train], labels[train]).predict(X[test])
+                np.testing.assert_array_equal(out.predictions[name], want)
