@@ -3,7 +3,8 @@
     python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--permutations N]
         [--keep DIR]
     python benchmarks/analyze.py --refit-cost [--refits 5]
-    python benchmarks/analyze.py --breakdown [--permutations N] [--note TEXT]
+    python benchmarks/analyze.py --breakdown [--permutations N]
+    (each measuring run also takes --note TEXT and --result NAME)
 
 Builds the store with `write_store` (float16, as extraction writes it; a weak category signal is
 planted so the probes have something to fit), then times `analyze` with default options: every
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=None, help="default: AnalyzeOptions'")
     ap.add_argument("--breakdown", action="store_true", help="profile: where the time goes")
     ap.add_argument("--note", default="", help="added to the result file's notes")
+    ap.add_argument("--result", default=None, help="result file name (default: by the options)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +138,7 @@ def main() -> None:
     )
     default = args.permutations is None and args.problems == 600 and args.dim == 2048
     name = "analyze-default-600" if default else f"analyze-{options.permutations}-permutations"
+    name = args.result or name
     figures = {
         "problems": args.problems,
         "dim": args.dim,
@@ -238,6 +241,7 @@ def breakdown(store: Path, out: Path, args: argparse.Namespace) -> None:
     )
     notes += f"; {args.note}" if args.note else ""
     name = "analyze-breakdown" + ("" if args.permutations is None else f"-{options.permutations}")
+    name = args.result or name
     print(f"written to {write_result(name, 'analyze', figures, notes=notes)}")
 
 

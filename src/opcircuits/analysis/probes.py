@@ -7,7 +7,8 @@ training fold has problems. `SpanPCA` rotates the standardized training rows ont
 lie in that span, so logistic regression on the rotated features has the same optimum as on the
 raw ones, at a fraction of the cost. The unsupervised prefix (scaler → SpanPCA) never sees labels,
 so within one fold it is fitted once and shared by the logistic regression, the MLP, the
-shuffled-label control and every permutation of the permutation test. The permutation refits
+shuffled-label control and every permutation of the permutation test (its scaler by the random
+forest too). The permutation refits
 of logistic regression run batched (`solver.fit_multinomial_batch`, scikit-learn's fit of every
 permuted labelling at once); the probe the report reads is scikit-learn's.
 """
