@@ -3,6 +3,8 @@
     python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--permutations N]
         [--keep DIR]
     python benchmarks/analyze.py --refit-cost [--refits 5]
+    python benchmarks/analyze.py --breakdown [--permutations N]
+    (each measuring run also takes --note TEXT and --result NAME)
 
 Builds the store with `write_store` (float16, as extraction writes it; a weak category signal is
 planted so the probes have something to fit), then times `analyze` with default options: every
@@ -37,6 +39,26 @@ from results import write_result
 from opcircuits.options import AnalyzeOptions
 from opcircuits.report.analyze import analyze
 from opcircuits.store import write_store
+
+# --breakdown: report part → (file suffix, function) whose cumulative time it is; parts do not
+# overlap except "logistic regression (scikit-learn)", which counts every scikit-learn logistic
+# regression fit (the probe, its controls, the confound and text controls' inner fits).
+BREAKDOWN = {
+    "random_forest": ("sklearn/ensemble/_forest.py", "fit"),
+    "mlp": ("sklearn/neural_network/_multilayer_perceptron.py", "fit"),
+    "permutation_refits": ("opcircuits/analysis/probes.py", "_permutation_correct"),
+    "logistic_regression_sklearn": ("sklearn/linear_model/_logistic.py", "fit"),
+    "scaler": ("sklearn/preprocessing/_data.py", "partial_fit"),
+    "span_pca": ("opcircuits/analysis/probes.py", "_fit"),
+    "view_features": ("opcircuits/analysis/features.py", "view_matrix"),
+    "text_control": ("opcircuits/analysis/controls.py", "text_fold"),
+    "clustering": ("opcircuits/analysis/clustering.py", "cluster_view"),
+    "similarity": ("opcircuits/analysis/similarity.py", "within_between"),
+    "fits_total": ("opcircuits/analysis/tasks.py", "run"),
+    "scoring": ("opcircuits/analysis/scoring.py", "score"),
+    "figures": ("opcircuits/report/figures/analysis.py", "draw_all"),
+    "analyze_total": ("opcircuits/report/analyze.py", "analyze"),
+}
 
 CATS = ["pure_addition", "pure_multiplication", "mixed"]
 
@@ -79,6 +101,9 @@ def main() -> None:
     ap.add_argument("--refit-cost", action="store_true", help="time permutation refits only")
     ap.add_argument("--refits", type=int, default=5, help="refits timed per view kind")
     ap.add_argument("--permutations", type=int, default=None, help="default: AnalyzeOptions'")
+    ap.add_argument("--breakdown", action="store_true", help="profile: where the time goes")
+    ap.add_argument("--note", default="", help="added to the result file's notes")
+    ap.add_argument("--result", default=None, help="result file name (default: by the options)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +113,9 @@ def main() -> None:
             build(store, args.problems, args.dim)
         if args.refit_cost:
             refit_cost(store, args.refits)
+            return
+        if args.breakdown:
+            breakdown(store, base / "out", args)
             return
         load_before = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
@@ -110,6 +138,7 @@ def main() -> None:
     )
     default = args.permutations is None and args.problems == 600 and args.dim == 2048
     name = "analyze-default-600" if default else f"analyze-{options.permutations}-permutations"
+    name = args.result or name
     figures = {
         "problems": args.problems,
         "dim": args.dim,
@@ -121,6 +150,7 @@ def main() -> None:
         "load_average_after": round(load_after, 2),
     }
     notes = "2 CPU cores shared with other processes: the load average says how busy"
+    notes += f"; {args.note}" if args.note else ""
     print(f"written to {write_result(name, 'analyze', figures, notes=notes)}")
 
 
@@ -172,6 +202,47 @@ def refit_cost(store: Path, refits: int) -> None:
         f"CPU-seconds one by one, {batch_total:.0f} batched "
         f"(1-min load average {os.getloadavg()[0]:.1f})"
     )
+
+
+def breakdown(store: Path, out: Path, args: argparse.Namespace) -> None:
+    """Analyze in this process under cProfile; write each part's cumulative seconds."""
+    import cProfile
+    import pstats
+
+    options = AnalyzeOptions(jobs=1)
+    if args.permutations is not None:
+        options = AnalyzeOptions(jobs=1, permutations=args.permutations)
+    load_before = os.getloadavg()[0]
+    cpu0 = _cpu_seconds()
+    profile = cProfile.Profile()
+    profile.runcall(analyze, store, out, options)
+    cpu = _cpu_seconds() - cpu0
+    stats = pstats.Stats(profile).stats  # (file, line, function) → (cc, nc, tt, ct, callers)
+    parts = {name: 0.0 for name in BREAKDOWN}
+    for (path, _, function), (_, _, _, cumulative, _) in stats.items():
+        for name, (suffix, fn) in BREAKDOWN.items():
+            if function == fn and path.endswith(suffix):
+                parts[name] += cumulative
+    figures = {
+        "problems": args.problems,
+        "dim": args.dim,
+        "permutations": options.permutations,
+        "jobs": 1,
+        "cpu_s": round(cpu, 1),
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+        **{f"{name}_s": round(value, 1) for name, value in parts.items()},
+    }
+    for name, value in parts.items():
+        print(f"{name:>28}: {value:7.1f} s")
+    notes = (
+        "cumulative seconds under cProfile in one process (--jobs 1), which inflates Python-heavy "
+        "parts; 2 CPU cores shared with other processes: the load average says how busy"
+    )
+    notes += f"; {args.note}" if args.note else ""
+    name = "analyze-breakdown" + ("" if args.permutations is None else f"-{options.permutations}")
+    name = args.result or name
+    print(f"written to {write_result(name, 'analyze', figures, notes=notes)}")
 
 
 def _cpu_seconds() -> float:

@@ -110,3 +110,21 @@ def test_warm_start_reaches_the_optimum_and_predict_breaks_ties_like_argmax() ->
         np.zeros((1, 3, 2)), np.zeros((1, 3)), np.array([4, 5, 6]), np.zeros(1), np.ones(1, bool)
     )
     assert (tied.predict(np.ones((2, 2), np.float32)) == 4).all()
+
+
+def test_label_vectors_beyond_one_chunk_are_fitted_on_their_own_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # More permutations than one chunk holds (the default chunk is 256; 1,000 permutations are
+    # four chunks): every chunk must fit its own label vectors, so the answer cannot depend on
+    # the chunk size. (A chunk once refitted the first chunk's labels after its first step.)
+    from opcircuits.analysis import solver
+
+    _, _, train, _, perm, z_train, z_test = _design(3)
+    labels = perm[:40, train]
+    whole = fit_multinomial_batch(z_train, labels, C=LOGREG_C, tol=LOGREG_TOL, max_iter=50)
+    monkeypatch.setattr(solver, "CHUNK", 7)
+    chunked = fit_multinomial_batch(z_train, labels, C=LOGREG_C, tol=LOGREG_TOL, max_iter=50)
+    np.testing.assert_array_equal(chunked.predict(z_test), whole.predict(z_test))
+    np.testing.assert_allclose(chunked.coef, whole.coef, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(chunked.n_iter, whole.n_iter)

@@ -17,6 +17,8 @@ from sklearn.preprocessing import StandardScaler
 
 from opcircuits.analysis.stats import permutation_p_value
 
+NULL_CHUNK = 100  # labellings per matrix product of the silhouette null (bounds its memory)
+
 
 @dataclass
 class Clustering:
@@ -67,19 +69,28 @@ def pca2(xs: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, tu
 
 def silhouette(dist: np.ndarray, y: np.ndarray) -> float:
     """Mean silhouette from a distance matrix (as sklearn's, one matrix product per labelling)."""
-    k = int(y.max()) + 1
-    onehot = np.eye(k)[y]
-    counts = onehot.sum(axis=0)
-    sums = dist @ onehot  # [n, k] summed distance to each category
-    own = counts[y]
-    a = sums[np.arange(len(y)), y] / np.maximum(own - 1, 1)
-    mean_other = sums / np.maximum(counts, 1)
-    mean_other[np.arange(len(y)), y] = np.inf
+    return float(silhouettes(dist, y[None])[0])
+
+
+def silhouettes(dist: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Mean silhouette of each labelling in `ys` [P, n] (labels 0…k-1): one matrix product for
+    all of them, then per labelling the same arithmetic as `silhouette` used to do one by one."""
+    p, n = ys.shape
+    k = int(ys.max()) + 1
+    onehot = np.zeros((n, p, k))
+    onehot[np.arange(n)[:, None], np.arange(p)[None, :], ys.T] = 1.0
+    counts = onehot.sum(axis=0)  # [P, k]
+    sums = (dist @ onehot.reshape(n, p * k)).reshape(n, p, k)  # summed distance to each category
+    rows, cols = np.arange(n)[:, None], np.arange(p)[None, :]
+    own = counts[cols, ys.T]  # [n, P]
+    a = sums[rows, cols, ys.T] / np.maximum(own - 1, 1)
+    mean_other = sums / np.maximum(counts, 1)[None]
+    mean_other[rows, cols, ys.T] = np.inf
     mean_other[:, counts == 0] = np.inf
-    b = mean_other.min(axis=1)
+    b = mean_other.min(axis=2)
     s = (b - a) / np.maximum(np.maximum(a, b), 1e-300)
     s[own <= 1] = 0.0
-    return float(s.mean())
+    return s.mean(axis=0)
 
 
 def silhouette_null(
@@ -89,7 +100,10 @@ def silhouette_null(
     if not permutations:
         return None, None
     rng = np.random.default_rng([seed, 4])
-    null = np.array([silhouette(dist, y[rng.permutation(len(y))]) for _ in range(permutations)])
+    ys = np.stack([y[rng.permutation(len(y))] for _ in range(permutations)])
+    null = np.concatenate(
+        [silhouettes(dist, ys[i : i + NULL_CHUNK]) for i in range(0, permutations, NULL_CHUNK)]
+    )
     return permutation_p_value(silhouette(dist, y), null), float(np.quantile(null, 0.95))
 
 

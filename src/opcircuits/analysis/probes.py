@@ -7,7 +7,8 @@ training fold has problems. `SpanPCA` rotates the standardized training rows ont
 lie in that span, so logistic regression on the rotated features has the same optimum as on the
 raw ones, at a fraction of the cost. The unsupervised prefix (scaler → SpanPCA) never sees labels,
 so within one fold it is fitted once and shared by the logistic regression, the MLP, the
-shuffled-label control and every permutation of the permutation test. The permutation refits
+shuffled-label control and every permutation of the permutation test (its scaler by the random
+forest too). The permutation refits
 of logistic regression run batched (`solver.fit_multinomial_batch`, scikit-learn's fit of every
 permuted labelling at once); the probe the report reads is scikit-learn's.
 """
@@ -139,14 +140,15 @@ def _fit_predict(
     y_train: np.ndarray,
 ) -> np.ndarray:
     """Fit `probe` on the training rows and predict the test rows (`z`: span coordinates for the
-    probes that start with the shared scaler → SpanPCA prefix, `x`: raw features for the forest)."""
+    probes that start with the shared scaler → SpanPCA prefix, `x`: the shared scaler's features
+    for the forest, whose pipeline is that scaler and the forest)."""
     if len(np.unique(y_train)) == 1:  # e.g. a control task whose questions share a first word
         return np.full(len(x[1]), y_train[0], dtype=y_train.dtype)
     if probe == "logreg":
         return logreg(seed).fit(z[0], y_train).predict(z[1])
     if probe == "mlp":
         return probe_pipeline("mlp", seed)[-1].fit(z[0], y_train).predict(z[1])
-    return probe_pipeline("random_forest", seed).fit(x[0], y_train).predict(x[1])
+    return probe_pipeline("random_forest", seed)[-1].fit(x[0], y_train).predict(x[1])
 
 
 def fit_fold(
@@ -177,9 +179,12 @@ def fit_fold(
     # One BLAS thread per task: results do not depend on --jobs, and jobs do not oversubscribe.
     with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        x = (X[train], X[test])
-        prefix = Pipeline(probe_pipeline("logreg", seed).steps[:-1])
-        z = (prefix.fit_transform(x[0]), prefix.transform(x[1]))
+        # The prefix step by step, as its Pipeline computes it: the scaled features are the
+        # random forest's input too (its pipeline starts with the same scaler, fitted on the same
+        # rows), so they are computed once.
+        scale, span = probe_pipeline("logreg", seed).steps[:-1]
+        x = (scale[1].fit_transform(X[train]), scale[1].transform(X[test]))
+        z = (span[1].fit_transform(x[0]), span[1].transform(x[1]))
         for probe in probes:
             out.predictions[probe] = _fit_predict(probe, seed, z, x, y[train])
         if shuffled_train_y is not None:

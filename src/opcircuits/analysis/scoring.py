@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from opcircuits.analysis.inference import corrected_t_p
@@ -75,19 +74,17 @@ class Scores:
 
 def score(y: np.ndarray, folds: list[Fold], preds: list[np.ndarray], n_classes: int) -> Scores:
     """Scores from per-fold predictions (`preds[i]` predicts `folds[i].test`)."""
-    labels = list(range(n_classes))
     acc, prec, rec, f1 = [], [], [], []
     conf = np.zeros((n_classes, n_classes), dtype=np.int64)
     for fold, pred in zip(folds, preds, strict=True):
         truth = y[fold.test]
         acc.append(float(np.mean(pred == truth)))
-        p, r, f, _ = precision_recall_fscore_support(
-            truth, pred, labels=labels, average="macro", zero_division=0
-        )
+        fold_conf = confusion(truth, pred, n_classes)
+        p, r, f = macro_prf(fold_conf)
         prec.append(p)
         rec.append(r)
         f1.append(f)
-        conf += confusion_matrix(truth, pred, labels=labels)
+        conf += fold_conf
     fold_acc = np.array(acc)
     return Scores(
         fold_accuracy=fold_acc,
@@ -96,6 +93,33 @@ def score(y: np.ndarray, folds: list[Fold], preds: list[np.ndarray], n_classes: 
         recall_macro=float(np.mean(rec)),
         f1_macro=float(np.mean(f1)),
         confusion=conf,
+    )
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """sklearn's `confusion_matrix(truth, pred, labels=range(n_classes))` (rows: truth)."""
+    cells = np.asarray(truth, dtype=np.int64) * n_classes + np.asarray(pred, dtype=np.int64)
+    return np.bincount(cells, minlength=n_classes**2).reshape(n_classes, n_classes)
+
+
+def macro_prf(conf: np.ndarray) -> tuple[float, float, float]:
+    """sklearn's `precision_recall_fscore_support(average="macro", zero_division=0)` over every
+    label, from the confusion matrix, with its arithmetic (F1 = 2·tp / (true + predicted)); a
+    tenth of its cost, which the report's many scored folds paid serially."""
+    tp = np.diag(conf).astype(np.float64)
+    predicted, true = conf.sum(axis=0), conf.sum(axis=1)
+
+    def divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(num))
+        nonzero = den != 0
+        out[nonzero] = num[nonzero] / den[nonzero]
+        return out
+
+    f = divide(2.0 * tp, 1.0 * true.astype(np.float64) + predicted.astype(np.float64))
+    return (
+        float(np.mean(divide(tp, predicted.astype(np.float64)))),
+        float(np.mean(divide(tp, true.astype(np.float64)))),
+        float(np.mean(f)),
     )
 
 

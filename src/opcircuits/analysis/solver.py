@@ -164,6 +164,7 @@ class _State:
     """The label vectors still being fitted (finished ones leave it, so nothing is indexed)."""
 
     rows: np.ndarray  # [b] label vectors (into the objective's labels)
+    pos: np.ndarray  # [b] their places in this chunk's output
     x: np.ndarray  # [b, D]
     f: np.ndarray  # [b]
     g: np.ndarray  # [b, D]
@@ -174,7 +175,7 @@ class _State:
     n_iter: np.ndarray  # [b]
 
     def keep(self, mask: np.ndarray) -> None:
-        for name in ("rows", "x", "f", "g", "col", "n_iter"):
+        for name in ("rows", "pos", "x", "f", "g", "col", "n_iter"):
             setattr(self, name, getattr(self, name)[mask])
         used = int(self.col.max()) if len(self.col) else 0  # copy only the pairs held
         for name in ("S", "Yd"):
@@ -194,14 +195,14 @@ def _lbfgs(
     f, g = objective(x, rows)
     pairs = [np.zeros((MEMORY, b, D), MEMORY_DTYPE) for _ in range(2)]
     st = _State(
-        np.arange(b), x, f, g, *pairs, np.zeros((MEMORY, b)), np.zeros(b, dtype=np.int64),
+        rows, np.arange(b), x, f, g, *pairs, np.zeros((MEMORY, b)), np.zeros(b, dtype=np.int64),
         np.zeros(b, dtype=np.int64),
     )  # fmt: skip
     done = np.abs(g).max(axis=1) <= tol
     conv = done.copy()
     while True:
         if done.any():
-            i = st.rows[done]
+            i = st.pos[done]
             out_x[i], out_iter[i], out_conv[i] = st.x[done], st.n_iter[done], conv[done]
             st.keep(~done)
         if not len(st.rows):

@@ -23,6 +23,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from opcircuits.analysis import clustering, confound, controls, similarity
 from opcircuits.analysis.control_task import control_labels, first_word
@@ -249,6 +250,7 @@ def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: 
         for result in parallel(tasks):
             results.append(result)
             progress.advance(bar)
+    _last_view.clear()  # jobs=1: release the store's states held by the cache
     fits = Fits()
     for task, res in zip(the_plan.tasks, results, strict=True):
         if task.kind == "cluster":
@@ -301,15 +303,18 @@ def _run_one(
     prob = problems[task.problem]
     y, fold = prob.y, task.fold
     if task.kind in ("cluster", "similarity"):
-        X = view_matrix(source, task.view, positions, layers, prob.rows)
-        if task.kind == "cluster":
-            return clustering.cluster_view(X, y, cheap_permutations, seed)
-        return similarity.within_between(X, y, int(y.max()) + 1, cheap_permutations, seed)
+        X = _view_matrix(source, task.view, positions, layers, prob)
+        # Single-threaded BLAS as the fits: two threads per worker on two cores oversubscribe
+        # them (a 600 × 600 eigh took seconds instead of 0.03).
+        with threadpool_limits(1):
+            if task.kind == "cluster":
+                return clustering.cluster_view(X, y, cheap_permutations, seed)
+            return similarity.within_between(X, y, int(y.max()) + 1, cheap_permutations, seed)
     if task.kind == "text":
         return controls.text_fold(prob.questions or [], y, fold.train, fold.test, seed)
     if task.kind == "confound":
         return controls.confound_fold(prob.confound_x, y, fold.train, fold.test, seed)
-    X = view_matrix(source, task.view, positions, layers, prob.rows)
+    X = _view_matrix(source, task.view, positions, layers, prob)
     shuffled = None
     if task.shuffled:
         rng = np.random.default_rng([seed, 2, fold.index])
@@ -327,3 +332,24 @@ def _run_one(
         control_y=prob.control_y if task.control_task else None,
         confound=prob.confound_x if task.incremental else None,
     )
+
+
+# The last view matrix built in this process: a view's folds are consecutive tasks in the plan,
+# so a worker builds each view's features once or twice instead of once per fold.
+_last_view: list[Any] = []  # [(source key, view, problem name), the source, the matrix]
+
+
+def _view_matrix(
+    source: np.ndarray, view: View, positions: list[str], layers: list[int], prob: Problem
+) -> np.ndarray:
+    # A worker unpickles a new memmap per task: its file (in a fresh scratch folder per run)
+    # names it; an in-process array is held here, so its id is not reused while cached.
+    name = getattr(source, "filename", None)
+    key = (name or id(source), source.shape, view, prob.name, prob.n)
+    if _last_view and _last_view[0] == key and (name or _last_view[1] is source):
+        return _last_view[2]
+    _last_view.clear()  # drop the previous view first: only one held at a time
+    X = view_matrix(source, view, positions, layers, prob.rows)
+    X.flags.writeable = False  # shared by tasks: nobody may change it
+    _last_view.extend([key, source, X])
+    return X

@@ -1,0 +1,108 @@
+"""The analysis's shortcuts give what the straightforward computation gives: the batched
+silhouette null, the text control's shared TF-IDF grid search, the per-worker view cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import silhouette_score
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from opcircuits.analysis import clustering, controls, tasks
+from opcircuits.analysis.features import build_views, view_matrix
+from opcircuits.analysis.stats import permutation_p_value
+
+
+def test_batched_silhouettes_equal_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    X = rng.standard_normal((90, 8)) + 0.7 * np.eye(3, 8)[y]
+    dist = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    ys = np.stack([y] + [y[rng.permutation(90)] for _ in range(30)])
+    expected = [silhouette_score(dist, labels, metric="precomputed") for labels in ys]
+    np.testing.assert_allclose(clustering.silhouettes(dist, ys), expected, rtol=0, atol=1e-12)
+    # The null as it was computed one labelling at a time, from the same random stream.
+    order = np.random.default_rng([5, 4])
+    null = [clustering.silhouette(dist, y[order.permutation(90)]) for _ in range(250)]
+    p, q95 = clustering.silhouette_null(dist, y, 250, 5)
+    assert p == permutation_p_value(clustering.silhouette(dist, y), np.array(null))
+    assert q95 == pytest.approx(float(np.quantile(null, 0.95)), abs=1e-12)
+
+
+def test_text_control_equals_its_grid_search() -> None:
+    rng = np.random.default_rng(1)
+    words = np.array([f"w{i}" for i in range(40)])
+    y = np.arange(150) % 3
+    # Category-specific words in some questions: the inner scores differ between the C values.
+    questions = [
+        " ".join(rng.choice(words, 12)) + (f" cue{y[i]}" if rng.random() < 0.4 else "")
+        for i in range(150)
+    ]
+    chosen = set()
+    for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(questions, y):
+        search = controls.text_pipeline(0).fit([questions[i] for i in train], y[train])
+        expected = search.predict([questions[i] for i in test])
+        got = controls.text_fold(questions, y, train, test, 0)
+        np.testing.assert_array_equal(got, expected)
+        best = search.best_params_["clf__C"]
+        assert controls._best_text_c([questions[i] for i in train], y[train], 0) == best
+        chosen.add(best)
+    assert len(chosen) > 1  # the folds disagree on C: the choice itself is tested
+
+
+def test_view_cache_returns_each_views_own_features() -> None:
+    rng = np.random.default_rng(2)
+    positions, layers = ["bot", "latent_1", "latent_2"], [1, 2]
+    hidden = rng.standard_normal((20, 3, 2, 4)).astype(np.float16)
+    other = hidden.copy() + np.float16(1)
+    views = build_views(positions, layers)
+    prob = tasks.Problem("p", np.arange(20), np.arange(20) % 2, ["a", "b"], [], views)
+    sub = tasks.Problem("q", np.arange(10), np.arange(10) % 2, ["a", "b"], [], views)
+    for source in (hidden, other, hidden):
+        for view in views + views[:1]:
+            for problem in (prob, prob, sub):
+                got = tasks._view_matrix(source, view, positions, layers, problem)
+                want = view_matrix(source, view, positions, layers, problem.rows)
+                np.testing.assert_array_equal(got, want)
+                assert not got.flags.writeable
+
+
+def test_fold_scores_equal_sklearns_metrics() -> None:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from opcircuits.analysis.scoring import confusion, macro_prf
+
+    rng = np.random.default_rng(3)
+    for k in (2, 3, 4):
+        for _ in range(60):
+            n = int(rng.integers(1, 40))
+            truth, pred = rng.integers(0, k, n), rng.integers(0, k, n)
+            if rng.random() < 0.3:  # a label never predicted, or predictions of one label
+                pred[:] = pred[0]
+            labels = list(range(k))
+            conf = confusion(truth, pred, k)
+            np.testing.assert_array_equal(conf, confusion_matrix(truth, pred, labels=labels))
+            expected = precision_recall_fscore_support(
+                truth, pred, labels=labels, average="macro", zero_division=0
+            )[:3]
+            assert macro_prf(conf) == expected  # bit for bit
+
+
+def test_fit_fold_predicts_as_each_probes_own_pipeline() -> None:
+    # The shared prefix (one scaler for the forest too, one span for logistic regression and the
+    # MLP) gives every probe exactly the predictions of its documented Pipeline.
+    from opcircuits.analysis.probes import PROBES, fit_fold, probe_pipeline
+
+    rng = np.random.default_rng(4)
+    y = np.arange(120) % 3
+    X = rng.standard_normal((120, 300), dtype=np.float32) * rng.uniform(0.1, 5, 300)
+    X[:, :6] += np.eye(3, dtype=np.float32)[y].repeat(2, axis=1)
+    train, test = np.arange(90), np.arange(90, 120)
+    control = rng.integers(0, 3, 120)
+    out = fit_fold(X, y, train, test, probes=PROBES, seed=0, control_y=control)
+    with threadpool_limits(1):  # as fit_fold runs them (and no oversubscribed BLAS threads)
+        for probe in PROBES:
+            for name, labels in ((probe, y), (f"control_task:{probe}", control)):
+                want = probe_pipeline(probe, 0).fit(X[train], labels[train]).predict(X[test])
+                np.testing.assert_array_equal(out.predictions[name], want)
