@@ -233,13 +233,16 @@ def test_the_engine_runs_a_routed_model_as_it_was_trained(tmp_path, tiny_texts, 
         engine, problems, batches, ref = setup(spec, tiny_problems, n=5)
         for key, value in routing.items():
             assert getattr(engine.model.config, key) == value
-        got = run(engine, problems, batches, ref, [Intervention("truncate", keep=1)])
+        # editing a thought's input in place works on the twin's constant input too
+        zero_in = Intervention("zero", (Site(1, 0),))
+        got = run(engine, problems, batches, ref, [Intervention("truncate", keep=1), zero_in])
+        assert all(got[zero_in.label, i].states[1, 0].abs().max() == 0 for i in range(5))
         questions = [p.question for p in problems]
         m, tok = engine.model, engine.tokenizer
         plain = run_batch(m, tok, questions, layers=ref.layers, max_new_tokens=MAX_NEW)
         short = run_batch(m, tok, questions, layers=[0], max_new_tokens=MAX_NEW, num_latent=1)
         for i in range(len(problems)):
-            assert (got["none", i].states - plain.hidden[i]).abs().max() <= 1e-4
+            assert (got["none", i].states - plain.hidden[i]).abs().max() <= 1e-4, (name, i)
             assert got["none", i].answer_ids == plain.answer_ids[i]
             assert got["truncate 1", i].answer_ids == short.answer_ids[i]
 

@@ -14,9 +14,10 @@ from opcircuits.codi.evaluate import REFERENCE_NAME, student_answers, teacher_an
 from opcircuits.codi.latent import extract_number
 
 
-@pytest.mark.parametrize("name", ["demo", "demo-arith"])
+@pytest.mark.parametrize("name", ["demo", "demo-arith", "demo-rules", "demo-rules-twin"])
 def test_shipped_model_reproduces_recorded_answers(name: str) -> None:
-    """Both shipped models (the GSM8K demo and the demo-arith organism)."""
+    """Every shipped model (the GSM8K demo, the demo-arith organism, the rules organism and its
+    negative twin, whose routing options come from their codi_config.json)."""
     ref = json.loads((demo_dir(name) / REFERENCE_NAME).read_text(encoding="utf-8"))
     model, tokenizer = load_codi(name, device="cpu")  # strict: any key drift is an error
     assert model.config.lora_r == 0 and model.config.num_latent == ref["num_latent"] == 6

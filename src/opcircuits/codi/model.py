@@ -126,7 +126,8 @@ class CodiModel(nn.Module):
         """Final hidden state(s) [..., d] → the next latent's input embedding [..., d] (the
         learned constant, whatever `hidden` is, with `thought_input = "constant"`)."""
         if self.thought_constant is not None:
-            return self.thought_constant.expand(hidden.shape).to(hidden.dtype)
+            # a copy, never a view of the parameter: interventions edit thought inputs in place
+            return self.thought_constant.to(hidden.dtype).expand(hidden.shape).clone()
         return self.prj(hidden)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:

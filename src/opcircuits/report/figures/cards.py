@@ -49,11 +49,22 @@ def training_curves(log_rows: list[dict[str, Any]], out_dir: Path) -> dict:
 def accuracy_vs_thoughts(result: dict[str, Any], out_dir: Path) -> dict:
     """Student accuracy against K (an `opcircuits evaluate` result with several `--num-latent`
     values), the teacher's as a reference line; one line per `heldout_frame` group when the
-    result breaks accuracy down by it."""
+    result breaks accuracy down by it, and the position-preserved truncation (`--keep-positions`:
+    eot where it sits after the model's K) beside the natural one when the result has it."""
     acc = result["accuracy"]
-    ks = sorted(int(name.removeprefix("student_k")) for name in acc if name.startswith("student_k"))
+    ks = sorted(
+        int(name.removeprefix("student_k"))
+        for name in acc
+        if name.startswith("student_k") and not name.endswith("_kept")
+    )
+    kept = [k for k in ks if f"student_k{k}_kept" in acc]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(ks, [acc[f"student_k{k}"] for k in ks], "o-", color=OKABE_ITO[4], label="all")
+    natural = "all, natural positions" if kept else "all"
+    ax.plot(ks, [acc[f"student_k{k}"] for k in ks], "o-", color=OKABE_ITO[4], label=natural)
+    if kept:
+        top = max(ks)
+        values = [acc[f"student_k{k}_kept"] for k in kept] + [acc[f"student_k{top}"]]
+        ax.plot(kept + [top], values, "^-", color=OKABE_ITO[5], label="all, eot's position kept")
     held = result.get("by", {}).get("heldout_frame", {})
     for j, (value, label) in enumerate([("false", "training frames"), ("true", "held-out frames")]):
         if value in held:
