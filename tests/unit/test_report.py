@@ -111,6 +111,11 @@ def test_conclusion_follows_the_claims_only(report: tuple[dict, Path]) -> None:
     text = _text(rep)
     assert "carry operation-category information, beyond what the" in text
     assert "1 of 12 main-view probes beat the strongest baseline control" in text
+    # Decoding claimed only at bot (the question-reading state): not the thoughts' information.
+    _with_claims(rep, decoding=[(f"{best['probe']}:bot", 0.01), (f"{best['probe']}:bot@2", 0.01)])
+    text = _text(rep)
+    assert "decoded only at `bot` (the state that reads the question" in text
+    assert "the thoughts carry operation-category information" not in text
     # A secondary effect is never claimed while the decoding test fails (the gate).
     _with_claims(rep, decoding=[(name, 0.2)], beyond_baseline=[(name, 0.001)])
     assert "0 of 12 main-view probes beat" in _text(rep)

@@ -107,6 +107,16 @@ def _selectivity(report: dict, best: dict) -> list[str]:
     return s
 
 
+def _only_at_bot(report: dict) -> bool:
+    """Whether every claimed decoding member reads `bot` alone (the view, or a cell `bot@L`)."""
+    prefix = "decoding: "
+    members = [
+        c.removeprefix(prefix) for c in report["inference"]["claims"] if c.startswith(prefix)
+    ]
+    views = [m.split(":", 1)[-1].split("@")[0] for m in members]
+    return bool(views) and all(v == "bot" for v in views)
+
+
 def _verdict(report: dict, main: list[dict]) -> list[str]:
     bc = report["best_control"]
     beyond = [
@@ -117,7 +127,19 @@ def _verdict(report: dict, main: list[dict]) -> list[str]:
         f"{CONTROL_LABELS[bc]} control (accuracy {num(control(report, bc)['accuracy'])}), under "
         "the report's family-wise procedure."
     ]
-    if claimed(report, "decoding"):
+    if claimed(report, "decoding") and _only_at_bot(report):
+        # bot reads the question before any thought: decoding there is not the thoughts'
+        s.append(
+            "So in this store the operation category is decoded only at `bot` (the state that "
+            "reads the question, before any thought), at no latent step"
+            + (
+                f"; beyond what the {CONTROL_LABELS[bc]} control captures."
+                if beyond
+                else f", and not demonstrably beyond what the {CONTROL_LABELS[bc]} control "
+                "captures."
+            )
+        )
+    elif claimed(report, "decoding"):
         s.append(
             "So in this store the thoughts carry operation-category information"
             + (
