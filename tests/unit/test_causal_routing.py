@@ -121,3 +121,10 @@ def test_nothing_is_dispensable_when_the_clean_run_answers_nothing():
     assert "none is called so here" in text
     assert "latent_6 is dispensable" not in text and "leaves accuracy unchanged" not in text
     assert "content is needed" not in text and "reads the question directly" not in text
+
+
+def test_a_joint_ablation_of_one_thought_is_named_alone() -> None:
+    from opcircuits.report.findings.causal_routing import _thought_range
+
+    assert _thought_range(6, 6) == "latent_6 alone"
+    assert _thought_range(2, 6) == "latent_2 … latent_6 together"

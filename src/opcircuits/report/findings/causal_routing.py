@@ -132,6 +132,11 @@ def _truncations(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[s
     return s
 
 
+def _thought_range(first: int, last: int) -> str:
+    """`latent_a … latent_b together`, or `latent_b alone` for one thought."""
+    return f"latent_{last} alone" if first == last else f"latent_{first} … latent_{last} together"
+
+
 def _joint(pooled: list[dict[str, Any]], K: int) -> list[tuple[int, bool, dict[str, Any]]]:
     """(first thought, at every layer?, effect) of the joint ablations of latent_a … latent_K."""
     out = []
@@ -174,7 +179,7 @@ def _content(result: dict[str, Any], pooled: list[dict[str, Any]]) -> list[str]:
     if needed:
         first, every, e = max(needed, key=lambda j: (j[0], not j[1]))
         s.append(
-            f"{kind.capitalize()}-ablating latent_{first} … latent_{K} together "
+            f"{kind.capitalize()}-ablating {_thought_range(first, K)} "
             f"{'at every layer' if every else 'at the input'}, positions unchanged, lowers "
             f"accuracy ({_drop(e)})."
         )
