@@ -423,9 +423,12 @@ def test_bottleneck_with_step_supervision_trains_and_is_recorded(
         include_last_cot=True,
         step_factor=1.0,
         answer_reads_prompt=False,
+        teacher_factor=0.0,  # the organism's student-only recipe
+        distill_factor=0.0,
     )
     out = train(opts)
     log = _log(out)
+    assert all(r["teacher_ce"] == 0 and r["distill"] == 0 for r in log)  # no teacher forward
     assert log[-1]["step_ce"] < 0.5 * log[0]["step_ce"]
     assert log[-1]["student_ce"] < log[0]["student_ce"]
     summary = json.loads((out / "train_data.json").read_text())
