@@ -62,3 +62,28 @@ def test_evaluate_honours_dtype_and_counts_answers_cut_by_the_limit(gsm8k_dir, t
     assert all(len(t) < 12 for texts in cut["answers"].values() for t in texts)
     half = evaluate(EvaluateOptions(**opts, num_latent=[6], teacher=False, dtype="bfloat16"))
     assert half["dtype"] == "bfloat16"
+
+
+def test_each_accuracy_has_its_wilson_ci_and_a_model_not_released_no_paper_figure(
+    gsm8k_dir, tmp_path
+):
+    from cli_runner import run_cli
+
+    from opcircuits.codi.reproduce import accuracy_ci, result_line
+
+    out = tmp_path / "r.json"
+    code, stdout, stderr = run_cli(
+        "evaluate", "--model", "demo", "--data", str(gsm8k_dir), "--limit", "4",
+        "--num-latent", "6,0", "--no-teacher", "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, stderr
+    result = json.loads(out.read_text())
+    for name in ("student_k6", "student_k0"):
+        correct = sum(
+            math.isclose(extract_number(t) or math.inf, p["final_value"])
+            for t, p in zip(result["answers"][name], read_eval_problems(gsm8k_dir)[:4], strict=True)
+        )
+        assert result["ci95"][name] == accuracy_ci(correct, 4)
+        assert result_line(name, result) in stdout.splitlines()
+        assert "95% Wilson CI" in result_line(name, result)
+    assert result["paper"] is None and "paper" not in stdout

@@ -8,8 +8,9 @@ the base really holds them, from the base (logged with the count). Every key in 
 used, and every weight must be finite; otherwise the error lists the offending keys.
 
 The pieces: `resolve.py` (presets, folders, the config; dtype and device names), `weights.py`
-(the weight file), `strict.py` (the strict copy into the module); here, building the module on its
-base and `load_codi`, which chains them. Their names are importable from here too.
+(the weight files, sharded or not), `adapter.py` (peft adapters), `keymap.py` (older key
+spellings), `strict.py` (the strict copy into the module); here, building the module on its base
+and `load_codi`, which chains them. Their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from opcircuits.codi import hub
 from opcircuits.codi.config import CodiConfig
+from opcircuits.codi.keymap import check_renamed_used, rename_for_module
 from opcircuits.codi.model import CodiModel
 from opcircuits.codi.resolve import (
     DTYPES,
@@ -73,6 +75,7 @@ __all__ = [
     "resolve",
     "resolve_device",
     "resolve_dtype",
+    "skeleton",
 ]
 
 
@@ -109,6 +112,12 @@ def base_config(base_dir: Path) -> Any:
         held = sorted(p.name for p in Path(base_dir).iterdir())[:10] if base_dir.is_dir() else []
         raise OpcircuitsError(
             f"not a model folder: no config.json (it holds {held})", path=base_dir, field="base"
+        )
+    if path.stat().st_size == 0:  # as in some hub repos of released checkpoints
+        raise OpcircuitsError(
+            "empty file (0 bytes): not the base's config; pass the base model with --base",
+            path=path,
+            field="base",
         )
     raw = read_json_object(path)
     if not isinstance(raw.get("model_type"), str):
@@ -171,6 +180,12 @@ def _build(
     return CodiModel.from_base(config, base_model, mean_resizing=False), absent
 
 
+def skeleton(config: CodiConfig, base_dir: Path) -> CodiModel:
+    """The CODI module on the base's architecture, weights uninitialized: the keys, shapes and
+    tying a checkpoint must match (what `opcircuits doctor` inspects)."""
+    return _build(config, base_dir)[0]
+
+
 def _with_base_weights(resolved: Resolved, lacking: list[str]) -> tuple[CodiModel, list[str]]:
     """Rebuild the module with the base's pretrained weights; returns it and the keys of
     `lacking` the base really held (the others stay missing, and loading then fails)."""
@@ -210,6 +225,11 @@ def load_codi(
     resolved, weights = resolve(model, checkpoint=checkpoint, base=base, **config_overrides)
     check_finite(weights, resolved.weights_path)
     codi, _ = _build(resolved.config, resolved.base_dir)
+    keys = codi.state_dict().keys()
+    weights, resolved.renamed = rename_for_module(
+        weights, keys, resolved.weights_path, resolved.renamed
+    )
+    check_renamed_used(weights, keys, resolved.renamed, resolved.weights_path)
     check_unexpected(codi.state_dict(), weights, resolved.weights_path)
     own = own_keys(codi)
     # A checkpoint holding every base weight needs only the base's config and tokenizer.

@@ -84,6 +84,7 @@ class CodiConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, path: str | Path | None = None) -> CodiConfig:
+        refuse_official_flags(data, path)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -101,6 +102,7 @@ class CodiConfig:
 
     def replace(self, **overrides: Any) -> CodiConfig:
         """A copy with the non-None overrides applied (flags override `codi_config.json`)."""
+        refuse_official_flags(overrides, None)
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -113,6 +115,24 @@ class CodiConfig:
         out = Path(directory) / CONFIG_NAME
         write_json_atomic(out, self.to_dict())
         return out
+
+
+# Settings of the official code that a config may carry over but that we do not reproduce: each
+# is refused with why, rather than dropped as an unknown key or silently ignored.
+OFFICIAL_FLAGS: dict[str, str] = {
+    "fix_attn_mask": (
+        "the official train.py's flag 'Correct a bug about attention mask' changes only how "
+        "that script trains (masks of the teacher pass and of the answer after the latents); its "
+        "test.py never reads it and decodes unmasked after the prompt, while opcircuits masks "
+        "padding at every step (equal to test.py for a batch of one); not reproduced: remove it"
+    ),
+}
+
+
+def refuse_official_flags(data: dict[str, Any], path: str | Path | None) -> None:
+    for name, why in OFFICIAL_FLAGS.items():
+        if name in data:
+            raise OpcircuitsError(why, path=path, field=name)
 
 
 ROUTING_DEFAULTS: dict[str, Any] = {
@@ -225,3 +245,26 @@ PRESETS: dict[str, Preset] = {
     "demo-rules": Preset(checkpoint=str(demo_dir("demo-rules")), base="."),
     "demo-rules-twin": Preset(checkpoint=str(demo_dir("demo-rules-twin")), base="."),
 }
+
+
+def model_and_checkpoint(model: str, checkpoint: Any) -> tuple[str, Any]:
+    """(model, checkpoint) as loading takes them: a bare `--checkpoint DIR` (with the default
+    `--model demo`) is its own model, not the demo preset's location."""
+    if checkpoint is not None and model == "demo":
+        return str(checkpoint), None
+    return model, checkpoint
+
+
+def model_folders(model: str, checkpoint: Any, base: Any) -> dict[str, Path | None]:
+    """The local folders a model is read from (a preset's or `--model` folder, a checkpoint, a
+    base), by the flag naming them: inputs no output may lie in (`files.refuse_inside_inputs`)."""
+    preset = PRESETS.get(model)
+    found: dict[str, Path | None] = {}
+    for name, value in (
+        ("--checkpoint", checkpoint),
+        ("--model", preset.checkpoint if preset is not None else model),
+        ("--base", base),
+    ):
+        path = Path(str(value)).expanduser() if value is not None else None
+        found[name] = path if path is not None and path.exists() else None
+    return found

@@ -165,23 +165,60 @@ def _settings(
     return out
 
 
+# What every result `evaluate` writes holds: an existing --out without them is someone's file.
+RESULT_KEYS = ("accuracy", "answers", "n_problems")
+
+
+def check_out(out: Path, model: str, data: str | Path) -> None:
+    """Before anything is read or computed: the result file may not be one of the inputs nor lie
+    inside a folder the command reads (the checkpoint, its base, a problem folder), and an
+    existing file there must be an earlier result (never a folder, nor anyone's other file)."""
+    from opcircuits.codi.resolve import local_folders
+    from opcircuits.files import (
+        read_json_object,
+        refuse_blocked_parent,
+        refuse_inside_inputs,
+        refuse_same_files,
+    )
+
+    out = Path(out)
+    models = local_folders(model)
+    data_path = Path(str(data)).expanduser()
+    refuse_same_files({"--out": out}, {"--data": data_path, "--model": models})
+    refuse_inside_inputs({"--out": out}, {"--model": models, "--data": data_path})
+    if out.is_dir():
+        raise OpcircuitsError("exists and is a folder; choose a file path", path=out, field="out")
+    refuse_blocked_parent(out, field="out")
+    if out.exists():
+        try:
+            previous = read_json_object(out)
+        except OpcircuitsError:
+            previous = {}
+        if not all(k in previous for k in RESULT_KEYS):
+            raise OpcircuitsError(
+                "exists and is not an `opcircuits evaluate` result: nothing was changed; move it "
+                "away or choose another output path",
+                path=out,
+                field="out",
+            )
+
+
 def evaluate(options: EvaluateOptions) -> dict[str, Any]:
     """Accuracy of a CODI model on GSM8K-style problems: the teacher (explicit CoT) and the
-    student with each K in `num_latent`. Writes the result JSON (with every answer, and per
-    setting how many answers hit the decoding limit) to `out`."""
+    student with each K in `num_latent`, each with its Wilson 95% CI (`ci95`), and for a
+    released checkpoint the paper's figure (`paper`). Writes the result JSON (with every answer,
+    and per setting how many answers hit the decoding limit) to `out`."""
     import torch
 
     from opcircuits.codi.checkpoint import load_codi
     from opcircuits.codi.latent import check_lengths, extract_number
-    from opcircuits.files import refuse_same_files, write_json_atomic
+    from opcircuits.codi.reproduce import add_intervals
+    from opcircuits.files import write_json_atomic
 
+    if options.out is not None:
+        check_out(options.out, options.model, options.data)
     if options.threads:
         torch.set_num_threads(options.threads)
-    model_dir = Path(options.model).expanduser()
-    refuse_same_files(
-        {"--out": options.out},
-        {"--data": options.data, "--model": model_dir if model_dir.is_dir() else None},
-    )
     problems = read_eval_problems(options.data)
     if options.limit:
         problems = problems[: options.limit]
@@ -241,6 +278,7 @@ def evaluate(options: EvaluateOptions) -> dict[str, Any]:
         )
     result["ids"] = ids
     result["by"] = accuracy_by_group(problems, marks)
+    add_intervals(result, options.model, model.config.num_latent, marks)
     if options.out is not None:
         write_json_atomic(options.out, result)
     return result

@@ -134,6 +134,18 @@ class CodiModel(nn.Module):
         """Logits of final hidden states (the logit lens)."""
         return self.lm.get_output_embeddings()(hidden)
 
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The backbone's last normalization (LLaMA `norm`, GPT-2 `ln_f`): what the logit lens
+        applies to an intermediate layer's state before the head (HF's last hidden state has it)."""
+        base = self.lm.base_model
+        for name in ("norm", "ln_f"):
+            norm = getattr(base, name, None)
+            if isinstance(norm, nn.Module):
+                return norm(hidden)
+        raise OpcircuitsError(
+            f"{type(base).__name__} has no final norm (norm or ln_f): no per-layer logit lens"
+        )
+
     def merge_lora(self) -> CodiModel:
         """Fold LoRA into the base weights for faster inference (no-op without LoRA)."""
         if self.config.lora_r > 0 and not self.merged:

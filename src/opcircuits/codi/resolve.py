@@ -4,17 +4,23 @@ and device names every command accepts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from opcircuits.codi import hub
+from opcircuits.codi.adapter import read_adapter
 from opcircuits.codi.config import CONFIG_NAME, PRESETS, CodiConfig, Preset, read_config
-from opcircuits.codi.weights import find_weights, infer_config, read_weights
+from opcircuits.codi.keymap import rename_static
+from opcircuits.codi.weights import find_weights, infer_config, read_weights, shard_files
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import DTYPES as DTYPE_NAMES
+
+log = logging.getLogger(__name__)
 
 # The torch dtype of each name the options offer (the names are declared once, in options).
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -31,6 +37,69 @@ class Resolved:
     base: str  # hub id or dir of the base (config, tokenizer, missing weights)
     base_dir: Path
     config: CodiConfig
+    weight_files: list[Path] = field(default_factory=list)  # every file the weights came from
+    renamed: dict[str, str] = field(default_factory=dict)  # module key → the file's spelling
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint dir's weight files hold, with the module's key spellings."""
+
+    path: Path  # the file errors name: the weights file (or shard index), else the adapter's
+    files: list[Path]
+    weights: dict[str, torch.Tensor]
+    settings: dict[str, Any]  # CODI config fields a peft adapter_config.json declares
+    renamed: dict[str, str]
+
+
+def read_checkpoint(ckpt_dir: Path) -> Checkpoint:
+    """The weights file (one, or sharded), and a peft adapter beside it when there is one; keys
+    of older spellings renamed by `keymap`'s table, a key held twice an error naming both."""
+    adapter = read_adapter(ckpt_dir)
+    primary = find_weights(ckpt_dir, required=adapter is None)
+    weights: dict[str, torch.Tensor] = {}
+    renamed: dict[str, str] = {}
+    files: list[Path] = []
+    if primary is not None:
+        weights, renamed = rename_static(read_weights(primary), primary)
+        shards = primary.name.endswith(".index.json")
+        files = [primary, *sorted(set(shard_files(primary).values()))] if shards else [primary]
+    if adapter is None:
+        assert primary is not None
+        return Checkpoint(primary, files, weights, {}, renamed)
+    tensors, settings, path = adapter
+    extra, extra_renamed = rename_static(tensors, path)
+    twice = sorted(set(extra) & set(weights))
+    if twice:
+        raise OpcircuitsError(
+            f"{len(twice)} weights are both here and in {primary}: {twice[:5]}", path=path
+        )
+    weights.update(extra)
+    renamed.update(extra_renamed)
+    return Checkpoint(primary or path, [*files, path], weights, settings, renamed)
+
+
+def weights_sha256(resolved: Resolved) -> str:
+    """What a store records as the weights' identity: one file's sha256 (as always), or for
+    several (shards, an adapter beside its projection) the sha256 of their names and sha256s, so
+    that a changed shard changes it."""
+    from opcircuits.files import sha256_file
+
+    files = resolved.weight_files or [resolved.weights_path]
+    if len(files) == 1:
+        return sha256_file(files[0])
+    lines = "".join(f"{p.name} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _say_which_config(ckpt_dir: Path, base_dir: Path) -> None:
+    """Hub repos of released CODI checkpoints hold a 0-byte config.json: the base's is the one
+    used (as it is for every checkpoint with its own base), said once."""
+    own = ckpt_dir / "config.json"
+    if base_dir == ckpt_dir or (own.is_file() and own.stat().st_size > 0):
+        return
+    why = "is empty (0 bytes)" if own.is_file() else "is missing"
+    log.info("the checkpoint's config.json %s; using the base's %s", why, base_dir / "config.json")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -109,6 +178,34 @@ def _require_declared(config: CodiConfig, declared: set[str], ckpt_dir: Path) ->
         )
 
 
+def local_folders(model: str | Path, checkpoint: str | Path | None = None) -> list[Path]:
+    """The local folders loading `model` reads, found without reading any weights or the hub:
+    its checkpoint folder (a preset's installed one included) and its base when that is a local
+    folder ("." is the checkpoint itself). What a command's output must stay out of."""
+    model = str(model)
+    preset = _find_preset(model)
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).expanduser()
+    elif preset is not None:
+        ckpt = Path(preset.checkpoint)
+    else:
+        ckpt = Path(model).expanduser()
+    if not ckpt.is_dir():
+        return []
+    base = preset.base if preset is not None else None
+    try:
+        base = (read_config(ckpt) or {}).get("base", base)
+    except OpcircuitsError:
+        pass  # loading reports the unreadable config
+    folders = [ckpt]
+    if isinstance(base, str) and base:
+        for candidate in (ckpt / base, Path(base).expanduser()):
+            if candidate.is_dir():
+                folders.append(candidate)
+                break
+    return folders
+
+
 def resolve(
     model: str | Path = "demo",
     *,
@@ -149,9 +246,12 @@ def resolve(
             field="model",
         )
     ckpt_dir = ckpt_dir.resolve()
-    weights_path = find_weights(ckpt_dir)
     if weights is None:
-        weights = read_weights(weights_path)
+        found = read_checkpoint(ckpt_dir)
+    else:  # given in memory (training's own checkpoints): its names are the module's already
+        path = find_weights(ckpt_dir)
+        found = Checkpoint(path, [path], weights, {}, {})
+    weights = found.weights
 
     data: dict[str, Any] = {}
     if preset is not None:
@@ -159,6 +259,7 @@ def resolve(
         if preset.layers is not None:
             data["layers"] = list(preset.layers)
     data.update(infer_config(weights))
+    data.update(found.settings)
     file_config = read_config(ckpt_dir) or {}
     data.update(file_config)
     base_relative = base is None  # from the preset or codi_config.json: relative to the dir
@@ -172,10 +273,15 @@ def resolve(
             field="base",
         )
     config = CodiConfig.from_dict(data, path=ckpt_dir / CONFIG_NAME).replace(**overrides)
-    declared = set(file_config) | {k for k, v in overrides.items() if v is not None}
+    declared = set(file_config) | set(found.settings)
+    declared |= {k for k, v in overrides.items() if v is not None}
     if preset is not None:
         declared |= set(preset.config)
     _require_declared(config, declared, ckpt_dir)
     base_dir = _locate_base(config.base, ckpt_dir, base_relative)
-    resolved = Resolved(model, ckpt, ckpt_dir, weights_path, config.base, base_dir, config)
+    _say_which_config(ckpt_dir, base_dir)
+    resolved = Resolved(
+        model, ckpt, ckpt_dir, found.path, config.base, base_dir, config, found.files,
+        found.renamed,
+    )  # fmt: skip
     return resolved, weights

@@ -76,11 +76,13 @@ def load_weights_strict(
             elif not kept.intersection(group):
                 missing_base.append(group[0])
             continue
-        value = weights[present[0]]
-        for other in present[1:]:
+        # The last alias in module order wins, as in the official test.py: load_state_dict
+        # copies each into the one shared tensor in that order, then tie_weights keeps it.
+        value = weights[present[-1]]
+        for other in present[:-1]:
             if not torch.equal(weights[other], value):
                 log.warning(
-                    "%s differs from its tied alias %s; using the latter", other, present[0]
+                    "%s differs from its tied alias %s; using the latter", other, present[-1]
                 )
         for key in group:
             filled[key] = value
