@@ -4,24 +4,26 @@ For each problem: hidden states at positions bot, latent_1..latent_K and the cho
 projected inputs fed back, the logit lens at each position, the greedy answer and whether it is
 right. Shards are written atomically as they finish, so rerunning the same command resumes, and
 `accelerate launch -m opcircuits extract …` splits the shards across processes (rank r writes
-shards r, r+W, …; the main process finalizes once all are done).
+shards r, r+W, …; the main process finalizes once all are done). Every phase ends where all
+ranks learn whether one failed (`codi.ranks`), so an error on any rank stops all of them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import ExtractOptions, split_list
 from opcircuits.progress import stage_progress
+
+if TYPE_CHECKING:
+    from opcircuits.codi.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,12 @@ def parse_layers(
 
 def problem_fields(record: dict[str, Any]) -> dict[str, Any]:
     """The store columns a problem record supplies (category and operators derived if absent)."""
-    from opcircuits.data.annotations import label_record, operator_symbols
+    from opcircuits.data.annotations import (
+        label_record,
+        operator_symbols,
+        step_operators,
+        step_results,
+    )
 
     category = record.get("category") or label_record(record).category
     n_steps = record.get("n_steps")
@@ -66,49 +73,31 @@ def problem_fields(record: dict[str, Any]) -> dict[str, Any]:
         "gold": float(record["final_value"]),
         "n_steps": int(n_steps),
         "ops_used": operator_symbols(record),
+        "step_ops": step_operators(record),
+        "step_results": step_results(record),
     }
 
 
-class _Dist:
-    """This process's place in an `accelerate launch` / `torchrun` job (env RANK, WORLD_SIZE,
-    LOCAL_RANK); a single process otherwise. Only barriers are exchanged, so gloo serves both
-    CPU and GPU jobs."""
+def number_text(value: float) -> str:
+    """A step result as the chain of thought writes it after `=`: `24`, not `24.0`."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.owns_group = False
-        if self.world > 1:
-            import torch.distributed as dist
 
-            if not dist.is_initialized():
-                dist.init_process_group(backend="gloo")
-                self.owns_group = True
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
-
-    def device(self, requested: str) -> str:
-        """`auto` in a multi-process job on GPUs means this process's own GPU."""
-        if self.world > 1 and requested == "auto" and torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
-        return requested
+def result_token_ids(
+    tokenizer, results: list[float | None] | None, before: str = ""
+) -> list[int | None] | None:
+    """The first token id of each step result's text (the whole number where it is one token,
+    as for `demo-arith`; the first piece of a multi-token number), None where r_j is unknown.
+    `before=" "`: of the text after a space, a BPE vocabulary's other spelling of the number
+    (GPT-2's `Ġ8`; `demo-rules` writes its results so), which the lens may decode instead."""
+    if results is None:
+        return None
+    out: list[int | None] = []
+    for value in results:
+        text = None if value is None else before + number_text(value)
+        ids = [] if text is None else tokenizer.encode(text, add_special_tokens=False)
+        out.append(int(ids[0]) if ids else None)
+    return out
 
 
 def extract_shard(
@@ -129,6 +118,7 @@ def extract_shard(
     from opcircuits.codi.latent import (
         decode_answer,
         extract_number,
+        layer_lens_ids,
         prompt_ids,
         run_batch,
         token_text,
@@ -157,6 +147,7 @@ def extract_shard(
         hidden[idx] = out.hidden.numpy()
         latent[idx] = out.latent_inputs.numpy()
         lens_ids = out.lens_ids.tolist()
+        per_layer = layer_lens_ids(model, out.hidden, layers, top_k).tolist()
         lens_probs = out.lens_probs.tolist()
         for j, i in enumerate(idx):
             fields = problem_fields(problems[i])
@@ -171,9 +162,12 @@ def extract_shard(
                 "predicted": predicted,
                 "correct": predicted is not None and predicted == fields["gold"],
                 "answer_truncated": out.truncated[j],
+                "step_result_ids": result_token_ids(tokenizer, fields["step_results"]),
+                "step_result_space_ids": result_token_ids(tokenizer, fields["step_results"], " "),
                 "lens_top_ids": lens_ids[j],
                 "lens_top_tokens": [[names[t] for t in row] for row in lens_ids[j]],
                 "lens_top_probs": lens_probs[j],
+                "lens_layer_top_ids": per_layer[j],
             }
         if on_batch is not None:
             on_batch(len(idx))
@@ -183,40 +177,44 @@ def extract_shard(
 
 def extract(options: ExtractOptions) -> Path:
     """Extract every problem of `options.dataset` into the store `options.out`; returns its path."""
+    from opcircuits.codi.ranks import Ranks
+
+    # The process group forms before any input is read: a rank failing earlier would leave the
+    # others waiting in the rendezvous for ever.
+    ranks = Ranks()
+    try:
+        return _extract(options, ranks)
+    finally:
+        ranks.close()
+
+
+def _read_inputs(options: ExtractOptions) -> list[dict[str, Any]]:
+    from opcircuits.codi.config import model_folders
     from opcircuits.data.io import read_problems
-    from opcircuits.files import check_replaceable, refuse_same_files
+    from opcircuits.files import check_replaceable, refuse_inside_inputs, refuse_same_files
     from opcircuits.store import is_store_file
 
-    refuse_same_files(
-        {"out": options.out}, {"--data": options.dataset, "--checkpoint": options.checkpoint}
-    )
+    folders = model_folders(options.model, options.checkpoint, options.base)
+    inputs = {"--data": options.dataset, **folders}
+    refuse_same_files({"out": options.out}, inputs)
+    refuse_inside_inputs({"out": options.out}, inputs)  # a store inside a checkpoint folder
     check_replaceable(options.out, is_store_file)  # never write beside someone else's files
-    problems = read_problems(options.dataset)
-    dist = _Dist()
-    try:
-        return _extract(options, problems, dist)
-    finally:
-        dist.close()
+    return read_problems(options.dataset)
 
 
-def _load_model(options: ExtractOptions, dist: _Dist) -> tuple[Any, Any, str]:
+def _load_model(options: ExtractOptions, ranks: Ranks) -> tuple[Any, Any, str]:
     """The model (re-initialized for the random baseline), its tokenizer and the name the
     store records."""
     from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.config import model_and_checkpoint
 
-    # A bare --checkpoint DIR is its own model, not the demo preset's location.
-    model_name = options.model
-    if options.checkpoint is not None and options.model == "demo":
-        model_name = str(options.checkpoint)
-        checkpoint = None
-    else:
-        checkpoint = options.checkpoint
+    model_name, checkpoint = model_and_checkpoint(options.model, options.checkpoint)
     model, tokenizer = load_codi(
         model_name,
         checkpoint=checkpoint,
         base=options.base,
         dtype=options.dtype,
-        device=dist.device(options.device),
+        device=ranks.device(options.device),
         merge=options.merge,
         num_latent=options.num_latent,
         remove_eos=options.remove_eos,
@@ -234,6 +232,7 @@ def _load_model(options: ExtractOptions, dist: _Dist) -> tuple[Any, Any, str]:
 
 def _manifest(options: ExtractOptions, model: Any, name: str, layers: list[int]) -> dict[str, Any]:
     """What the store records about how it was made (a resumed run must match it)."""
+    from opcircuits.codi.resolve import weights_sha256
     from opcircuits.files import sha256_file
     from opcircuits.store import default_positions
 
@@ -243,7 +242,7 @@ def _manifest(options: ExtractOptions, model: Any, name: str, layers: list[int])
         "model": name,
         "reinit": options.reinit,
         "checkpoint": src.checkpoint,
-        "weights_sha256": sha256_file(src.weights_path),
+        "weights_sha256": weights_sha256(src),
         "base": src.base,
         "num_latent": K,
         "layers": layers,
@@ -260,38 +259,40 @@ def _manifest(options: ExtractOptions, model: Any, name: str, layers: list[int])
     }
 
 
-def _extract(options: ExtractOptions, problems: list[dict[str, Any]], dist: _Dist) -> Path:
+def _extract(options: ExtractOptions, ranks: Ranks) -> Path:
     from opcircuits.codi.latent import check_lengths
     from opcircuits.store import StoreWriter
 
-    model, tokenizer, name = _load_model(options, dist)
-    layers = parse_layers(options.layers, model.num_layers, model.source.config.layers)
-    # Before any work: a question beyond the model's positions is an error naming its id.
-    check_lengths(model, tokenizer, [p["question"] for p in problems], [p["id"] for p in problems])
-    manifest = _manifest(options, model, name, layers)
+    with ranks.together():  # every rank's checks (its files, its device) before any work
+        problems = _read_inputs(options)
+        model, tokenizer, name = _load_model(options, ranks)
+        layers = parse_layers(options.layers, model.num_layers, model.source.config.layers)
+        # Before any work: a question beyond the model's positions is an error naming its id.
+        ids = [p["id"] for p in problems]
+        check_lengths(model, tokenizer, [p["question"] for p in problems], ids)
+        manifest = _manifest(options, model, name, layers)
 
-    def writer() -> StoreWriter:
-        return StoreWriter(
-            options.out,
-            manifest,
-            len(problems),
-            options.shard_size,
-            rank=dist.rank,
-            world_size=dist.world,
-            ids=[p["id"] for p in problems],
-        )
+        def writer() -> StoreWriter:
+            return StoreWriter(
+                options.out,
+                manifest,
+                len(problems),
+                options.shard_size,
+                rank=ranks.rank,
+                world_size=ranks.world,
+                ids=ids,
+            )
 
-    # The main process creates the store (or checks it and re-verifies the shards it keeps)
-    # first, so ranks never race to create it and kept shards are hashed once.
-    w = writer() if dist.main else None
-    dist.barrier()
-    if w is None:
-        w = writer()
-    _write_shards(w, model, tokenizer, problems, layers, options, dist)
-    dist.barrier()
-    if dist.main:
-        _finalize(w, options)
-    dist.barrier()
+        # The main process creates the store (or checks it and re-verifies the shards it keeps)
+        # first, so ranks never race to create it and kept shards are hashed once.
+        w = writer() if ranks.main else None
+    with ranks.together():
+        if w is None:
+            w = writer()
+        _write_shards(w, model, tokenizer, problems, layers, options, ranks)
+    with ranks.together():  # the others exit non-zero too when the merge fails
+        if ranks.main:
+            _finalize(w, options)
     return options.out
 
 
@@ -302,14 +303,14 @@ def _write_shards(
     problems: list[dict[str, Any]],
     layers: list[int],
     options: ExtractOptions,
-    dist: _Dist,
+    ranks: Ranks,
 ) -> None:
     """Extract and write this process's shards that are not done yet."""
     pending = w.pending_shards()
     todo = sum(w.shard_bounds(i)[1] - w.shard_bounds(i)[0] for i in pending)
-    if dist.main and not pending:
+    if ranks.main and not pending:
         log.info("%s: nothing left to extract", options.out)
-    with stage_progress(f"extract (rank {dist.rank})", enabled=dist.main and todo > 0) as bar:
+    with stage_progress(f"extract (rank {ranks.rank})", enabled=ranks.main and todo > 0) as bar:
         task = bar.add_task("extract", total=todo)
         for index in pending:
             a, b = w.shard_bounds(index)

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from opcircuits.cli import app
 from opcircuits.codi.checkpoint import load_codi
 from opcircuits.codi.latent import extract_number, run_batch
-from opcircuits.data.annotations import operator_symbols
+from opcircuits.data.annotations import operator_symbols, step_operators, step_results
 from opcircuits.data.io import read_problems
 from opcircuits.errors import OpcircuitsError
-from opcircuits.extract import ExtractOptions, extract
+from opcircuits.extract import ExtractOptions, extract, number_text
 from opcircuits.store import open_store
 
 torch.set_num_threads(1)  # the subprocesses get OMP_NUM_THREADS=1: same numerics, same bytes
@@ -110,14 +110,37 @@ def test_cli_extract_writes_the_store_the_model_computes(tiny_llama, tiny_proble
     assert list(rec["id"]) == [p["id"] for p in problems]
     assert list(rec["gold"]) == [float(p["final_value"]) for p in problems]
     assert [list(x) for x in rec["ops_used"]] == [operator_symbols(p) for p in problems]
+    # each step's operator where every step has one (GSM8K: some steps combine several)
+    step_ops = [None if x is None else list(x) for x in rec["step_ops"]]
+    assert step_ops == [step_operators(p) for p in problems]
+    assert any(x is None for x in step_ops) and any(x is not None for x in step_ops)
+    # each step's result, and the first token of its text under the model's tokenizer
+    results = [None if x is None else list(x) for x in rec["step_results"]]
+    assert results == [step_results(p) for p in problems] and all(r for r in results)
+    for res, ids, spaced in zip(
+        results, rec["step_result_ids"], rec["step_result_space_ids"], strict=True
+    ):
+        assert list(ids) == [tok.encode(number_text(v), add_special_tokens=False)[0] for v in res]
+        want = [tok.encode(" " + number_text(v), add_special_tokens=False)[0] for v in res]
+        assert list(spaced) == want
     assert set(rec["category"]) <= {"pure_addition", "pure_multiplication", "mixed", "unclassified"}
     for i, row in rec.iterrows():
         assert len(row["lens_top_ids"]) == 7 and all(len(x) == 3 for x in row["lens_top_ids"])
         assert [list(x) for x in row["lens_top_ids"]] == ref.lens_ids[i].tolist()
         assert len(row["lens_top_tokens"][0]) == 3
+        # the lens at every stored layer: the last (4 = the model's blocks) is the lens above
+        per_layer = np.array([[list(x) for x in p] for p in row["lens_layer_top_ids"]])
+        assert per_layer.shape == (7, 3, 3)
+        assert per_layer[:, 2].tolist() == ref.lens_ids[i].tolist()
         want = extract_number(row["answer_text"])
         assert (row["predicted"] == want) or (want is None and np.isnan(row["predicted"]))
         assert row["correct"] == (want is not None and want == row["gold"])
+    # an inner layer's lens is the head on the final norm of the stored state
+    with torch.no_grad():
+        h = torch.from_numpy(store.hidden()[:, :, 0])
+        want = torch.softmax(model.lm_head(model.final_norm(h)), -1).topk(3).indices
+    got = [[list(p[0]) for p in row] for row in rec["lens_layer_top_ids"]]
+    assert got == want.tolist()
     # answers that hit --max-new-tokens before EOS are flagged, and counted in the manifest
     assert list(rec["answer_truncated"]) == ref.truncated
     assert m["n_answer_truncated"] == sum(ref.truncated) > 0

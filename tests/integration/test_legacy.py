@@ -59,6 +59,7 @@ def test_import_legacy(tmp_path, gsm8k_dir):
     assert df["n_steps"].tolist() == [it["answer"].count("<<") for it in items]
     # first GSM8K test problem (Janet's ducks): 16-3-4=9, 9*2=18
     assert list(df["ops_used"][0]) == ["-", "*"]
+    assert list(df["step_results"][0]) == [9.0, 18.0]
     assert df["predicted"].isna().all() and df["answer_text"].isna().all()
 
 

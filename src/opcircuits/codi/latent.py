@@ -390,6 +390,25 @@ def _greedy_answers(
     return answers, truncated
 
 
+@torch.no_grad()
+def layer_lens_ids(
+    model: CodiModel, hidden: torch.Tensor, layers: Sequence[int], top_k: int
+) -> torch.Tensor:
+    """The logit lens at every stored layer: [B, P, L, k] top-k ids of the LM head on each
+    (position, layer) state of `hidden` [B, P, L, D] (`LatentBatch.hidden`), after the final norm
+    except at the last layer, whose HF hidden state already has it (so that layer's ids are the
+    `lens_ids`). Ids only: k per site keeps the store small."""
+    weight = model.lm.get_output_embeddings().weight
+    k = min(top_k, model.eot_id + 1)
+    out = []
+    for li, layer in enumerate(layers):
+        x = hidden[:, :, li].to(device=weight.device, dtype=weight.dtype)
+        if layer != model.num_layers:
+            x = model.final_norm(x)
+        out.append(torch.softmax(model.lm_head(x).float(), dim=-1).topk(k).indices)
+    return torch.stack(out, dim=2).cpu()
+
+
 def token_text(model: CodiModel, tokenizer, token_id: int) -> str:
     """A readable string for one id (the three CODI ids have no text in the base tokenizer)."""
     special = {model.pad_id: "<pad>", model.bot_id: "<bot>", model.eot_id: "<eot>"}

@@ -25,7 +25,7 @@ and creating it), `integrity` (what shards record about themselves and how that 
 Pure numpy/pyarrow: this package must not import torch (analysis reads stores without it).
 """
 
-from opcircuits.store.integrity import run_identity
+from opcircuits.store.integrity import run_identity, store_fingerprint
 from opcircuits.store.manifest import build_manifest, manifest_differences
 from opcircuits.store.reader import Store, describe, open_store, verify_store
 from opcircuits.store.schema import (
@@ -73,6 +73,7 @@ __all__ = [
     "remove_store",
     "run_identity",
     "shard_name",
+    "store_fingerprint",
     "verify_store",
     "write_store",
 ]

@@ -45,6 +45,18 @@ def run_identity(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def store_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """sha256 naming one complete store's contents (its run identity and the sha256 of its
+    records and every shard): what a file derived from a store (a tuned lens) records, so that it
+    is never applied to another store."""
+    fields = {
+        "run_sha256": run_identity(manifest),
+        "records_sha256": manifest.get("records_sha256"),
+        "shards_sha256": manifest.get("shards_sha256"),
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def shard_metadata(
     manifest: Mapping[str, Any], index: int, start: int, ids: Sequence[str], records_sha256: str
 ) -> dict[str, str]:

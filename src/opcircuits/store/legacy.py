@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
+from opcircuits.data.annotations import step_operators, step_results
 from opcircuits.data.gsm8k import parse_final_answer
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import (
@@ -180,6 +181,9 @@ def _item(
         "gold": gold,
         "n_steps": n_steps,
         "ops_used": ops,
+        "step_ops": None if ops is None else step_operators({"answer": answer}),
+        # the value probes can run on imports (the lens's Table 3 metric cannot: no lens)
+        "step_results": None if ops is None else step_results({"answer": answer}),
     }
     return record, hidden
 

@@ -42,9 +42,18 @@ RECORD_SCHEMA = pa.schema(
         ("answer_truncated", pa.bool_()),  # decoding hit the limit before EOS
         ("n_steps", pa.int64()),
         ("ops_used", pa.list_(pa.string())),
+        # each solution step's operator, in order (null unless every step has exactly one)
+        ("step_ops", pa.list_(pa.string())),
+        # each step's result r_j (null where its text is not one number) and the first token id
+        # of r_j's text under the model's tokenizer, and of " r_j" (matched against the lens)
+        ("step_results", pa.list_(pa.float64())),
+        ("step_result_ids", pa.list_(pa.int64())),
+        ("step_result_space_ids", pa.list_(pa.int64())),  # the same after a space (`Ġ8`)
         ("lens_top_ids", pa.list_(pa.list_(pa.int64()))),
         ("lens_top_tokens", pa.list_(pa.list_(pa.string()))),
         ("lens_top_probs", pa.list_(pa.list_(pa.float32()))),
+        # the lens at every stored layer: [position][layer (manifest order)][k] ids
+        ("lens_layer_top_ids", pa.list_(pa.list_(pa.list_(pa.int64())))),
     ]
 )
 RECORD_COLUMNS = tuple(RECORD_SCHEMA.names)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from opcircuits.errors import OpcircuitsError
@@ -24,6 +27,7 @@ from opcircuits.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from opcircuits.scratch import sweep_stale
 from opcircuits.store.integrity import (
     check_sha256,
     check_shard,
@@ -53,6 +57,26 @@ from opcircuits.store.schema import (
 )
 
 log = logging.getLogger(__name__)
+
+# A temporary file of a shard write is this old only if the write was killed: swept on resume (a
+# fresh one may belong to a second command writing the same store).
+STALE_AFTER = 600.0
+# How safetensors reports the OS error that stopped a write: "... (os error 28)".
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict) -> None:
+    """`save_file`, with the OS error behind a failed write (a full disk, no permission) raised
+    as the OSError it is: safetensors raises its own error type, which `files.writing` (one
+    line naming the shard and the free space) would not recognise."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        found = _OS_ERROR_RE.search(str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code)) from exc
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -110,6 +134,8 @@ class StoreWriter:
         if self.path.exists() and not self.path.is_dir():
             raise OpcircuitsError("exists and is not a directory", path=self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # before the other ranks start writing (they wait for this one)
+            sweep_stale(self.path, older_than=STALE_AFTER, recursive=True)
         self.manifest = create_or_check_manifest(self.path, wanted)
         if rank == 0 and not self.complete:
             for i in self.done_shards():
@@ -185,8 +211,9 @@ class StoreWriter:
         ppath = self.path / PARTS / part_name(index)
         _write_parquet(table, ppath)
         metadata = shard_metadata(m, index, start, ids, sha256_file(ppath))
-        with atomic_path(self.path / shard_name(index)) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        needed = sum(t.nbytes for t in tensors.values())
+        with atomic_path(self.path / shard_name(index), needed=needed) as tmp:
+            _save_safetensors(tensors, tmp, metadata)
             # the shard's own hash, recorded before it counts as written (see `integrity`)
             write_text_atomic(self.path / PARTS / hash_name(index), sha256_file(tmp) + "\n")
         log.debug("wrote shard %d (%d problems) of %s", index, n, self.path)
