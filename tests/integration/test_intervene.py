@@ -113,11 +113,11 @@ def test_a_crashed_sweep_resumes_to_the_same_result(
     real = intervene_mod._write_parquet
     calls = []
 
-    def crash_on_second(rows, path):
+    def crash_on_second(rows, path, *meta):
         calls.append(path.name)
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C while the second part is being written
-        real(rows, path)
+        real(rows, path, *meta)
 
     monkeypatch.setattr(intervene_mod, "_write_parquet", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -143,7 +143,7 @@ def test_other_options_or_inputs_are_refused(tiny_llama, synth_data, finished, t
     out = finished[0]
     with pytest.raises(OpcircuitsError, match="other options"):
         intervene(options(tiny_llama, synth_data, out, sites="bot@1"))
-    with pytest.raises(OpcircuitsError, match="is an input"):
+    with pytest.raises(OpcircuitsError, match="would overwrite the input"):
         intervene(options(tiny_llama, synth_data, synth_data))
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -175,3 +175,132 @@ def test_patch_sources_by_pair_id_or_map():
         patch_sources(recs, partners, {"b": "zz"})
     with pytest.raises(OpcircuitsError, match="3 members"):
         patch_sources([*both, {"id": "x", "pair_id": "p"}], [], None)
+
+
+# --- hardening (issue 25): parts prove what they hold; refusals before the first write ---------
+
+
+def test_a_part_copied_over_another_or_damaged_is_computed_again_never_merged(
+    tiny_llama, synth_data, finished, tmp_path, caplog
+):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    parts = out / "parts"
+    shutil.copy(parts / "part-00000.parquet", parts / "part-00001.parquet")  # problems 0-1 twice
+    damaged = (parts / "part-00002.parquet").read_bytes()
+    (parts / "part-00002.parquet").write_bytes(damaged[: len(damaged) // 2])  # truncated
+    with caplog.at_level("WARNING"):
+        intervene(options(tiny_llama, synth_data, out))
+    warned = caplog.text
+    assert "part-00001.parquet" in warned and "part-00002.parquet" in warned
+    assert "part-00000.parquet" not in warned
+    assert sorted(p.name for p in parts.iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    done = pd.read_parquet(finished[0] / "interventions.parquet")
+    got = pd.read_parquet(out / "interventions.parquet")
+    assert got["id"].value_counts().to_dict() == done["id"].value_counts().to_dict()
+    pd.testing.assert_frame_equal(got, done, check_exact=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and sorted(manifest["parts"]) == sorted(
+        p.name for p in parts.iterdir()
+    )
+
+
+def test_the_same_data_by_another_path_resumes_the_sweep(
+    tiny_llama, synth_data, finished, tmp_path, monkeypatch
+):
+    """Inputs are identified by their content: a relative path to the same file (the sweep was
+    run with an absolute one) was refused as a sweep with other data."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    monkeypatch.chdir(synth_data.parent)
+    intervene(options(tiny_llama, type(synth_data)(synth_data.name), out))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == stamps
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "interventions.parquet"),
+        pd.read_parquet(finished[0] / "interventions.parquet"),
+        check_exact=True,
+    )
+
+
+def test_a_part_from_another_sweep_is_not_merged(finished, tmp_path):
+    """A part renamed into place with its hash recorded still names its own sweep and problems."""
+    import shutil
+
+    from opcircuits.intervene.parts import check_part, merge_parts, shards
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids = [f"synth_{i}" for i in range(6)]
+    rows = shards(6, 2)
+    assert all(check_part(out, manifest, i, r.start, ids[r.start : r.stop]) is None
+               for i, r in enumerate(rows))  # fmt: skip
+    shutil.copy(out / "parts" / "part-00000.parquet", out / "parts" / "part-00001.parquet")
+    manifest["parts"]["part-00001.parquet"] = manifest["parts"]["part-00000.parquet"]
+    assert "metadata" in check_part(out, manifest, 1, 2, ids[2:4])
+    other = {**manifest, "options": {**manifest["options"], "seed": 5}}
+    assert "metadata" in check_part(out, other, 0, 0, ids[0:2])
+    with pytest.raises(OpcircuitsError, match="part 1: its metadata"):
+        merge_parts(out, manifest, rows, ids)
+    edited = {**manifest, "parts": "all of them"}  # a hand-edited manifest: nothing recorded
+    assert "never recorded" in check_part(out, edited, 0, 0, ids[0:2])
+    shutil.copy(out / "parts" / "part-00000.parquet", out / "parts" / "part-00007.parquet")
+    assert intervene_mod.parts.kept_parts(out, edited, rows, ids) == [0, 1, 2]
+    assert sorted(p.name for p in (out / "parts").iterdir()) == []  # the stray part 7 too
+
+
+def _question_of(tiny, length: int) -> str:
+    """A question of digits whose prompt is `length` tokens long (at most)."""
+    from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.latent import prompt_ids
+
+    model, tok = load_codi(tiny.checkpoint, base=tiny.base, device="cpu")
+    digits = [str(i % 10) for i in range(3000)]
+    lo, hi = 0, len(digits)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        fits = len(prompt_ids(model, tok, " ".join(digits[:mid]))) <= length
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
+    return " ".join(digits[:lo])
+
+
+def test_refusals_come_before_the_first_write(tiny_llama, synth_data, tmp_path):
+    out = tmp_path / "out"
+    quick = dict(kinds="steer", alphas="1", sites="bot@0")
+    with pytest.raises(OpcircuitsError, match="no problem of category 'bar', 'foo'"):
+        intervene(options(tiny_llama, synth_data, out, steer_categories="foo,bar", **quick))
+    assert not out.exists()  # nothing written: the corrected command is not "other options"
+    long = tmp_path / "long.jsonl"
+    record = json.loads(synth_data.read_text().splitlines()[0])
+    record["question"] = " ".join(str(i) for i in range(2000)) + " How many?"  # > 1024 positions
+    long.write_text(json.dumps(record) + "\n")
+    with pytest.raises(OpcircuitsError, match="too long for this model: synth_0"):
+        intervene(options(tiny_llama, long, tmp_path / "long-out", **quick))
+    assert not (tmp_path / "long-out").exists()
+    # Room for the thoughts and the answer start, not for the gold answer scored after them.
+    record["question"] = _question_of(tiny_llama, 1024 - 6 - 1)  # K = 6, answer start: eot
+    long.write_text(json.dumps(record) + "\n")
+    with pytest.raises(OpcircuitsError, match="do not fit in this model's 1024 positions with"):
+        intervene(options(tiny_llama, long, tmp_path / "long-out", **quick))
+    assert not (tmp_path / "long-out").exists()
+    path = intervene(options(tiny_llama, synth_data, out, steer_categories="mixed,pure_addition",
+                             **quick))  # fmt: skip
+    assert json.loads(path.read_text())["provenance"]["steer_categories"] == [
+        "mixed",
+        "pure_addition",
+    ]
+
+
+def test_a_folder_whose_sweep_finished_no_part_is_started_afresh(tiny_llama, synth_data, tmp_path):
+    """A manifest left by a sweep that stopped before its first part holds nothing to keep."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "x", "options": {"seed": 9}}))
+    path = intervene(options(tiny_llama, synth_data, out, kinds="truncate", sites="bot@0"))
+    assert json.loads((out / "manifest.json").read_text())["options"]["seed"] == 0
+    assert path.is_file()

@@ -389,3 +389,43 @@ def test_models_trained_with_eos_kept_answer_after_eot_and_eos(tiny_llama, tiny_
         assert got["truncate 1", i].answer_ids == short.answer_ids[i]
         for x in ivs:
             assert got[x.label, i].answer_ids == naive[x.label, i].answer_ids
+
+
+def test_states_an_intervention_makes_non_finite_are_an_error_not_an_effect(tiny):
+    """A steering strength beyond float32's range makes the thoughts inf/NaN; decoding them
+    would give some answer, reported as the intervention's effect (issue 25)."""
+    engine, problems, batches, ref = tiny
+    huge = Intervention("steer", (Site(1, 1),), alpha=1e38, direction="random")
+    said = r"steer random \+1e\+38 latent_1@1: the intervened states are NaN or inf"
+    with pytest.raises(OpcircuitsError, match=said):
+        run(engine, problems, batches[:1], ref, [huge])
+    fine = Intervention("steer", (Site(1, 1),), alpha=100.0, direction="random")
+    assert run(engine, problems, batches[:1], ref, [fine])  # the largest --alphas allows
+
+
+def test_answers_stop_where_the_models_positions_end_as_extract_stops_them(tiny):
+    """A question that fits with its thoughts but leaves the answer only a few positions: the
+    answer stops where the positions end, as extract's loop (`run_batch`) stops it (a GPT-2
+    model raised IndexError past them; a rotary one decoded on past what it knows)."""
+    engine, problems, _, ref = tiny
+    model, tok = engine.model, engine.tokenizer
+    room = 1024 - engine.K - len(engine.answer_prefix) - 2  # prompt length leaving 3 tokens
+    digits = [str(i % 10) for i in range(3000)]
+    lo, hi = 0, len(digits)
+    while lo < hi:  # the longest question of digits whose prompt fits in `room`
+        mid = (lo + hi + 1) // 2
+        fits = len(prompt_ids(model, tok, " ".join(digits[:mid]))) <= room
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
+    long = iv.Problem("long", " ".join(digits[:lo]), "7", "mixed")
+    budget = 1024 - len(prompt_ids(model, tok, long.question)) - engine.K
+    budget -= len(engine.answer_prefix) - 1  # answer tokens before the positions end
+    assert 3 <= budget < MAX_NEW
+    probs, batches = [long, problems[0]], [[0, 1]]
+    reference = iv.clean_reference(engine, probs, batches, ref.layers)
+    got = run(engine, probs, batches, reference, [Intervention("zero", (Site(1, 1),))])
+    plain = run_batch(model, tok, [p.question for p in probs], layers=ref.layers,
+                      max_new_tokens=MAX_NEW)  # fmt: skip
+    for i in range(2):
+        assert got["none", i].answer_ids == plain.answer_ids[i]
+    assert len(got["none", 0].answer_ids) <= budget < len(got["none", 1].answer_ids)
+    assert len(got["zero latent_1@1", 0].answer_ids) <= budget

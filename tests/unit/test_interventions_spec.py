@@ -61,9 +61,12 @@ def test_parse_sites_errors(spec: str, message: str) -> None:
 def test_the_kinds_table() -> None:
     assert iv.KINDS == (
         "none", "zero", "mean", "resample", "patch", "patch_step", "steer", "truncate",
-        "truncate_pos", "knockout", "path",
+        "truncate_pos", "knockout", "path", "erase", "erase_random",
     )  # fmt: skip
-    assert iv.SITE_KINDS == ("zero", "mean", "resample", "patch", "patch_step", "steer")
+    assert iv.SITE_KINDS == (
+        "zero", "mean", "resample", "patch", "patch_step", "steer", "erase", "erase_random",
+    )  # fmt: skip
+    assert Intervention("erase_random", (Site(0, 1),)).label == "erase_random bot@1"
     assert {k.source for k in iv.TABLE.values()} == {None, "resample", "patch"}
     assert iv.TABLE["path"].source == "patch" and iv.TABLE["path"].sites == "optional"
     with pytest.raises(OpcircuitsError, match="unknown intervention 'ablate'"):

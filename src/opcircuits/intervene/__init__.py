@@ -5,16 +5,21 @@ resample / patch at each site, steering along a category direction and a random 
 strength, truncation at every k < K), measured as `codi.interventions` describes. Output folder:
 
     OUT/
-      manifest.json           what is being computed (options, model and data hashes); `complete`
-      parts/part-00000.parquet  the rows of problems [0, shard_size), … (written atomically: a
-                              part that exists is finished; a rerun continues with the next)
+      manifest.json           what is being computed (options, model and data hashes), the
+                              sha256 of every finished part; `complete`
+      parts/part-00000.parquet  the rows of problems [0, shard_size), … (written atomically; its
+                              metadata names the sweep and problems: a rerun keeps the parts
+                              that prove to be this sweep's and computes the others)
+      parts/.manifest.lock    while several processes (`accelerate launch`) share the sweep:
+                              they record their parts in the manifest under it
       interventions.parquet   one row per problem × intervention, in data order (all parts)
       interventions.json      options, provenance, per-category effects with bootstrap CIs,
                               interactions, findings, figure list
       *.png                   the figures (see `report.figures.draw_causal`)
 
 A rerun with other options, model or data is refused with the fields that differ (the output is
-never mixed); `--out` must not be an input.
+never mixed); inputs count by content (the same file by another path is the same data). Every
+refusal comes before the first write; `--out` must not be an input.
 
 Modules: `sweep` (the command: interventions, model, manifest, running the parts), `partners`
 (problems, partners, patch sources), `parts` (the folder's layout, parts, merging), `outputs`

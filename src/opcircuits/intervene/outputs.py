@@ -11,19 +11,25 @@ from typing import Any
 import pandas as pd
 
 from opcircuits.files import write_json_atomic
-from opcircuits.intervene.parts import MANIFEST, RESULT, TABLE, merge_parts
+from opcircuits.intervene.parts import MANIFEST, RESULT, TABLE, merge_parts, shards
 from opcircuits.options import InterveneOptions
 
 log = logging.getLogger(__package__)  # the command's logger, as before the package split
 
 
 def finalize(
-    out: Path, options: InterveneOptions, manifest: dict[str, Any], notes: list[str], stats
+    out: Path,
+    options: InterveneOptions,
+    manifest: dict[str, Any],
+    notes: list[str],
+    stats,
+    ids: list[str],
 ) -> Path:
-    """Merge the parts into interventions.parquet, aggregate, draw, mark complete."""
+    """Merge the parts (of the problems `ids`, in data order) into interventions.parquet,
+    aggregate, draw, mark complete."""
     from opcircuits.report.figures import draw_causal
 
-    table = merge_parts(out, manifest["n_problems"], options.shard_size)
+    table = merge_parts(out, manifest, shards(len(ids), options.shard_size), ids)
     frame = table.to_pandas()
     result = summarize(frame, manifest, options, notes)
     result["figures"] = draw_causal(result, out)
@@ -43,6 +49,7 @@ def summarize(
     from opcircuits.analysis.stats import wilson_interval
     from opcircuits.report.findings import causal as causal_findings
 
+    frame, notes = _follows_defined(frame), [*notes, *_same_answer_note(frame)]
     effects, interactions = causal.effects(frame, n_boot=options.bootstrap, seed=options.seed)
     clean = frame[frame["kind"] == "none"]
     cats = sorted(clean["category"].astype(str).unique())
@@ -69,7 +76,9 @@ def summarize(
                      "accuracy": w.mean, "ci": [w.low, w.high]}
                 )  # fmt: skip
     result = {
-        "provenance": {k: v for k, v in manifest.items() if k not in ("options", "complete")},
+        "provenance": {
+            k: v for k, v in manifest.items() if k not in ("options", "complete", "parts")
+        },
         "options": manifest["options"],
         "num_latent": K,
         "num_layers": manifest["num_layers"],
@@ -80,11 +89,40 @@ def summarize(
         "effects": _round(effects),
         "interactions": _round(interactions),
         "routing": _routing(frame, options),
+        "erasure": _round(causal.erasure(frame, n_boot=options.bootstrap, seed=options.seed)),
         "notes": notes,
         "methods": causal.METHODS,
     }
     result["findings"] = causal_findings.sentences(result)
     return result
+
+
+def _same_source(frame: pd.DataFrame) -> pd.Series:
+    """Rows patched from a source whose gold answer is the problem's own: "follows the
+    partner" cannot be told apart from "answers correctly" there."""
+    if "source_gold" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame["source_gold"].notna() & (frame["source_gold"] == frame["gold"])
+
+
+def _follows_defined(frame: pd.DataFrame) -> pd.DataFrame:
+    same = _same_source(frame)
+    if not same.any():
+        return frame
+    frame = frame.copy()
+    frame["follows_source"] = frame["follows_source"].astype(object).where(~same, None)
+    return frame
+
+
+def _same_answer_note(frame: pd.DataFrame) -> list[str]:
+    ids = sorted(set(frame.loc[_same_source(frame), "id"].astype(str)))
+    if not ids:
+        return []
+    shown = ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")
+    return [
+        f"{len(ids)} problem(s) ({shown}) are patched from a source with the same gold answer: "
+        "whether they follow the source is undefined, so they are left out of follows_source."
+    ]
 
 
 def _routing(frame: pd.DataFrame, options: InterveneOptions) -> dict[str, Any]:

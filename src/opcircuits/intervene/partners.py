@@ -66,7 +66,15 @@ def read_inputs(options: InterveneOptions, pairs: Path | None) -> Inputs:
     patching = {"patch", "path"} & set(options.kinds)
     partners = read_records(pairs) if pairs is not None and patching else []
     ids = {str(r["id"]) for r in records}
-    partners = [r for r in partners if str(r["id"]) not in ids]  # a problem is its own record
+    reused = [str(r["id"]) for r in partners if str(r["id"]) in ids]
+    if reused:
+        raise OpcircuitsError(
+            f"{len(reused)} partner(s) reuse ids of problems in --data ({_names(reused)}); a "
+            "partner needs an id of its own (pair_id links it to its problem, and pairs inside "
+            "the data file need no pairs file)",
+            path=pairs,
+            field="id",
+        )
     patch_map = _read_patch_map(options.patch_map) if options.patch_map is not None else None
     source_rows = patch_sources(records, partners, patch_map, options.patch_map or pairs)
     problems = _problems(records, options.data) + _problems(partners, pairs or options.data)
@@ -86,14 +94,33 @@ def patch_sources(
     rows = records + partners
     index = {str(r["id"]): i for i, r in enumerate(rows)}
     if len(index) != len(rows):
-        raise OpcircuitsError("an id appears both in the data and in the partners", path=where)
+        seen: set[str] = set()
+        twice = [i for i in (str(r["id"]) for r in rows) if i in seen or seen.add(i)]
+        raise OpcircuitsError(
+            f"ids appear both in the data and in the partners: {_names(twice)}", path=where
+        )
     if patch_map is not None:
+        problem_ids = {str(r["id"]) for r in records}
+        unknown = [str(k) for k in patch_map if str(k) not in problem_ids]
+        if unknown:
+            raise OpcircuitsError(
+                f"{len(unknown)} key(s) name no problem of --data: {_names(unknown)}",
+                path=where,
+                field=unknown[0],
+            )
         out: list[int | None] = []
         for r in records:
             src = patch_map.get(str(r["id"]))
             if src is not None and str(src) not in index:
                 raise OpcircuitsError(
                     f"source {src!r} of {r['id']!r} is neither a problem nor a partner",
+                    path=where,
+                    field=str(r["id"]),
+                )
+            if src is not None and str(src) == str(r["id"]):
+                raise OpcircuitsError(
+                    f"{r['id']!r} is patched from itself: a self-patch changes nothing, yet would "
+                    "be reported as following its source; give another source or leave it out",
                     path=where,
                     field=str(r["id"]),
                 )
@@ -118,6 +145,10 @@ def patch_sources(
             )
         out.append(members[0])
     return out
+
+
+def _names(ids: list[str]) -> str:
+    return ", ".join(map(repr, ids[:5])) + (f" … ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
 def _read_patch_map(path: Path) -> dict[str, str]:

@@ -10,23 +10,32 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import sha256_file
+from opcircuits.files import read_json_object, sha256_file
 from opcircuits.intervene.outputs import finalize
 from opcircuits.intervene.partners import Inputs, default_pairs, read_inputs
 from opcircuits.intervene.parts import (
     FORMAT,
+    MANIFEST,
     PARTS,
+    RESULT,
     SPEED_ONLY,
+    kept_parts,
     open_output,
+    part_meta,
     part_name,
+    record_part,
     refuse_inputs,
+    remove_lock,
     shards,
 )
 from opcircuits.options import InterveneOptions
 from opcircuits.progress import stage_progress
+
+if TYPE_CHECKING:
+    from opcircuits.codi.ranks import Ranks
 
 log = logging.getLogger(__package__)  # the command's logger, as before the package split
 
@@ -75,6 +84,8 @@ def build_sweep(
             for s in parse_sites(steer_spec, num_latent, num_layers):
                 for direction in ("diff", "random"):
                     out += [Intervention("steer", s, a, direction) for a in options.alphas]
+        elif kind == "erase":  # LEACE at each site, and its random-subspace control
+            out += [Intervention(k, s) for s in sites for k in ("erase", "erase_random")]
         elif kind == "truncate":
             out += [Intervention("truncate", keep=k) for k in range(num_latent)]
             out += [Intervention("truncate_pos", keep=k) for k in range(num_latent)]
@@ -128,38 +139,122 @@ class Plan:
 
 def intervene(options: InterveneOptions) -> Path:
     """Run the sweep `options` describe into `options.out` (resuming a finished part's worth);
-    returns the path of `interventions.json`."""
+    returns the path of `interventions.json`. Under `accelerate launch` rank r of W computes
+    parts r, r+W, … and the main process merges them (see `_intervene`)."""
+    from opcircuits.codi.ranks import Ranks
+
+    ranks = Ranks()  # before any input is read: see `codi.ranks`
+    try:
+        return _intervene(options, ranks)
+    finally:
+        ranks.close()
+
+
+def _intervene(options: InterveneOptions, ranks: Ranks) -> Path:
+    """Three phases, each ending where every rank learns whether one failed: every rank checks
+    and loads everything (the main process alone opens the folder and checks the parts it
+    keeps); every rank runs the clean reference over all problems (mean, resample and patch read
+    any problem's states) and then its own parts; the main process merges."""
     from opcircuits.codi import interventions as iv
 
     out = Path(options.out)
+    pending: list[int] = []
+    with ranks.together():
+        inputs, pairs, model, tokenizer, plan = _prepare(options, out, ranks)
+        manifest = _manifest(options, inputs, pairs, model, plan)
+        part_rows = shards(len(inputs.records), options.shard_size)
+        ids = [str(r["id"]) for r in inputs.records]
+        if ranks.main:
+            manifest = open_output(out, manifest)
+            (out / PARTS).mkdir(exist_ok=True)
+            pending = kept_parts(out, manifest, part_rows, ids)
+    with ranks.together():
+        if not ranks.main:  # the folder as the main process left it: kept parts are recorded
+            manifest = read_json_object(out / MANIFEST)
+            kept = manifest.get("parts") or {}
+            pending = [i for i in range(len(part_rows)) if part_name(i) not in kept]
+        mine = set(ranks.shares(len(part_rows)))
+        pending = [i for i in pending if i in mine]
+        if ranks.world > 1:
+            shown = ", ".join(map(str, pending)) or "none"
+            log.info("%s: rank %d of %d computes parts %s", out, ranks.rank, ranks.world, shown)
+        engine = iv.Engine(model, tokenizer, max_new_tokens=options.max_new_tokens)
+        parts = _parts(engine, inputs, part_rows, pending, options.batch_size)
+        if pending:
+            _run_parts(out, options, engine, inputs, plan, parts, manifest, ranks)
+    with ranks.together():
+        if ranks.main:  # every rank's parts, as recorded in the manifest on disk
+            manifest = read_json_object(out / MANIFEST)
+            result = finalize(out, options, manifest, plan.notes, engine.stats, ids)
+            remove_lock(out)  # no rank records a part any more
+    return result if ranks.main else out / RESULT
+
+
+def _prepare(options: InterveneOptions, out: Path, ranks: Ranks):
+    """The inputs, model and plan; every refusal comes before anything is written, so a
+    corrected rerun is never refused as a sweep with other options."""
     pairs = options.pairs if options.pairs is not None else default_pairs(options.data)
-    refuse_inputs(out, [options.data, pairs, options.patch_map])
+    for field, path in (("data", options.data), ("pairs", pairs), ("patch_map", options.patch_map)):
+        if path is not None and not Path(path).is_file():  # read (or hashed) even when unused
+            raise OpcircuitsError("no such file", path=path, field=field)
+    from opcircuits.codi.resolve import local_folders
+
+    models = local_folders(options.model, options.checkpoint)
+    inputs_given = {"--data": options.data, "--pairs": pairs, "--patch-map": options.patch_map}
+    refuse_inputs(out, inputs_given, models)
     inputs = read_inputs(options, pairs)
-    model, tokenizer = _load_model(options)
+    model, tokenizer = load_model(options, ranks.device(options.device))
+    check_questions(model, tokenizer, inputs)
     heads = int(getattr(model.lm.config, "num_attention_heads", 0) or 0)
     plan = _plan(options, inputs, model.config.num_latent, model.num_layers, heads)
-    manifest = open_output(out, _manifest(options, inputs, pairs, model, plan))
-    parts_dir = out / PARTS
-    parts_dir.mkdir(exist_ok=True)
-    part_rows = shards(len(inputs.records), options.shard_size)
-    pending = [i for i, _ in enumerate(part_rows) if not (parts_dir / part_name(i)).is_file()]
-
-    engine = iv.Engine(model, tokenizer, max_new_tokens=options.max_new_tokens)
-    parts = _parts(engine, inputs, part_rows, pending, options.batch_size)
-    if pending:
-        _run_parts(out, options, engine, inputs, plan, parts)
-    return finalize(out, options, manifest, plan.notes, engine.stats)
+    return inputs, pairs, model, tokenizer, plan
 
 
-def _load_model(options: InterveneOptions):
+def check_questions(model, tokenizer, inputs: Inputs) -> None:
+    """Every problem's and partner's prompt, thoughts and answer start fit in the model's
+    positions (as extract checks), and so does each gold answer the sweep scores after them (a
+    problem's own and its patch source's, after the longer prompt of the two): an error naming
+    the problems that do not."""
+    from opcircuits.codi.latent import check_lengths, max_positions
+    from opcircuits.codi.prompt import gold_answer_ids, prompt_ids
+
+    problems = inputs.problems
+    check_lengths(model, tokenizer, [p.question for p in problems], [p.id for p in problems])
+    limit = max_positions(model)
+    if limit is None:
+        return
+    prompt = [len(prompt_ids(model, tokenizer, p.question)) for p in problems]
+    gold = [
+        len(gold_answer_ids(tokenizer, p.gold, model.eot_id, model.config.remove_eos)[0])
+        for p in problems
+    ]
+    sources = [*inputs.source_rows, *[None] * (len(problems) - len(inputs.source_rows))]
+    need = {}
+    for i, s in enumerate(sources):
+        rows = [i] if s is None else [i, s]
+        n = max(prompt[r] for r in rows) + model.config.num_latent + max(gold[r] for r in rows) - 1
+        if n > limit:
+            need[problems[i].id] = n
+    if need:
+        shown = ", ".join(list(need)[:20]) + (f" … ({len(need)} in all)" if len(need) > 20 else "")
+        raise OpcircuitsError(
+            f"{len(need)} problems do not fit in this model's {limit} positions with their gold "
+            f"answer (their own or their patch source's): {shown} need up to "
+            f"{max(need.values())}; shorten or leave out those problems",
+            field="question",
+        )
+
+
+def load_model(options: InterveneOptions, device: str | None = None):
+    """The sweep's model (also DAS's and attribution's): `--model`/`--checkpoint`/`--base`, on
+    `device` (default `options.device`; a rank's own GPU under accelerate)."""
     from opcircuits.codi.checkpoint import load_codi
+    from opcircuits.codi.config import model_and_checkpoint
 
-    model_name, checkpoint = options.model, options.checkpoint
-    if checkpoint is not None and options.model == "demo":  # a bare --checkpoint is the model
-        model_name, checkpoint = str(checkpoint), None
+    model_name, checkpoint = model_and_checkpoint(options.model, options.checkpoint)
     return load_codi(
         model_name, checkpoint=checkpoint, base=options.base, dtype=options.dtype,
-        device=options.device,
+        device=options.device if device is None else device,
     )  # fmt: skip
 
 
@@ -168,6 +263,14 @@ def _plan(options: InterveneOptions, inputs: Inputs, K: int, n_layers: int, head
     sweep, notes = build_sweep(options, K, n_layers, with_patch, heads)
     cats = [str(r["category"]) for r in inputs.records]
     steer = _steer_categories(options, cats) if "steer" in options.kinds else None
+    missing = sorted(set(steer or ()) - set(cats))
+    if missing:
+        raise OpcircuitsError(
+            f"no problem of category {', '.join(map(repr, missing))} to build the steering "
+            f"direction; the data's categories are {', '.join(sorted(set(cats)))}",
+            path=options.data,
+            field="steer_categories",
+        )
     if "steer" in options.kinds and steer is None:
         notes.append("steer skipped: the data has fewer than two categories")
         sweep = [x for x in sweep if x.kind != "steer"]
@@ -181,9 +284,11 @@ def _manifest(
     options: InterveneOptions, inputs: Inputs, pairs: Path | None, model, plan: Plan
 ) -> dict[str, Any]:
     """What is being computed: a folder holding another computation is never resumed."""
+    from opcircuits.codi.resolve import weights_sha256
     from opcircuits.versions import package_versions
 
     src = model.source
+    codi_config = {k: v for k, v in src.config.to_dict().items() if k != "base"}  # base_dir
     opts = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in dataclasses.asdict(options).items()
@@ -194,8 +299,13 @@ def _manifest(
         "options": opts,
         "model": src.name,
         "checkpoint": src.checkpoint,
-        "weights_sha256": sha256_file(src.weights_path),
+        "weights_sha256": weights_sha256(src),
         "base": src.base,
+        # The model as computed with: its folders (resolved, however they were spelled) and
+        # config; `model`, `checkpoint` and `base` above are what was asked for.
+        "checkpoint_dir": str(Path(src.checkpoint_dir).resolve()),
+        "base_dir": str(Path(src.base_dir).resolve()),
+        "codi_config": codi_config,
         "num_latent": model.config.num_latent,
         "num_layers": model.num_layers,
         "data": str(options.data),
@@ -237,8 +347,11 @@ def _run_parts(
     inputs: Inputs,
     plan: Plan,
     parts: Parts,
+    manifest: dict[str, Any],
+    ranks: Ranks,
 ) -> None:
-    """The clean reference, then every pending part, each written when it is finished."""
+    """The clean reference, then every pending part, each written when it is finished (with
+    what it holds in its metadata, and its sha256 recorded in the manifest)."""
     from opcircuits import intervene as package  # its `_write_parquet`: the seam tests patch
     from opcircuits.codi import interventions as iv
 
@@ -248,6 +361,7 @@ def _run_parts(
     ref = iv.clean_reference(
         engine, problems, every_batch, plan.layers, reference_rows=list(range(N))
     )
+    ref.erase_seed = options.seed
     if plan.steer:
         ref.add_category_direction(*plan.steer)
         ref.add_random_direction(options.seed)
@@ -257,7 +371,7 @@ def _run_parts(
     )
     baseline = _partner_baselines(engine, ref, inputs, options.batch_size)
     todo = sum(len(parts.rows[i]) for i in parts.pending)
-    with stage_progress("intervene", enabled=True) as bar:
+    with stage_progress(f"intervene (rank {ranks.rank})", enabled=ranks.main) as bar:
         task = bar.add_task("intervene", total=todo)
         for i in parts.pending:
             rows: list[dict[str, Any]] = []
@@ -272,7 +386,10 @@ def _run_parts(
             order = {pid: k for k, pid in enumerate(p.id for p in problems[:N])}
             labels = {x.label: k for k, x in enumerate([iv.Intervention("none"), *plan.sweep])}
             rows.sort(key=lambda r: (order[r["id"]], labels[r["intervention"]]))
-            package._write_parquet(rows, out / PARTS / part_name(i))
+            span = parts.rows[i]
+            meta = part_meta(manifest, i, span.start, [problems[j].id for j in span])
+            package._write_parquet(rows, out / PARTS / part_name(i), meta)
+            record_part(out, manifest, i, shared=ranks.world > 1)
 
 
 def _partner_baselines(engine, ref, inputs: Inputs, batch_size: int) -> dict[str, tuple]:

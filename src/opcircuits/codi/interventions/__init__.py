@@ -13,7 +13,9 @@ exactly as if the model had produced it:
   `patch` — the same site's state from a given source problem (a counterfactual partner, or any
   mapping); `steer` — `h + α · s · u`, u a unit direction (a difference of category means at the
   site, a seeded random direction as its control, or any given vector) and s the site's mean
-  state norm; `truncate` — stop after k < K thoughts and go to eot early; `none` — the clean run.
+  state norm; `erase` — LEACE erasure of the operation category, cross-fitted on the reference
+  set, and `erase_random`, a random subspace of the same rank (its control); `truncate` — stop
+  after k < K thoughts and go to eot early; `none` — the clean run.
 
 Measured per problem: the greedy answer, and the log-probability of the gold answer's value
 tokens and EOS, teacher-forced through the answer prompt CODI was trained on (eot [eos] "The
@@ -37,9 +39,10 @@ problem from itself, steering with α = 0, truncating at K) reproduces it bit fo
 
 The package, after pyvene (a kind is one entry of a table) and TransformerLens (one patching
 engine, thin named variants): `spec` (sites, `parse_sites`, `Intervention`, `Problem`), `kinds`
-(the table of kinds and their edits), `reference` (the clean states and what is derived from them,
-`Sources`), `hooks` (block hooks, KV-cache rewind), `engine` (`Engine`: the loop with edits,
-drafts and their verification), `run` (`clean_reference`, `run_interventions`, `outcome_rows`).
+(the table of kinds and their edits), `erasure` (LEACE and its control), `reference` (the clean
+states and what is derived from them, `Sources`), `hooks` (block hooks, KV-cache rewind), `engine`
+(`Engine`: the loop with edits, drafts and their verification), `run` (`clean_reference`,
+`run_interventions`, `outcome_rows`).
 """
 
 from opcircuits.codi.interventions.edges import DEFAULT_EDGES, Edge, parse_edges

@@ -25,7 +25,7 @@ import torch
 from opcircuits.codi.interventions.hooks import Hooks, rewind
 from opcircuits.codi.interventions.kinds import Edit
 from opcircuits.codi.interventions.spec import Problem
-from opcircuits.codi.latent import forward_step, layer_kv, new_cache, prefill
+from opcircuits.codi.latent import forward_step, layer_kv, max_positions, new_cache, prefill
 from opcircuits.codi.masks import answer_mask, thought_mask
 from opcircuits.codi.model import CodiModel, cache_arg_name
 from opcircuits.codi.prompt import answer_start_ids, gold_answer_ids, prompt_ids
@@ -79,6 +79,9 @@ class Engine:
         self.n_layers = model.num_layers
         self.max_new_tokens = max_new_tokens
         self.prefill_tokens = prefill_tokens
+        # The model's positions: an answer stops where they end, as `latent.run_batch` stops it
+        # (a model with absolute positions cannot index beyond them).
+        self.limit = max_positions(model)
         self.device = model.prj[1].weight.device
         self.dtype = model.prj[1].weight.dtype
         self.backbone = model.lm.base_model
@@ -119,6 +122,8 @@ class Engine:
         elif segment != 0:
             mask = thought_mask(self.model.config, mask, b.T)
         positions = b.positions(index, n)
+        if self.limit is not None:  # only tokens past a row's answer budget get here: unused
+            positions = positions.clamp(max=self.limit - 1)
         self.hooks.segment = segment
         self.hooks.pos0 = None if self.wpe is None else self.wpe(positions[:, -1])
         return forward_step(
@@ -233,6 +238,15 @@ class Engine:
         other.mask[:, : b.T] = tmp
 
     # -- answers ----------------------------------------------------------------------------
+    def budgets(self, b: Batch, index: int) -> list[int]:
+        """Answer tokens each row may decode after the answer prompt fed at cache index `index`:
+        `max_new_tokens`, or fewer where the model's positions end (as `latent._budgets`)."""
+        if self.limit is None:
+            return [self.max_new_tokens] * len(b.rows)
+        eot = (b.last[:, 0] + (index - (b.T - 1))).tolist()  # position of eot, per row
+        P = len(self.answer_prefix)
+        return [max(0, min(self.max_new_tokens, self.limit - int(e) - P + 1)) for e in eot]
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(hidden).float()
 
@@ -271,16 +285,17 @@ class Engine:
         logp[..., m.eot_id] = float("-inf")
         greedy = logp.argmax(-1).cpu().tolist()
         P = len(self.answer_prefix)
+        budgets = self.budgets(b, index)
         prefixes, complete, scores = [], [], []
         for i, d in enumerate(drafts):
             scores.append(float(tok_logp[i, score_from[i] : len(d) - 1].sum()))
             ans = list(d[P:])
             g = greedy[i][P - 1 : len(d) - 1]  # greedy's token at each answer position
-            limit = min(len(ans), self.max_new_tokens)
+            limit = min(len(ans), budgets[i])
             j = next((t for t in range(limit) if g[t] != ans[t]), limit)
             got = ans[:j] + ([g[j]] if j < limit else [])
             prefixes.append(got)
-            complete.append(len(got) >= self.max_new_tokens or (bool(got) and got[-1] == self.eos))
+            complete.append(len(got) >= budgets[i] or (bool(got) and got[-1] == self.eos))
         return prefixes, complete, scores
 
     def _subset(self, b: Batch, keep: Sequence[int], index: int, capacity: int = 0) -> Batch:
@@ -305,6 +320,7 @@ class Engine:
         forward per token."""
         m = self.model
         B = len(b.rows)
+        budgets = self.budgets(b, index)
         seqs = [list(self.answer_prefix) + list(k) for k in known]
         W = max(map(len, seqs))
         ids = torch.full((B, W), self.eos, dtype=torch.long)
@@ -317,8 +333,10 @@ class Engine:
         b = Batch(b.rows, b.cache, mask, b.last - shift.to(self.device), b.T)
         x = m.embed(ids.to(self.device))
         answers = [list(k) for k in known]
-        running = list(range(B))
-        for _ in range(self.max_new_tokens - min(map(len, known))):
+        running = [i for i in range(B) if len(answers[i]) < budgets[i]]
+        for _ in range(max(budgets) - min(map(len, known))):
+            if not running:
+                break
             out = self._forward(b, index, x, "answer")
             index += x.shape[1]
             logits = self._logits(out.last_hidden_state[:, -1])
@@ -327,11 +345,7 @@ class Engine:
             tokens = nxt.tolist()
             for i in running:
                 answers[i].append(tokens[i])
-            running = [
-                i
-                for i in running
-                if tokens[i] != self.eos and len(answers[i]) < self.max_new_tokens
-            ]
+            running = [i for i in running if tokens[i] != self.eos and len(answers[i]) < budgets[i]]
             if not running:
                 break
             x = m.embed(nxt[:, None])

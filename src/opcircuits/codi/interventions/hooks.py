@@ -14,6 +14,7 @@ matching segment (`segment`: the step, or "answer"), on all heads or the named o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -39,8 +40,10 @@ def rewind(cache, length: int) -> None:
     if layers and hasattr(layers[0], "cumulative_length"):
         for layer in layers:
             layer.cumulative_length.fill_(length)
+    elif "tokens_to_remove" in inspect.signature(cache.crop).parameters:
+        cache.crop(length - cache.get_seq_length())  # transformers 5.x: minus the count to remove
     else:
-        cache.crop(length)
+        cache.crop(length)  # 4.x: the length to keep
 
 
 def attention(block: nn.Module) -> nn.Module:

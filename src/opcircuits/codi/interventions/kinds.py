@@ -4,7 +4,9 @@ A *site kind* replaces the state h at each of its sites by what its edit functio
 `zero` — zeros; `mean` — the site's mean over the reference set; `resample` and `patch` — the
 same site's state of each problem's source problem (`Sources`); `patch_step` — the same, but at
 each thought only in the problems whose pair changes that step (`Problem.changed_step`: the
-sites of the thought that should hold the changed step); `steer` — `h + α · s · u`. The
+sites of the thought that should hold the changed step); `steer` — `h + α · s · u`; `erase` —
+LEACE erasure of the operation category, cross-fitted on the reference set, and `erase_random`
+its control, a random subspace of the same rank (`erasure`). The
 other kinds change the loop itself: `none` — the clean run; `truncate` — stop after `keep`
 thoughts (`Intervention.start` / `thoughts`), eot and the answer at the next position ids (the
 natural positions); `truncate_pos` — the same, but eot and the answer keep the position ids they
@@ -19,7 +21,8 @@ gives the states with their own position embedding removed), so a mean, a resamp
 patched input keeps the target's position.
 
 To add a site kind: one small function `(iv, ref, step, li, src_rows, dtype, device) → Edit` and
-one `Kind` in `TABLE` (`run.site_edit` calls it for each site).
+one `Kind` in `TABLE` (`run.site_edit` calls it for each site; `src_rows` are the source
+problems' reference rows, or the problems' own for a kind without a source).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
+from opcircuits.codi.interventions.erasure import erase_edit, erase_random_edit
 from opcircuits.errors import OpcircuitsError
 
 Edit = Callable[[torch.Tensor], torch.Tensor]  # state [B, D] → new state [B, D]
@@ -96,6 +100,8 @@ TABLE: dict[str, Kind] = {
         Kind("truncate_pos"),
         Kind("knockout"),
         Kind("path", _copy, source="patch", sites="optional"),
+        Kind("erase", erase_edit, sites="required"),
+        Kind("erase_random", erase_random_edit, sites="required"),
     )
 }
 KINDS = tuple(TABLE)

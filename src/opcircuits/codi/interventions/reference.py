@@ -32,6 +32,11 @@ class Reference:
     norm: torch.Tensor = field(init=False)  # [K+1, L]
     index: dict[str, int] = field(init=False)  # problem id → row
     directions: dict[str, torch.Tensor] = field(default_factory=dict)  # name → [K+1, L, D] unit
+    # erase, erase_random (`erasure`): the seed of the folds and random subspaces, the erasers
+    # fitted so far per (step, layer index), and each row's fold (FOLDS: outside the reference)
+    erase_seed: int = 0
+    erasers: dict = field(default_factory=dict)
+    erase_fold: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not torch.isfinite(self.states).all():

@@ -208,7 +208,7 @@ def _run_one(
     K = engine.K
     thoughts = iv.thoughts(K)
     src: list[int | None] = [None] * len(rows)
-    src_rows = None
+    src_rows = list(ref_rows)  # a kind without a source reads the problems' own rows (erase)
     source = TABLE[iv.kind].source  # resample, patch, path: the field of `sources` to read
     if source is not None:
         table = getattr(sources, source)
@@ -237,7 +237,10 @@ def _run_one(
         start = 0
     engine.hooks.knockouts = [(e, e.columns(b.T, K)) for e in iv.edges]
     try:
-        recorded = engine.latents(b, start, thoughts, edits, layers)[1] if start <= thoughts else []
+        recorded: list = []
+        if start <= thoughts:
+            finals, recorded = engine.latents(b, start, thoughts, edits, layers)
+            _check_finite(finals[start:], iv, [problems[i].id for i in rows])
         shift = K - thoughts if iv.kind == "truncate_pos" else 0
         answers = engine.decode(b, thoughts, gold, drafts, source_gold, naive=naive, shift=shift)
     finally:
@@ -270,7 +273,9 @@ def _run_path(
         if iv.path == "all":
             b.last = other.last
     b.clean_final = bot
-    recorded = rec + engine.latents(b, 1, K, edits, layers)[1]
+    finals, later = engine.latents(b, 1, K, edits, layers)
+    _check_finite(finals[1:], iv, [problems[i].id for i in rows])
+    recorded = rec + later
     if iv.path != "all":  # the answer reads the other prompt than the thoughts did
         engine.swap_prompt(b, other)
     answers = engine.decode(b, K, gold, drafts, source_gold, naive=naive)
@@ -281,6 +286,22 @@ def _run_path(
     if layers is not None:
         _attach_states(engine, b, outcomes, reference, 0, recorded)
     return outcomes
+
+
+def _check_finite(finals: Sequence[torch.Tensor], iv: Intervention, ids: Sequence[str]) -> None:
+    """The intervened thoughts' states must be numbers: a NaN or inf state (a steering strength
+    beyond the dtype's range) would decode to an arbitrary answer, reported as an effect."""
+    if not finals:
+        return
+    ok = torch.isfinite(torch.cat(list(finals), 1)).flatten(1).all(1).cpu().tolist()
+    bad = [i for i, good in zip(ids, ok, strict=True) if not good]
+    if bad:
+        shown = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
+        raise OpcircuitsError(
+            f"{iv.label}: the intervened states are NaN or inf for {len(bad)} problem(s) "
+            f"({shown}); use smaller steering strengths (--alphas) or --dtype float32",
+            field="alphas" if iv.kind == "steer" else "kinds",
+        )
 
 
 def _attach_states(engine, b, outcomes, reference, start, recorded) -> None:
