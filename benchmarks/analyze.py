@@ -3,7 +3,7 @@
     python benchmarks/analyze.py [--problems 600] [--dim 2048] [--jobs -1] [--permutations N]
         [--keep DIR]
     python benchmarks/analyze.py --refit-cost [--refits 5]
-    python benchmarks/analyze.py --breakdown [--permutations N]
+    python benchmarks/analyze.py --breakdown [--permutations N]   (CPU-seconds per part)
     (each measuring run also takes --note TEXT and --result NAME)
 
 Builds the store with `write_store` (float16, as extraction writes it; a weak category signal is
@@ -25,11 +25,13 @@ whole analysis.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,24 +42,41 @@ from opcircuits.options import AnalyzeOptions
 from opcircuits.report.analyze import analyze
 from opcircuits.store import write_store
 
-# --breakdown: report part → (file suffix, function) whose cumulative time it is; parts do not
-# overlap except "logistic regression (scikit-learn)", which counts every scikit-learn logistic
-# regression fit (the probe, its controls, the confound and text controls' inner fits).
+# --breakdown: report part → the functions whose CPU time it is ("module:attribute", each wrapped
+# with a CPU timer while the analysis runs; a call inside another of the same part counts once, a
+# name the analyzed code lacks is skipped, so the script also measures earlier code). Parts do
+# not overlap except "logistic regression (scikit-learn)", which counts every scikit-learn
+# logistic regression fit (the probe, its controls, the confound and text controls' inner
+# fits), "scaler" (the prefix's, the forest's and the confound control's), and "eigh" (every
+# eigendecomposition: the span's and the descriptive analyses').
 BREAKDOWN = {
-    "random_forest": ("sklearn/ensemble/_forest.py", "fit"),
-    "mlp": ("sklearn/neural_network/_multilayer_perceptron.py", "fit"),
-    "permutation_refits": ("opcircuits/analysis/probes.py", "_permutation_correct"),
-    "logistic_regression_sklearn": ("sklearn/linear_model/_logistic.py", "fit"),
-    "scaler": ("sklearn/preprocessing/_data.py", "partial_fit"),
-    "span_pca": ("opcircuits/analysis/probes.py", "_fit"),
-    "view_features": ("opcircuits/analysis/features.py", "view_matrix"),
-    "text_control": ("opcircuits/analysis/controls.py", "text_fold"),
-    "clustering": ("opcircuits/analysis/clustering.py", "cluster_view"),
-    "similarity": ("opcircuits/analysis/similarity.py", "within_between"),
-    "fits_total": ("opcircuits/analysis/tasks.py", "run"),
-    "scoring": ("opcircuits/analysis/scoring.py", "score"),
-    "figures": ("opcircuits/report/figures/analysis.py", "draw_all"),
-    "analyze_total": ("opcircuits/report/analyze.py", "analyze"),
+    "random_forest": ["sklearn.ensemble._forest:ForestClassifier.fit"],
+    "mlp": ["sklearn.neural_network._multilayer_perceptron:MLPClassifier.fit"],
+    "permutation_refits": ["opcircuits.analysis.probes:_permutation_correct"],
+    "logistic_regression_sklearn": ["sklearn.linear_model._logistic:LogisticRegression.fit"],
+    "scaler": [
+        "sklearn.preprocessing._data:StandardScaler.partial_fit",
+        "sklearn.preprocessing._data:StandardScaler.transform",
+    ],
+    # the span's Gram products, eigendecompositions and projections (SpanPCA, FoldPrefixes)
+    "span_pca": [
+        "opcircuits.analysis.probes:SpanPCA._fit",
+        "opcircuits.analysis.probes:SpanPCA.transform",
+        "opcircuits.analysis.probes:FoldPrefixes._products",
+        "opcircuits.analysis.probes:span_of_gram",
+    ],
+    "eigh": ["numpy.linalg:eigh"],
+    "view_features": [
+        "opcircuits.analysis.tasks:view_matrix",
+        "opcircuits.analysis.probes:view_matrix",
+    ],
+    "text_control": ["opcircuits.analysis.controls:text_fold"],
+    "clustering": ["opcircuits.analysis.clustering:cluster_view"],
+    "similarity": ["opcircuits.analysis.similarity:within_between"],
+    "fits_total": ["opcircuits.analysis.tasks:run"],
+    "scoring": ["opcircuits.analysis.sections:score", "opcircuits.analysis.secondary:score"],
+    "figures": ["opcircuits.report.figures:draw_all"],
+    "analyze_total": ["opcircuits.report.analyze:analyze"],
 }
 
 CATS = ["pure_addition", "pure_multiplication", "mixed"]
@@ -148,10 +167,25 @@ def main() -> None:
         "cpu_s": round(cpu, 1),
         "load_average_before": round(load_before, 2),
         "load_average_after": round(load_after, 2),
+        **permutation_device(),
     }
     notes = "2 CPU cores shared with other processes: the load average says how busy"
+    notes += "; the permutation family ran on the CPU (there is no GPU solver yet)"
     notes += f"; {args.note}" if args.note else ""
     print(f"written to {write_result(name, 'analyze', figures, notes=notes)}")
+
+
+def permutation_device() -> dict:
+    """Where the permutation family ran, and whether a GPU was there to run it on: the batched
+    solver (`analysis/solver.py`) is numpy, so always the CPU for now (issue 24 asks for a GPU
+    one)."""
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        gpu = None
+    return {"permutation_family_device": "cpu", "gpu_present": gpu or "none"}
 
 
 def refit_cost(store: Path, refits: int) -> None:
@@ -170,16 +204,17 @@ def refit_cost(store: Path, refits: int) -> None:
     inp = load_input(open_store(store), options)
     plan = tasks.plan(inp, options)
     cat = plan.problems[tasks.CATEGORY]
-    permuted = [t for t in plan.tasks if t.permute]
+    # (view fit, fold) of every permuted view fit of the plan's per-fold tasks
+    permuted = [(f, t.fold) for t in plan.tasks for f in t.fits if f.permute]
     total = 0.0
     by_kind: dict[str, list] = {}
-    for t in permuted:
-        by_kind.setdefault(t.view.kind, []).append(t)
+    for f, fold in permuted:
+        by_kind.setdefault(f.view.kind, []).append((f, fold))
     batch_total = 0.0
     for kind, group in sorted(by_kind.items()):
-        t = group[0]
-        X = view_matrix(inp.hidden, t.view, inp.positions, inp.layers, cat.rows)
-        train = t.fold.train
+        f, fold = group[0]
+        X = view_matrix(inp.hidden, f.view, inp.positions, inp.layers, cat.rows)
+        train = fold.train
         with threadpool_limits(1):
             z = Pipeline(probe_pipeline("logreg", 0).steps[:-1]).fit_transform(X[train])
             start = time.process_time()
@@ -205,24 +240,18 @@ def refit_cost(store: Path, refits: int) -> None:
 
 
 def breakdown(store: Path, out: Path, args: argparse.Namespace) -> None:
-    """Analyze in this process under cProfile; write each part's cumulative seconds."""
-    import cProfile
-    import pstats
+    """Analyze in this process with each part's functions timed; write their CPU-seconds."""
+    import opcircuits.report.analyze as entry
 
     options = AnalyzeOptions(jobs=1)
     if args.permutations is not None:
         options = AnalyzeOptions(jobs=1, permutations=args.permutations)
     load_before = os.getloadavg()[0]
-    cpu0 = _cpu_seconds()
-    profile = cProfile.Profile()
-    profile.runcall(analyze, store, out, options)
-    cpu = _cpu_seconds() - cpu0
-    stats = pstats.Stats(profile).stats  # (file, line, function) → (cc, nc, tt, ct, callers)
     parts = {name: 0.0 for name in BREAKDOWN}
-    for (path, _, function), (_, _, _, cumulative, _) in stats.items():
-        for name, (suffix, fn) in BREAKDOWN.items():
-            if function == fn and path.endswith(suffix):
-                parts[name] += cumulative
+    cpu0 = _cpu_seconds()
+    with _timed(parts):
+        entry.analyze(store, out, options)
+    cpu = _cpu_seconds() - cpu0
     figures = {
         "problems": args.problems,
         "dim": args.dim,
@@ -232,17 +261,65 @@ def breakdown(store: Path, out: Path, args: argparse.Namespace) -> None:
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
         **{f"{name}_s": round(value, 1) for name, value in parts.items()},
+        **permutation_device(),
     }
     for name, value in parts.items():
         print(f"{name:>28}: {value:7.1f} s")
     notes = (
-        "cumulative seconds under cProfile in one process (--jobs 1), which inflates Python-heavy "
-        "parts; 2 CPU cores shared with other processes: the load average says how busy"
+        "CPU-seconds (time.process_time) of each part's functions in one process (--jobs 1); "
+        "2 CPU cores shared with other processes: the load average says how busy"
     )
     notes += f"; {args.note}" if args.note else ""
     name = "analyze-breakdown" + ("" if args.permutations is None else f"-{options.permutations}")
     name = args.result or name
     print(f"written to {write_result(name, 'analyze', figures, notes=notes)}")
+
+
+@contextlib.contextmanager
+def _timed(parts: dict[str, float]) -> Iterator[None]:
+    """Wrap every BREAKDOWN function with a CPU timer adding to its part (restored after)."""
+    import functools
+    import importlib
+
+    depth = dict.fromkeys(parts, 0)
+    undo = []
+
+    def timer(part: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*a: object, **k: object) -> object:
+            depth[part] += 1
+            start = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[part] -= 1
+                if not depth[part]:
+                    parts[part] += time.process_time() - start
+
+        return timed
+
+    for part, targets in BREAKDOWN.items():
+        for target in targets:
+            module, _, path = target.partition(":")
+            owner: object = importlib.import_module(module)
+            *outer, attr = path.split(".")
+            try:
+                for name in outer:
+                    owner = getattr(owner, name)
+                fn = getattr(owner, attr)
+            except AttributeError:  # not in the analyzed code (an earlier version)
+                continue
+            had = attr in vars(owner)
+            undo.append((owner, attr, fn, had))
+            setattr(owner, attr, timer(part, fn))
+    try:
+        yield
+    finally:
+        for owner, attr, fn, had in reversed(undo):
+            if had:
+                setattr(owner, attr, fn)
+            else:
+                delattr(owner, attr)
 
 
 def _cpu_seconds() -> float:

@@ -14,6 +14,8 @@ matmul, same dtype and threads).
 
     python benchmarks/extract.py --shape gpt2 --device cpu
     python benchmarks/extract.py --shape llama1b --device cuda --dtype bfloat16 --problems 600
+    python benchmarks/extract.py --shape gpt2 --threads 1 --problems 64 --naive-problems 1 \
+        --batch-size 64 --profile    # where (a)'s time goes (profiling.py), extract-gpt2-profile
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from opcircuits.codi.config import CodiConfig  # noqa: E402
 from opcircuits.codi.latent import prompt_ids  # noqa: E402
@@ -312,6 +315,10 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--out", type=Path, default=None, help="write the result file here instead")
+    p.add_argument(
+        "--profile", action="store_true", help="(a) under torch.profiler: where its time goes"
+    )
     p.add_argument(
         "--result",
         default=None,
@@ -374,10 +381,13 @@ def main() -> None:
         for i, q in enumerate(questions[:n_a])
     ]
     shard = 256
+    from profiling import EXTRACT_PHASES, session
+
     with (
         tempfile.TemporaryDirectory() as tmp,
         PeakMemory(device) as mem_a,
         Clock(device) as clock_a,
+        session(EXTRACT_PHASES, enabled=args.profile) as profile,
     ):
         manifest = {
             "model": args.shape,
@@ -435,6 +445,8 @@ def main() -> None:
         "speedup_busy": (n_a / clock_a.busy) / (n_b / clock_b.busy),
         "load_average_1min": os.getloadavg()[0],
     }
+    if args.profile:  # (a)'s rates then include the profiler's overhead
+        result["profile"] = profile
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -463,7 +475,7 @@ def main() -> None:
 def _write_result(args: argparse.Namespace, device: torch.device, result: dict) -> None:
     from results import write_result
 
-    name = args.result or f"extract-{args.shape}"
+    name = args.result or f"extract-{args.shape}" + ("-profile" if args.profile else "")
     if args.result is None and device.type != "cpu":
         name += f"-{device.type}"
     elif args.result is None and result["threads"] != 1:
@@ -472,7 +484,7 @@ def _write_result(args: argparse.Namespace, device: torch.device, result: dict) 
         "(a) this extractor, (b) the earlier per-problem loop; rates per busy second are CPU "
         "seconds on a CPU. Wall-clock rates are noisy on a shared machine."
     )
-    print(f"wrote {write_result(name, 'extract', result, notes=notes)}")
+    print(f"wrote {write_result(name, 'extract', result, notes=notes, out=args.out)}")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,19 @@ controls: joint ablations, both truncations, knockouts, path patching; the partn
 (b) runs on the first `--naive-problems` problems (it is slow); (a) runs on those and on all N.
 Both give the same answers (checked). Throughput = problem × intervention rows per second, wall
 and per CPU-second of this process (the machine is shared; CPU time is the steadier number).
+`--profile` runs only (a), on all N problems, under torch.profiler, and writes where its time goes
+(`profiling.py`: prefill, latent steps, draft verification, decoding, hooks, Python) to
+`intervene-SHAPE-profile`. `--device cuda --dtype bfloat16` runs on a GPU (peak GPU memory
+recorded); `--shape llama1b` is LLaMA-3.2-1B's shape (for a GPU: `benchmarks/gpu.sh`).
 
     nice -n 10 python benchmarks/intervene.py --model demo --problems 600 --naive-problems 64
     nice -n 10 python benchmarks/intervene.py --model demo-arith --data data/synth_test.jsonl
     nice -n 10 python benchmarks/intervene.py --shape gpt2 --problems 6 --max-new-tokens 16
     nice -n 10 python benchmarks/intervene.py --model demo-arith --data data/synth_test_600.jsonl \
         --sweep default --problems 600 --naive-problems 64 --batch-size 64 --max-new-tokens 16
+    nice -n 10 python benchmarks/intervene.py --shape gpt2 --data data/synth_test_600.jsonl \
+        --sweep default --problems 16 --interventions 20 --spread --batch-size 16 \
+        --max-new-tokens 16 --profile
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,17 +71,28 @@ def load_problems(path: Path | None, n: int) -> list[iv.Problem]:
     return out
 
 
-def load_model(args):
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(args, device: torch.device):
+    """The model (LoRA merged) in `--dtype` on `device`, its tokenizer and a name for it."""
+    dtype = DTYPES[args.dtype]
+    from opcircuits.codi.checkpoint import load_codi
+
     if args.shape:
         from extract import load_questions, make_model, make_tokenizer
 
         _, texts = load_questions(1)
         tok = make_tokenizer(texts)
-        model = make_model(args.shape, len(tok), torch.device("cpu")).merge_lora()
+        model = make_model(args.shape, len(tok), device)
+        # Through the public loader, as users run it (it also fuses GPT-2's GELU): saved first.
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(Path(tmp), tokenizer=tok)
+            del model
+            model, tok = load_codi(tmp, device=device, dtype=dtype)
         return model, tok, f"random {args.shape} shape"
-    from opcircuits.codi.checkpoint import load_codi
 
-    model, tok = load_codi(args.model, device="cpu")
+    model, tok = load_codi(args.model, device=str(device), dtype=args.dtype)
     return model, tok, args.model
 
 
@@ -109,35 +130,25 @@ def sweep(engine, problems, batches, interventions, ref, naive, sources=None):
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="demo")
-    ap.add_argument("--shape", choices=["gpt2", "tiny"], help="random weights of this shape")
-    ap.add_argument("--data", type=Path, help="problem file (default: GSM8K test)")
-    ap.add_argument("--problems", type=int, default=600)
-    ap.add_argument("--naive-problems", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--kinds", default="zero,mean")
-    ap.add_argument("--sites", default="all")
-    ap.add_argument("--sweep", choices=["sites", "default"], default="sites")
-    ap.add_argument("--max-new-tokens", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--result", default=None, help="result file under benchmarks/results/ (intervene-MODEL)"
-    )
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+@dataclass
+class Plan:
+    """What one benchmark run sweeps: the problems measured (`problems`), those plus the patch
+    partners (`every`), their batches, the interventions and the sources."""
 
-    from opcircuits.options import DEFAULT_MAX_NEW_TOKENS
+    problems: list
+    every: list
+    interventions: list
+    layers: list[int]
+    all_batches: list[list[int]]
+    extra: list[list[int]]
+    sources: object = None
 
-    model, tok, name = load_model(args)
-    max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    engine = iv.Engine(model, tok, max_new_tokens=max_new)
-    K, n_layers = model.config.num_latent, model.num_layers
+
+def plan_sweep(args, engine) -> Plan:
+    K, n_layers = engine.K, engine.n_layers
     sources = None
     if args.sweep == "default":
-        interventions, every, source_rows = default_sweep(args, model, args.problems)
+        interventions, every, source_rows = default_sweep(args, engine.model, args.problems)
         problems = every[: len(source_rows)]
         layers = list(range(n_layers + 1))
         N = len(problems)
@@ -150,43 +161,66 @@ def main() -> None:
         sites = iv.parse_sites(args.sites, K, n_layers)
         interventions = [iv.Intervention(k, s) for k in args.kinds.split(",") for s in sites]
         layers = sorted({site.layer for s in sites for site in s})
-
+    if args.interventions and args.spread:  # N evenly spaced: every kind, every step
+        step = len(interventions) / args.interventions
+        interventions = [interventions[int(i * step)] for i in range(args.interventions)]
+    interventions = interventions[: args.interventions]
     lengths = [engine.prompt_length(p.question) for p in problems]
-    m = min(args.naive_problems, len(problems))
-    # The naive subset is batched on its own (same batch size) for both methods.
-    sub_batches = iv.plan_batches(lengths[:m], args.batch_size)
-    all_batches = iv.plan_batches(lengths, args.batch_size)
-    extra = [
-        [len(problems) + j for j in b]
-        for b in iv.plan_batches([engine.prompt_length(p.question) for p in every[len(problems):]],
-                                 args.batch_size)
-    ]  # fmt: skip
+    rest = [engine.prompt_length(p.question) for p in every[len(problems) :]]
+    extra = [[len(problems) + j for j in b] for b in iv.plan_batches(rest, args.batch_size)]
+    batches = iv.plan_batches(lengths, args.batch_size)
+    return Plan(problems, every, interventions, layers, batches, extra, sources)
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    ref = iv.clean_reference(
-        engine, every, all_batches + extra, layers, reference_rows=list(range(len(problems)))
-    )
-    ref_time = (time.perf_counter() - t0, time.process_time() - c0)
-    if args.sweep == "default":
-        ref.add_category_direction("pure_addition", "pure_multiplication")
-        ref.add_random_direction(0)
-        ref_sub = ref
-    else:
-        ref_sub = iv.clean_reference(engine, problems[:m], sub_batches, layers)
+
+def gpu_peak(device: torch.device, reset: bool = False) -> int | None:
+    """Peak GPU memory allocated since the last reset (bytes); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
+def profile_sweep(engine, plan: Plan, ref) -> dict:
+    """(a) alone on all problems under torch.profiler: where its time goes (profiling.py)."""
+    from profiling import SWEEP_PHASES, session
 
     engine.stats.clear()
+    with session(SWEEP_PHASES) as figures:
+        outcomes = sweep(engine, plan.problems, plan.all_batches, plan.interventions, ref, False,
+                         sources=plan.sources)[0]  # fmt: skip
+    figures["rows"] = len(outcomes)
+    figures["answers_found"] = dict(engine.stats)
+    return figures
+
+
+def compare(args, engine, plan: Plan, ref, device: torch.device) -> dict:
+    """(a) against (b) on the first `--naive-problems`, then (a) on all problems."""
+    problems, interventions, sources = plan.problems, plan.interventions, plan.sources
+    m = min(args.naive_problems, len(problems))
+    # The naive subset is batched on its own (same batch size) for both methods.
+    lengths = [engine.prompt_length(p.question) for p in problems[:m]]
+    sub_batches = iv.plan_batches(lengths, args.batch_size)
+    ref_sub = ref
+    if args.sweep != "default":
+        ref_sub = iv.clean_reference(engine, problems[:m], sub_batches, plan.layers)
+    engine.stats.clear()
+    gpu_peak(device, reset=True)
     subset = (engine, problems[:m], sub_batches, interventions, ref_sub)
     fast_sub, fast_wall, fast_cpu = sweep(*subset, naive=False, sources=sources)
     stats_sub = dict(engine.stats)
     naive_sub, naive_wall, naive_cpu = sweep(*subset, naive=True, sources=sources)
-    agree = sum(a.answer_ids == b.answer_ids for a, b in zip(fast_sub, naive_sub, strict=True))
-    logp_diff = max(
-        abs(a.logp_gold - b.logp_gold) for a, b in zip(fast_sub, naive_sub, strict=True)
-    )
+    pairs = list(zip(fast_sub, naive_sub, strict=True))
+    agree = sum(a.answer_ids == b.answer_ids for a, b in pairs)
+    logp_diff = max(abs(a.logp_gold - b.logp_gold) for a, b in pairs)
+    peak_sub = gpu_peak(device, reset=True)
     engine.stats.clear()
     fast_all, all_wall, all_cpu = sweep(
-        engine, problems, all_batches, interventions, ref, False, sources=sources
+        engine, problems, plan.all_batches, interventions, ref, False, sources=sources
     )
+    peak_all = gpu_peak(device)
     rows_sub, rows_all = m * len(interventions), len(problems) * len(interventions)
     clean = {o.problem: o for o in fast_all if o.intervention.kind == "none"}
     changed = sum(
@@ -194,21 +228,10 @@ def main() -> None:
         for o in fast_all
         if o.intervention.kind != "none"
     )
-    result = {
-        "model": name,
-        "data": str(args.data or "GSM8K test"),
-        "problems": len(problems),
+    return {
         "naive_problems": m,
-        "interventions": len(interventions),
-        "sweep": args.sweep,
-        "kinds": args.kinds if args.sweep == "sites" else "the default sweep",
-        "sites": args.sites if args.sweep == "sites" else "the default sweep",
-        "batch_size": args.batch_size,
-        "max_new_tokens": max_new,
-        "threads": args.threads,
         "clean_accuracy": sum(o.correct for o in clean.values()) / len(clean),
         "changed_share": changed / rows_all,
-        "reference_s": [round(x, 1) for x in ref_time],
         "subset": {
             "fast_wall_s": round(fast_wall, 1),
             "fast_cpu_s": round(fast_cpu, 1),
@@ -221,6 +244,7 @@ def main() -> None:
             "answers_agree": f"{agree}/{len(fast_sub)}",
             "max_logp_diff": logp_diff,
             "answers_found": stats_sub,
+            "peak_gpu_memory": peak_sub,
         },
         "all": {
             "wall_s": round(all_wall, 1),
@@ -228,20 +252,96 @@ def main() -> None:
             "rows_per_s": round(rows_all / all_wall, 2),
             "rows_per_cpu_s": round(rows_all / all_cpu, 2),
             "answers_found": dict(engine.stats),
+            "peak_gpu_memory": peak_all,
         },
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
     }
-    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--shape", choices=["gpt2", "tiny", "llama1b"], help="random weights")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--data", type=Path, help="problem file (default: GSM8K test)")
+    ap.add_argument("--problems", type=int, default=600)
+    ap.add_argument("--naive-problems", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--kinds", default="zero,mean")
+    ap.add_argument("--sites", default="all")
+    ap.add_argument("--sweep", choices=["sites", "default"], default="sites")
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--interventions", type=int, default=None, help="only the sweep's first N")
+    ap.add_argument("--spread", action="store_true", help="--interventions N evenly spaced")
+    ap.add_argument(
+        "--profile", action="store_true", help="(a) on N problems under torch.profiler only"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="write the result file here instead")
+    ap.add_argument(
+        "--result", default=None, help="result file under benchmarks/results/ (intervene-MODEL)"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("intervene.py: --device cuda, but torch sees no CUDA GPU")
+
+    from opcircuits.options import DEFAULT_MAX_NEW_TOKENS
+
+    model, tok, name = load_model(args, device)
+    max_new = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    engine = iv.Engine(model, tok, max_new_tokens=max_new)
+    plan = plan_sweep(args, engine)
+    t0, c0 = time.perf_counter(), time.process_time()
+    ref = iv.clean_reference(
+        engine, plan.every, plan.all_batches + plan.extra, plan.layers,
+        reference_rows=list(range(len(plan.problems))),
+    )  # fmt: skip
+    ref_time = (time.perf_counter() - t0, time.process_time() - c0)
+    if args.sweep == "default":
+        ref.add_category_direction("pure_addition", "pure_multiplication")
+        ref.add_random_direction(0)
+    common = {
+        "model": name,
+        "device": str(device),
+        "dtype": args.dtype,
+        "data": str(args.data.name if args.data else "GSM8K test"),
+        "problems": len(plan.problems),
+        "interventions": len(plan.interventions),
+        "interventions_chosen": (
+            "all" if not args.interventions else "spread" if args.spread else "first"
+        ),
+        "kinds_run": dict(Counter(i.kind for i in plan.interventions)),
+        "sweep": args.sweep,
+        "kinds": args.kinds if args.sweep == "sites" else "the default sweep",
+        "sites": args.sites if args.sweep == "sites" else "the default sweep",
+        "batch_size": args.batch_size,
+        "max_new_tokens": max_new,
+        "threads": args.threads,
+        "reference_s": [round(x, 1) for x in ref_time],
+    }
+    if args.profile:
+        figures = {**common, **profile_sweep(engine, plan, ref)}
+        suffix, what = "-profile", "the shipped engine under torch.profiler"
+    else:
+        figures = {**common, **compare(args, engine, plan, ref, device)}
+        suffix, what = "", "(a) run_interventions as shipped, (b) naive=True"
+    figures["loadavg_before"] = [round(x, 2) for x in load_before]
+    figures["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(figures, indent=2))
     from results import write_result
 
-    name = args.result or f"intervene-{args.shape or Path(args.model).name}"
+    name = args.result or f"intervene-{args.shape or Path(args.model).name}{suffix}"
+    if args.result is None and device.type != "cpu":
+        name += f"-{device.type}"
     notes = (
-        "(a) run_interventions as shipped, (b) naive=True; throughput per CPU-second. Timings "
-        f"on a shared machine (load average {load_before[0]:.1f} before this run)."
+        f"{what}; throughput per CPU-second. Timings on a shared machine (load average "
+        f"{load_before[0]:.1f} before this run)."
     )
-    print(f"wrote {write_result(name, 'intervene', result, notes=notes)}")
+    print(f"wrote {write_result(name, 'intervene', figures, notes=notes, out=args.out)}")
 
 
 if __name__ == "__main__":
