@@ -8,7 +8,9 @@ from pathlib import Path
 class OpcircuitsError(Exception):
     """An error caused by the user's input or environment (not a bug).
 
-    The CLI prints it as one line, without a traceback, and exits non-zero.
+    The CLI prints it as one line, without a traceback, and exits non-zero: a message of several
+    lines (a library's, or a value holding a newline) has its lines joined, and a line break in
+    the path or field is shown as `\\n`.
     """
 
     def __init__(
@@ -19,7 +21,7 @@ class OpcircuitsError(Exception):
         line: int | None = None,
         field: str | None = None,
     ) -> None:
-        self.message = message
+        self.message = one_line(message)
         self.path = str(path) if path is not None else None
         self.line = line
         self.field = field
@@ -28,9 +30,20 @@ class OpcircuitsError(Exception):
     def __str__(self) -> str:
         where = ""
         if self.path is not None:
-            where = self.path
+            where = _escape_breaks(self.path)
             if self.line is not None:
                 where += f":{self.line}"
             where += ": "
-        field = f"field '{self.field}': " if self.field else ""
-        return f"{where}{field}{self.message}"
+        field = f"field '{_escape_breaks(self.field)}': " if self.field else ""
+        return f"{where}{field}{one_line(self.message)}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its lines joined by spaces (blank lines and indentation dropped)."""
+    if "\n" not in text and "\r" not in text:
+        return text
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _escape_breaks(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")

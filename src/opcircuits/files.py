@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
+from opcircuits.scratch import owner_tag, remove_stale_scratch
 
 # In every folder `atomic_dir` writes: the relative names of the files written into it.
 OWNED_LIST = ".opcircuits-files.json"
@@ -179,11 +180,19 @@ def read_text(path: str | Path) -> str:
         raise _not_utf8(exc, path, data) from exc
 
 
-def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file, read a line at a time (memory stays flat)."""
+def text_lines(path: str | Path, *, max_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file, read a line at a time (memory stays flat); a line
+    longer than `max_bytes` is an error naming it, raised before the line is read whole."""
     path = Path(path)
+    limit = -1 if max_bytes is None else max_bytes + 1
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(limit), b""), start=1):
+            if max_bytes is not None and len(raw) > max_bytes:
+                raise OpcircuitsError(
+                    f"line longer than {max_bytes:,} bytes, more than a record may hold",
+                    path=path,
+                    line=lineno,
+                )
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -243,6 +252,82 @@ def refuse_same_files(
                         )
 
 
+def refuse_inside_inputs(
+    outputs: dict[str, PathArg | list[PathArg]], inputs: dict[str, PathArg | list[PathArg]]
+) -> None:
+    """An output that is, or lies inside, an input folder (a checkpoint, a data or store
+    folder) would change that input: an error naming both, before anything is written."""
+    for out_name, outs in outputs.items():
+        for out in _paths(outs):
+            for in_name, ins in inputs.items():
+                for inp in _paths(ins):
+                    if inp.is_dir() and _same_or_inside(inp, out):
+                        raise OpcircuitsError(
+                            f"the output would be written inside the input {in_name} ({inp}); "
+                            "choose an output path outside it",
+                            path=out,
+                            field=out_name,
+                        )
+
+
+def refuse_blocked_parent(path: str | Path, *, field: str | None = None) -> None:
+    """An output whose folder cannot be made because a file stands where a folder of its path
+    must be (`--out notes.txt/x.jsonl`): an error naming that file, before any work (writing
+    would fail only at the end, with a traceback)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OpcircuitsError(
+                    "is a file, so the output cannot be written inside it; choose another path",
+                    path=parent,
+                    field=field,
+                )
+            return
+
+
+def _recorded_names(manifest: Path) -> set[str]:
+    """The file names an opcircuits manifest says its command wrote beside it (its output, the
+    manifest itself, a partners file), or nothing when `manifest` is not one of ours."""
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(record, dict) or not isinstance(record.get("stage"), str):
+        return set()
+    options = record.get("options")
+    written = [options.get("out") if isinstance(options, dict) else None, record.get("pairs")]
+    return {manifest.name} | {Path(w).name for w in written if isinstance(w, str) and w}
+
+
+def check_own_outputs(files: list[Path], manifest: Path, *, field: str = "out") -> None:
+    """The files a command is about to (re)write beside its manifest (its output, the manifest,
+    sibling files) may be replaced only where they do not exist yet, or where the manifest already
+    there (opcircuits' record of an earlier output) names them. Otherwise an error naming the
+    first file in the way, before anything is computed or written."""
+    names: set[str] | None = None
+    for path in files:
+        refuse_blocked_parent(path, field=field)
+        if not path.exists() and not path.is_symlink():
+            continue
+        if path.is_dir():
+            raise OpcircuitsError(
+                "exists and is a folder; choose a file path", path=path, field=field
+            )
+        names = _recorded_names(manifest) if names is None else names
+        if path.name not in names:
+            why = (
+                "is not an opcircuits manifest"
+                if path.name == manifest.name
+                else f"no opcircuits manifest beside it ({manifest.name}) says opcircuits wrote it"
+            )
+            raise OpcircuitsError(
+                f"exists and {why}: nothing was changed; move it away or choose another output "
+                "path",
+                path=path,
+                field=field,
+            )
+
+
 # --- folders: ownership and atomic replacement --------------------------------------------------
 
 
@@ -292,6 +377,7 @@ def check_replaceable(
         raise OpcircuitsError(
             "exists and is not a folder; choose a folder path", path=folder, field=field
         )
+    refuse_blocked_parent(folder, field=field)
     foreign = foreign_files(folder, ours)
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
@@ -325,18 +411,20 @@ def atomic_dir(
     if folder.is_symlink():  # replace the real folder, keep the link
         folder = folder.resolve()
     check_replaceable(folder, ours, field=field)
+    remove_stale_scratch(folder)
     tmp: Path | None = None
+    tag = owner_tag()  # names the scratch's owner, so a later run can tell it is stale
     try:
         with writing(folder):
             folder.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(
-                tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent)
+                tempfile.mkdtemp(prefix=f".{folder.name}.{tag}_", suffix=".tmp", dir=folder.parent)
             )
             yield tmp
             write_json_atomic(tmp / OWNED_LIST, {"files": _all_files(tmp)})
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
             check_replaceable(folder, ours, field=field)  # again: the block may have taken hours
-            old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
+            old = folder.with_name(f".{folder.name}.{tag}_{uuid.uuid4().hex[:8]}.old")
             if folder.exists():
                 os.replace(folder, old)
             os.replace(tmp, folder)

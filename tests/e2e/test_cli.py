@@ -40,12 +40,15 @@ def test_user_error_is_one_line_naming_the_field():
 
 # --- the same names for the same things in every command -----------------------------------------
 
-MODEL_COMMANDS = {"extract", "run", "evaluate", "intervene"}  # commands that run a CODI model
+# commands that run (doctor: load) a CODI model
+MODEL_COMMANDS = {
+    "extract", "run", "evaluate", "intervene", "attribute", "doctor", "lens train", "das",
+}  # fmt: skip
 DATA_IN = {
     "data download", "data classify", "data prototype", "extract", "run", "train", "evaluate",
-    "new-base", "intervene",
+    "new-base", "intervene", "attribute", "das",
 }  # fmt: skip
-STORE_IN = {"analyze", "store info", "store verify", "store import-legacy", "run"}
+STORE_IN = {"analyze", "store info", "store verify", "store import-legacy", "run", "lens train"}
 OLD_SPELLINGS = {"--dataset", "--in", "--source", "--input", "--output", "--out-dir"}
 
 
@@ -75,14 +78,15 @@ def test_every_command_spells_the_same_things_the_same_way():
     from opcircuits.cli import app
 
     commands = _commands()
-    assert set(commands) == DATA_IN | STORE_IN | {"data synth"}
+    assert set(commands) == DATA_IN | STORE_IN | {"data synth", "doctor"}
     runner = CliRunner()
     for name, cmd in commands.items():
         flags = _visible(cmd)
         assert not flags & OLD_SPELLINGS, name
         assert ("--data" in flags) == (name in DATA_IN), name
         assert ("--store" in flags) == (name in STORE_IN), name
-        assert ("--out" in flags) == (name not in ("store info", "store verify")), name
+        # the commands that only report: doctor's optional copy of its screen is --json
+        assert ("--out" in flags) == (name not in ("store info", "store verify", "doctor")), name
         assert ({"--device", "--dtype"} <= flags) == (name in MODEL_COMMANDS), name
         if name in MODEL_COMMANDS:
             assert "--model" in flags, name

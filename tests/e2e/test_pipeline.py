@@ -256,6 +256,22 @@ def test_ctrl_c_then_kill_9_mid_extraction_then_same_command_equals_an_uninterru
     assert report == ref_report
 
 
+@pytest.mark.slow
+def test_sigterm_mid_extraction_is_handled_like_ctrl_c(reference, gsm8k_dir, tiny, tmp_path):
+    """A scheduler's stop (SIGTERM): the interrupted message, exit code 143, run.json says
+    interrupted, no temporary file left, and the same command resumes (issue 25)."""
+    run_dir = tmp_path / "terminated"
+    store = run_dir / "store"
+    args = prototype_args(gsm8k_dir, tiny, run_dir)
+    code, err = _interrupt_after_a_new_shard(args, store, signal.SIGTERM)
+    assert code == 143 and err.strip().endswith("interrupted; rerun the same command to resume")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert _shards(store) < 10
+    assert not [p for p in run_dir.rglob(".*") if p.name.endswith((".tmp", ".old"))]
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0 and "ran: extract, analyze" in stdout, stderr
+
+
 def test_analysis_only_imports_a_legacy_json_and_finds_a_planted_signal(tmp_path):
     rng = np.random.default_rng(0)
     categories = ["pure_addition", "pure_multiplication", "mixed"]
@@ -337,7 +353,8 @@ def test_output_directory_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "somefile"
     blocker.write_text("a file, not a folder")
     code, _, err = run_cli("run", "--out", str(blocker / "sub"))
-    assert code == 2 and "cannot write the run directory" in err and str(blocker) in err
+    assert code == 2 and "is a file, so the output cannot be written inside it" in err
+    assert str(blocker) in err and "stage" not in err  # refused before any stage, naming it
 
 
 def test_batch_size_zero(tmp_path):

@@ -77,7 +77,11 @@ def test_download_cli_writes_jsonl(
     lines = out.read_text(encoding="utf-8").split("\n")
     assert lines[-1] == ""
     assert [json.loads(line) for line in lines[:-1]] == records
-    assert sorted(p.name for p in out.parent.iterdir()) == ["gsm8k_full.jsonl"]
+    # and the manifest that proves the file is ours, so a later download may replace it
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "gsm8k_full.jsonl",
+        "gsm8k_full.manifest.json",
+    ]
 
 
 def test_parquet_source_matches_jsonl(tmp_path: Path, records: list[dict]) -> None:
@@ -161,14 +165,29 @@ def test_bad_input_names_file_line_field(
     assert list(out_dir.iterdir()) == []  # no output, no temporary file left behind
 
 
-def test_failed_download_keeps_previous_output(tmp_path: Path) -> None:
+def test_failed_download_keeps_previous_output(tmp_path: Path, gsm8k_dir: Path) -> None:
     out = tmp_path / "g.jsonl"
-    out.write_text("previous\n", encoding="utf-8")
+    download(str(gsm8k_dir), out)  # an earlier download of ours
+    previous = out.read_bytes()
     write_split(tmp_path / "src", [GOOD])
     with pytest.raises(OpcircuitsError, match="train"):
         download(str(tmp_path / "src"), out)  # no train split
-    assert out.read_text(encoding="utf-8") == "previous\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.jsonl", "src"]
+    assert out.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.jsonl", "g.manifest.json", "src"]
+
+
+def test_download_never_overwrites_a_file_it_did_not_write(tmp_path: Path, gsm8k_dir: Path) -> None:
+    out = tmp_path / "g.jsonl"
+    out.write_text("the user's own notes\n", encoding="utf-8")
+    with pytest.raises(OpcircuitsError, match="nothing was changed") as err:
+        download(str(gsm8k_dir), out)
+    assert err.value.path == str(out)
+    assert out.read_text(encoding="utf-8") == "the user's own notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.jsonl"]
+    out.unlink()
+    download(str(gsm8k_dir), out)
+    download(str(gsm8k_dir), out)  # its own output, recorded in the manifest: replaced
+    assert out.read_text(encoding="utf-8").count("\n") == 8792  # U+2028 is no line break here
 
 
 def test_missing_source_folder(tmp_path: Path) -> None:

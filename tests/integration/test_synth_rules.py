@@ -171,10 +171,38 @@ def test_question_text_control_reads_the_category_near_chance(tmp_path):
     assert abs(scores.interval.mean - 1 / 3) <= 0.10, scores.summary()
 
 
+def test_category_balance_covers_the_pool_the_raked_weights_skip(tmp_path, train_split):
+    """--balance category (for training files): balanced categories and steps, every problem a
+    valid computation of the split, and far more distinct computations than the raked draw of
+    the same size reaches, including ones whose raked weight is 0."""
+    from opcircuits.data.synth.rules import build_pool
+
+    out = tmp_path / "wide.jsonl"
+    synth(SynthOptions(kind="rules", out=out, n=600, seed=5, split="train", balance="category"))
+    wide, raked = _read(out), _read(train_split)
+    assert Counter(r["category"] for r in wide) == {c: 200 for c in CATEGORIES}
+    assert Counter((r["category"], r["n_steps"]) for r in wide) == Counter(
+        (r["category"], r["n_steps"]) for r in raked
+    )
+
+    def key(r: dict) -> RulePlan:
+        return RulePlan(r["rule_id"], r["start"], r["operand"], r["n_steps"])
+
+    assert all(rule_split(key(r)) == "train" for r in wide)
+    assert len({key(r) for r in wide}) > 1.3 * len({key(r) for r in raked})  # 545 vs 382
+    pool = build_pool(SynthOptions(kind="rules", split="train"))
+    zero = {p for p, w in zip(pool.plans, pool.weight, strict=True) if w == 0}
+    assert {key(r) for r in wide} & zero and not {key(r) for r in raked} & zero
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["options"]["balance"] == "category"
+    assert manifest["pool"]["drawn_from"] == manifest["pool"]["computations"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"kind": "collatz"}, "kind"),
+        ({"balance": "category"}, "balance"),
         ({"kind": "rules", "max_result": 500}, "max_result"),
         ({"kind": "rules", "steps": "1,3"}, "steps"),
     ],

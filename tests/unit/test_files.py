@@ -169,3 +169,27 @@ def test_bytes_that_are_not_utf8_name_the_file_line_and_column(tmp_path):
     manifest.write_bytes(b'{"model": "\xff"}')
     with pytest.raises(OpcircuitsError, match=r"manifest.json:1: not UTF-8 text: byte 0xff"):
         read_json_object(manifest)
+
+
+def test_sweep_stale_removes_only_our_interrupted_writes_and_only_old_ones(tmp_path):
+    import time
+
+    from opcircuits.scratch import sweep_stale
+
+    old = time.time() - 3600
+    ours = [tmp_path / ".x.jsonl.ab_cd12z.tmp", tmp_path / "sub" / ".m.json.00aa11bb.tmp"]
+    folders = [tmp_path / ".analysis.q1w2e3r4.tmp", tmp_path / ".analysis.0a1b2c3d.old"]
+    others = [tmp_path / "x.tmp", tmp_path / ".notes.tmp", tmp_path / ".a.toolongname.tmp"]
+    for path in ours + others + [f / "inner.txt" for f in folders]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    for path in ours + folders:
+        os.utime(path, (old, old))
+    fresh = tmp_path / ".y.jsonl.fresh123.tmp"
+    fresh.write_text("being written")
+    assert sweep_stale(tmp_path, older_than=600) == 3  # not recursive: sub/ keeps its file
+    assert (tmp_path / "sub" / ".m.json.00aa11bb.tmp").exists()
+    assert sweep_stale(tmp_path, older_than=600, recursive=True) == 1
+    assert not any(p.exists() for p in ours + folders)
+    assert all(p.exists() for p in others) and fresh.exists()
+    assert sweep_stale(tmp_path) == 1 and not fresh.exists()  # age 0: a locked folder

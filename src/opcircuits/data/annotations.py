@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opcircuits.data.numbers import read_number
+
 # The four operators a label is built from, in the order used everywhere (records, reports).
 OPERATOR_SYMBOLS: tuple[str, ...] = ("+", "-", "*", "/")
 ADDITIVE = frozenset({"+", "-"})
@@ -198,6 +200,34 @@ def label_record(record: Mapping[str, Any]) -> Label:
     return label_steps(steps)
 
 
+def _record_steps(record: Mapping[str, Any]) -> list:
+    """A record's solution steps: its `steps`, else those of its `answer`'s annotations."""
+    steps = record.get("steps")
+    if steps is None:
+        answer = record.get("answer")
+        steps = extract_steps(answer) if isinstance(answer, str) else []
+    return steps
+
+
+def step_operators(record: Mapping[str, Any]) -> list[str] | None:
+    """The operator of each solution step in order, or None unless every step has exactly one
+    (+ - * /): a step-resolved label exists only where each step is one operation."""
+    steps = _record_steps(record)
+    if not steps:
+        return None
+    out = []
+    try:
+        for step in steps:
+            counts, others = count_operators(str(step["expr"]))
+            used = [sym for sym, n in counts.items() for _ in range(n)]
+            if others or len(used) != 1:
+                return None
+            out.append(used[0])
+    except AnnotationError:
+        return None
+    return out
+
+
 def operator_symbols(record: Mapping[str, Any]) -> list[str]:
     """The operator symbols (subset of + - * /) a problem's solution uses, sorted.
 
@@ -207,3 +237,16 @@ def operator_symbols(record: Mapping[str, Any]) -> list[str]:
     if not isinstance(operators, Mapping):
         operators = label_record(record).operators
     return sorted(s for s in OPERATOR_SYMBOLS if operators.get(s, 0))
+
+
+def step_results(record: Mapping[str, Any]) -> list[float | None] | None:
+    """Each solution step's result r_1…r_n in order, as floats (None where the text after a
+    step's `=` is not one number, e.g. `3/4`); None when the problem has no steps."""
+    steps = _record_steps(record)
+    if not steps:
+        return None
+    out: list[float | None] = []
+    for step in steps:
+        value = read_number(str(step.get("result", "")).replace("$", "").strip())
+        out.append(None if value is None else float(value))
+    return out

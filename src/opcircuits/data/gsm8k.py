@@ -11,7 +11,14 @@ from typing import Any
 from opcircuits.data.annotations import extract_steps
 from opcircuits.data.numbers import read_number, remove_commas
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import refuse_same_files, text_lines, write_jsonl_atomic
+from opcircuits.files import (
+    check_own_outputs,
+    manifest_path,
+    refuse_same_files,
+    text_lines,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,9 @@ def parse_final_answer(
     text = remove_commas(answer.rsplit("####", 1)[1].strip())
     value = read_number(text)
     if value is None:
+        shown = text if len(text) <= 40 else text[:40] + "…"
         raise OpcircuitsError(
-            f"final answer {text!r} after '####' is not a number",
+            f"final answer {shown!r} after '####' is not a number",
             path=path,
             line=line,
             field="answer",
@@ -80,10 +88,12 @@ def make_record(
     }
 
 
-def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_objects(
+    path: Path, *, max_bytes: int | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; malformed lines (bad JSON, bytes that are
-    not UTF-8) name file and line."""
-    for lineno, text in text_lines(path):
+    not UTF-8, longer than `max_bytes`) name file and line."""
+    for lineno, text in text_lines(path, max_bytes=max_bytes):
         if not text.strip():
             continue
         try:
@@ -91,6 +101,10 @@ def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError as exc:
             raise OpcircuitsError(
                 f"malformed JSON: {exc.msg} (column {exc.colno})", path=path, line=lineno
+            ) from exc
+        except ValueError as exc:  # an integer of more digits than Python converts
+            raise OpcircuitsError(
+                "malformed JSON: a number with too many digits to read", path=path, line=lineno
             ) from exc
         if not isinstance(obj, dict):
             raise OpcircuitsError(
@@ -183,6 +197,8 @@ def download(source: str = "hf", out: Path = DEFAULT_OUT) -> Path:
         folder = Path(source)
         inputs = sorted(folder.glob("*.jsonl")) + sorted(folder.rglob("*.parquet"))
         refuse_same_files({"out": out}, {"--data": [folder, *inputs]})
+    # An existing file is replaced only when our manifest beside it says we wrote it.
+    check_own_outputs([Path(out), manifest_path(out)], manifest_path(out))
     records = load_hub() if source == "hf" else load_local(source)
     counts = {s: sum(r["split"] == s for r in records) for s in SPLITS}
     log.info(
@@ -190,5 +206,6 @@ def download(source: str = "hf", out: Path = DEFAULT_OUT) -> Path:
     )
     out = Path(out)
     write_jsonl_atomic(out, records)
+    write_json_atomic(manifest_path(out), {"stage": "download", "options": {"out": out.name}})
     log.info("wrote %s", out)
     return out

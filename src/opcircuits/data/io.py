@@ -41,6 +41,29 @@ _KNOWN_CATEGORIES = (*CATEGORIES, UNCLASSIFIED)
 # Optional fields kept after RECORD_FIELDS: a synthetic problem's link to its counterfactual
 # partner (same `pair_id`) and the step that differs, so sampled files can still be patched.
 PAIR_FIELDS: tuple[str, ...] = ("pair_id", "changed_step")
+# The longest text a record's field may hold, in characters, checked as the record is read:
+# before any tokenizer sees it (a 30 MB question would exhaust the memory there). GSM8K's longest
+# question has under 1,000 characters and its longest answer under 1,300.
+MAX_CHARS = {"question": 10_000, "answer": 20_000, "final_answer": 100}
+# The longest line of a JSONL problem file, in bytes (a record within MAX_CHARS is far shorter):
+# a longer line is refused before it is read into memory.
+MAX_LINE_BYTES = 1 << 20
+
+
+def check_text_length(
+    text: str, field: str, *, path: str | Path | None = None, line: int | None = None,
+    where: str = "",
+) -> None:  # fmt: skip
+    """Refuse a record's `field` (question, answer, final_answer) longer than `MAX_CHARS`
+    allows, naming the file, line and field; every reader of problem text can call it."""
+    limit = MAX_CHARS[field]
+    if len(text) > limit:
+        raise OpcircuitsError(
+            f"{where}{len(text):,} characters, more than the {limit:,} a {field} may have",
+            path=path,
+            line=line,
+            field=field,
+        )
 
 
 def read_problems(path: str | Path) -> list[dict[str, Any]]:
@@ -86,7 +109,7 @@ Item = tuple[str, "int | None", "str | None", Any]  # (where, line, category fro
 
 
 def _jsonl_items(path: Path) -> Iterator[Item]:
-    for lineno, obj in read_jsonl_objects(path):
+    for lineno, obj in read_jsonl_objects(path, max_bytes=MAX_LINE_BYTES):
         yield "", lineno, None, obj
 
 
@@ -142,6 +165,8 @@ def normalize_record(
             raise _fail(
                 f"expected a string, got {type(raw[name]).__name__}", path, line, where, name
             )
+        if name != "id":
+            check_text_length(raw[name], name, path=path, line=line, where=where)
     rec: dict[str, Any] = {"id": raw["id"]}
     split = raw.get("split")
     if split is None:
@@ -163,6 +188,7 @@ def normalize_record(
         ):
             raise _fail(f"expected a number, got {value!r}", path, line, where, "final_value")
         rec["final_answer"], rec["final_value"] = str(raw["final_answer"]), value
+        check_text_length(rec["final_answer"], "final_answer", path=path, line=line, where=where)
     else:
         try:
             rec["final_answer"], rec["final_value"] = parse_final_answer(raw["answer"])

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 
 NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+# Longer is no number (Python refuses to convert integers of over 4,300 digits).
+MAX_DIGITS = 100
 
 
 def remove_commas(text: str) -> str:
@@ -29,7 +31,7 @@ def read_number(text: str) -> int | float | None:
     """The value of `text` when the whole of it (commas removed) is one number, else None: an int
     when it has no decimal point, a float otherwise."""
     text = remove_commas(text)
-    if not NUMBER.fullmatch(text):
+    if len(text) > MAX_DIGITS or not NUMBER.fullmatch(text):  # no answer has so many digits
         return None
     return float(text) if "." in text else int(text)
 

@@ -27,6 +27,7 @@ from opcircuits.data.annotations import (
 from opcircuits.data.io import PAIR_FIELDS, RECORD_FIELDS, read_problems
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import (
+    check_own_outputs,
     manifest_path,
     refuse_same_files,
     sha256_file,
@@ -182,6 +183,7 @@ def classify(options: ClassifyOptions) -> Path:
     """Label all problems of `options.in_path`, sample per category, write output + manifest."""
     out = classify_out(options)
     refuse_same_files({"out": [out, manifest_path(out)]}, {"--data": options.in_path})
+    check_own_outputs([out, manifest_path(out)], manifest_path(out))
     records = read_problems(options.in_path)
     labelled, distribution = label_all(records)
     log.info("labelled %d problems: %s", distribution["total"], distribution["categories"])
@@ -222,6 +224,7 @@ def prototype(options: PrototypeOptions) -> Path:
     """
     out = prototype_out(options)
     refuse_same_files({"out": [out, manifest_path(out)]}, {"--data": options.in_path})
+    check_own_outputs([out, manifest_path(out)], manifest_path(out))
     records = read_problems(options.in_path)
     groups: dict[str, list[dict[str, Any]]] = {c: [] for c in CATEGORIES}
     for rec in records:

@@ -1,20 +1,24 @@
 """Every option of every command, declared once (torch-free and cheap to import).
 
 One class per command, in `data.py` (data commands), `experiment.py` (extract, stores, analyze,
-intervene, run) and `codi.py` (train, new-base, evaluate), built from `core.py` and checked by
-`checks.py`; all are importable from here: `from opcircuits.options import ExtractOptions`.
+intervene, run), `codi.py` (train, new-base, evaluate), `doctor.py`, `lens.py` (lens train) and
+`attribute.py` (attribute), `das.py` (das),
+built from `core.py` and checked by `checks.py`; all are importable from here:
+`from opcircuits.options import ExtractOptions`.
 
 Each option is a dataclass field: its default, its help text (`metadata["help"]`) and its limits
-(`metadata["min"]`, `metadata["choices"]`) live here, and `__post_init__` checks them and the
-value's type against the annotation (`checks.check_fields`, the one checking engine, which the
-TOML config uses too), raising `OpcircuitsError(..., field=name)`. The command line
+(`metadata["min"]`, `metadata["max"]`, `metadata["choices"]`) live here, and `__post_init__`
+checks them and the value's type against the annotation (`checks.check_fields`, the one
+checking engine, which the TOML config uses too), raising `OpcircuitsError(..., field=name)`.
+The command line
 (`opcircuits.cli_options`) and the TOML schema of `opcircuits run` (`opcircuits.pipeline.config`)
 are generated from these classes, so a new option is one field here and nothing else.
 
 Metadata keys a field may carry (all but `help` optional):
 
 - `help`: the sentence `--help` shows and `experiment.toml` documents.
-- `min`, `choices`: limits checked in `__post_init__` (and by the config before anything runs).
+- `min`, `max`, `choices`: limits checked in `__post_init__` (and by the config before
+  anything runs).
 - `flag`: the command-line name when it differs from the field name (`in_path` → `--data`).
 - `aliases`: old spellings kept working but hidden from `--help` (`--dataset`, `--in`); a name
   without dashes (`STORE`) is a hidden positional argument.
@@ -29,6 +33,7 @@ Metadata keys a field may carry (all but `help` optional):
 
 from __future__ import annotations
 
+from opcircuits.options.attribute import AttributeOptions
 from opcircuits.options.codi import (
     TRAIN_RECIPES,
     DemoBaseOptions,
@@ -49,23 +54,25 @@ from opcircuits.options.core import (
     opt,
     split_list,
 )
+from opcircuits.options.das import DasOptions
 from opcircuits.options.data import (
     ClassifyOptions,
     DownloadOptions,
     PrototypeOptions,
     SynthOptions,
 )
+from opcircuits.options.doctor import DoctorOptions
 from opcircuits.options.experiment import (
     AnalyzeOptions,
     AnalyzePaths,
     ExtractOptions,
     ImportLegacyOptions,
-    InterveneOptions,
-    RunInterveneOptions,
     RunOptions,
     StoreInfoOptions,
     StoreVerifyOptions,
 )
+from opcircuits.options.intervene import InterveneOptions, RunInterveneOptions
+from opcircuits.options.lens import LensTrainOptions
 
 __all__ = [
     "DEFAULT_DATA",
@@ -77,14 +84,18 @@ __all__ = [
     "TRAIN_RECIPES",
     "AnalyzeOptions",
     "AnalyzePaths",
+    "AttributeOptions",
     "ClassifyOptions",
+    "DasOptions",
     "DemoBaseOptions",
+    "DoctorOptions",
     "DownloadOptions",
     "EvaluateOptions",
     "ExtractOptions",
     "Group",
     "ImportLegacyOptions",
     "InterveneOptions",
+    "LensTrainOptions",
     "NewBaseOptions",
     "PrototypeOptions",
     "RunInterveneOptions",

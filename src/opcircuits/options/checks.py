@@ -183,7 +183,8 @@ def check_type(value: Any, annotation: Any, *, field: str | None = None) -> Any:
 
 def check_value(name: str, value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
     """One field's value checked and normalized: a list option parsed (`split_list` checks its
-    items), any other converted to its annotation; then `min`, finiteness and `choices`."""
+    items), any other converted to its annotation; then `min` and `max` (each item of a list),
+    finiteness and `choices`."""
     if "list" in meta:
         if value is not None and not (value == "all" and meta.get("all")):
             value = split_list(value, item=meta["list"], field=name)
@@ -196,8 +197,16 @@ def check_value(name: str, value: Any, annotation: Any, meta: Mapping[str, Any])
             value = checked
     low = meta.get("min")
     if low is not None and value is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
-            raise OpcircuitsError(f"must be at least {low}, got {value!r}", field=name)
+        for item in value if isinstance(value, list) else [value]:  # each item of a list
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or item < low:
+                raise OpcircuitsError(f"must be at least {low}, got {item!r}", field=name)
+    high = meta.get("max")
+    if high is not None and value is not None:
+        # Checked before anything is allocated: a count beyond it would exhaust the machine.
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and item > high:
+                raise OpcircuitsError(f"must be at most {high}, got {item!r}", field=name)
     if isinstance(value, float) and not math.isfinite(value):
         raise OpcircuitsError(f"must be a finite number, got {value}", field=name)
     choices = meta.get("choices")

@@ -23,6 +23,18 @@ from opcircuits.options.core import (
 
 # --- training and evaluating CODI models --------------------------------------------------------
 
+# Sane maxima of the counts (checked before anything is allocated): far beyond any real run, short
+# of what exhausts a machine when a digit too many is typed.
+MAX_LATENT = 100  # K continuous thoughts (the released models use 6)
+MAX_STEPS = 10_000_000  # optimizer steps, checkpoint intervals
+MAX_PROBLEMS = 10_000_000  # --limit (GSM8k-Aug has 385,620 problems)
+MAX_BATCH = 4096
+MAX_TOKENS = 131_072  # sequence lengths, decoded tokens
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1  # numpy's seeds (set_seed seeds it too)
+# new-base: a small base, not a frontier model (a hub base is the way to a large one)
+MAX_BASE_PARAMETERS = 2_000_000_000
+
 
 # The official CODI training settings of the two released models (zhenyi4/codi,
 # scripts/train_gpt2_gsm8k-aug.sh and scripts/train_llama1b_gsm8k-aug.sh; values the scripts leave
@@ -121,12 +133,16 @@ class TrainOptions:
         help="Initialize the base randomly from its config (the checkpoint becomes "
         "self-contained, base '.').",
     )
-    num_latent: int | None = recipe_opt(6, min=1, help="K continuous thoughts.")
-    prj_dim: int | None = recipe_opt(2048, min=1, help="Hidden width of the projection.")
-    prj_dropout: float | None = recipe_opt(0.0, min=0, help="Projection dropout.")
+    num_latent: int | None = recipe_opt(6, min=1, max=MAX_LATENT, help="K continuous thoughts.")
+    prj_dim: int | None = recipe_opt(2048, min=1, max=65536, help="Hidden width of the projection.")
+    prj_dropout: float | None = recipe_opt(
+        0.0, min=0, help="Projection dropout: a probability, at least 0 and below 1."
+    )
     prj_no_ln: bool | None = recipe_opt(False, help="No LayerNorm in the projection.")
-    lora_r: int | None = recipe_opt(128, min=0, help="LoRA rank; 0 trains the whole base.")
-    lora_alpha: int | None = recipe_opt(32, help="LoRA alpha.")
+    lora_r: int | None = recipe_opt(
+        128, min=0, max=4096, help="LoRA rank; 0 trains the whole base."
+    )
+    lora_alpha: int | None = recipe_opt(32, min=1, help="LoRA alpha.")
     remove_eos: bool | None = recipe_opt(
         True, help="No EOS between the question and the thoughts (as released)."
     )
@@ -155,43 +171,67 @@ class TrainOptions:
     )
     step_factor: float = opt(
         0.0,
-        min=0,
+        min=0,  # the factors scale losses: a negative one would train away from the targets
         help="Weight of step supervision: thought k's LM-head output is trained to be step k's "
         "result (the final result after the last step), a cross-entropy added to the loss; "
         "steps whose result is not one token are left out (counted in train_data.json).",
     )
     layers: str | list[int] | None = opt(
-        None, list=int, help="Default analysis layers saved in codi_config.json, e.g. 2,4,6."
+        None,
+        list=int,
+        max=1024,
+        help="Default analysis layers saved in codi_config.json, e.g. 2,4,6 (0 = embeddings, at "
+        "most the base's number of blocks).",
     )
     max_tokens: int | None = recipe_opt(
-        256, min=1, help="Leave out (and count) examples whose teacher sequence is longer."
+        256,
+        min=1,
+        max=MAX_TOKENS,
+        help="Leave out (and count) examples whose teacher sequence is longer.",
     )
-    limit: int | None = opt(None, min=1, help="Use only the first N problems.")
-    batch_size: int | None = recipe_opt(32, min=1, help="Examples per process per micro-step.")
-    grad_accum: int | None = recipe_opt(1, min=1, help="Micro-steps per optimizer step.")
-    epochs: float | None = recipe_opt(3.0, help="Epochs (ignored with --max-steps).")
-    max_steps: int | None = opt(None, min=1, help="Optimizer steps in total.")
-    lr: float | None = recipe_opt(8e-4, help="Peak learning rate (AdamW).")
-    weight_decay: float | None = recipe_opt(0.01, help="AdamW weight decay.")
+    limit: int | None = opt(None, min=1, max=MAX_PROBLEMS, help="Use only the first N problems.")
+    batch_size: int | None = recipe_opt(
+        32, min=1, max=MAX_BATCH, help="Examples per process per micro-step."
+    )
+    grad_accum: int | None = recipe_opt(1, min=1, max=1024, help="Micro-steps per optimizer step.")
+    epochs: float | None = recipe_opt(
+        3.0, min=0, max=10_000, help="Epochs (ignored with --max-steps)."
+    )
+    max_steps: int | None = opt(None, min=1, max=MAX_STEPS, help="Optimizer steps in total.")
+    lr: float | None = recipe_opt(8e-4, help="Peak learning rate (AdamW), above 0.")
+    weight_decay: float | None = recipe_opt(0.01, min=0, help="AdamW weight decay.")
     warmup_ratio: float | None = recipe_opt(
-        0.03, help="Linear warm-up share before the cosine decay."
+        0.03, min=0, max=1, help="Linear warm-up share (0..1) before the cosine decay."
     )
-    max_grad_norm: float | None = recipe_opt(2.0, help="Gradient clipping.")
+    max_grad_norm: float | None = recipe_opt(
+        2.0, min=0, help="Gradient clipping: the largest gradient norm; 0 clips nothing."
+    )
     distill_loss: str | None = recipe_opt(
         "smooth_l1", choices=("smooth_l1", "l2"), help="smooth_l1 or l2."
     )
-    distill_factor: float | None = recipe_opt(20.0, help="Multiplier of the distillation loss.")
-    teacher_factor: float | None = recipe_opt(1.0, help="Multiplier of the teacher cross-entropy.")
-    teacher_only_steps: int = opt(0, min=0, help="First N steps train the teacher task only.")
-    save_every: int = opt(100, min=1, help="Checkpoint every N steps.")
-    stop_after: int | None = opt(
-        None, help="Stop (checkpointed) after N steps of this invocation; rerun to continue."
+    distill_factor: float | None = recipe_opt(
+        20.0, min=0, help="Multiplier of the distillation loss."
     )
-    seed: int | None = recipe_opt(0, help="Seed of initialization and data order.")
+    teacher_factor: float | None = recipe_opt(
+        1.0, min=0, help="Multiplier of the teacher cross-entropy."
+    )
+    teacher_only_steps: int = opt(
+        0, min=0, max=MAX_STEPS, help="First N steps train the teacher task only."
+    )
+    save_every: int = opt(100, min=1, max=MAX_STEPS, help="Checkpoint every N steps.")
+    stop_after: int | None = opt(
+        None,
+        min=1,
+        max=MAX_STEPS,
+        help="Stop (checkpointed) after N steps of this invocation; rerun to continue.",
+    )
+    seed: int | None = recipe_opt(
+        0, min=0, max=MAX_SEED, help="Seed of initialization and data order."
+    )
     mixed_precision: str | None = recipe_opt(
         "no", choices=("no", "fp16", "bf16"), help="no, fp16 or bf16."
     )
-    threads: int | None = opt(None, min=1, help="torch CPU threads.")
+    threads: int | None = opt(None, min=1, max=MAX_THREADS, help="torch CPU threads.")
 
     def __post_init__(self) -> None:
         # The recipe first (check_fields below checks every field), as it fills the others.
@@ -205,6 +245,17 @@ class TrainOptions:
             raise OpcircuitsError("give a base model (or a --recipe that names one)", field="base")
         if self.max_steps is None and self.epochs <= 0:
             raise OpcircuitsError("must be > 0 (or give max_steps)", field="epochs")
+        if self.lr <= 0:
+            raise OpcircuitsError(f"must be above 0, got {self.lr}", field="lr")
+        if self.prj_dropout >= 1:  # a probability; 1 would drop every unit
+            raise OpcircuitsError(f"must be below 1, got {self.prj_dropout}", field="prj_dropout")
+        if self.layers:
+            if any(x < 0 for x in self.layers):
+                raise OpcircuitsError(
+                    f"must be 0 (embeddings) or a block number, got {self.layers}", field="layers"
+                )
+            if len(set(self.layers)) != len(self.layers):
+                raise OpcircuitsError(f"layers repeat: {self.layers}", field="layers")
 
     def fingerprint(self) -> dict[str, Any]:
         """The options a resumed run must share with the run that wrote the checkpoint (the
@@ -234,12 +285,14 @@ class NewBaseOptions:
         DEFAULT_DATA,
         help="GSM8K train problems the tokenizer is trained on (as for `train --data`), or 'hf'.",
     )
-    vocab_size: int = opt(2048, min=1, help="BPE vocabulary size.")
-    hidden_size: int = opt(256, min=1, help="Model width.")
-    num_layers: int = opt(6, min=1, help="Transformer blocks.")
-    num_heads: int = opt(4, min=1, help="Attention heads.")
-    intermediate_size: int = opt(688, min=1, help="MLP width.")
-    max_positions: int = opt(512, min=1, help="Longest sequence.")
+    vocab_size: int = opt(2048, min=1, max=262_144, help="BPE vocabulary size.")
+    hidden_size: int = opt(
+        256, min=1, max=16384, help="Model width (a multiple of --num-heads, even per head)."
+    )
+    num_layers: int = opt(6, min=1, max=256, help="Transformer blocks.")
+    num_heads: int = opt(4, min=1, max=256, help="Attention heads.")
+    intermediate_size: int = opt(688, min=1, max=65536, help="MLP width.")
+    max_positions: int = opt(512, min=1, max=MAX_TOKENS, help="Longest sequence.")
     split_digits: bool = opt(
         True,
         help="Split numbers into single digits (the demo); --no-split-digits lets frequent "
@@ -248,6 +301,28 @@ class NewBaseOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.hidden_size % self.num_heads:
+            raise OpcircuitsError(
+                f"must be a multiple of --num-heads ({self.num_heads}), got {self.hidden_size}",
+                field="hidden_size",
+            )
+        head = self.hidden_size // self.num_heads
+        if head % 2:  # rotary position embeddings rotate pairs of a head's dimensions
+            raise OpcircuitsError(
+                f"--hidden-size / --num-heads = {head} per head must be even (rotary position "
+                "embeddings rotate pairs of dimensions)",
+                field="hidden_size",
+            )
+        # embedding (tied with the LM head) + per block attention (4 d²) and MLP (3 d·i)
+        d, i = self.hidden_size, self.intermediate_size
+        params = self.vocab_size * d + self.num_layers * (4 * d * d + 3 * d * i)
+        if params > MAX_BASE_PARAMETERS:
+            raise OpcircuitsError(
+                f"--vocab-size, --hidden-size, --num-layers and --intermediate-size give about "
+                f"{params / 1e9:.1f}B parameters, more than a small base's "
+                f"{MAX_BASE_PARAMETERS / 1e9:.0f}B; train on a hub base instead",
+                field="hidden_size",
+            )
 
 
 DemoBaseOptions = NewBaseOptions  # the earlier name
@@ -266,9 +341,12 @@ class EvaluateOptions:
     device: str = opt("auto", help=HELP_DEVICE)
     dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
     out: Path | None = opt(None, help="Write the accuracies and every answer here (JSON).")
-    limit: int | None = opt(None, min=1, help="Only the first N problems.")
+    limit: int | None = opt(None, min=1, max=MAX_PROBLEMS, help="Only the first N problems.")
     num_latent: list[int] = opt(
-        [6, 0], list=int, help="Student settings: the K values to measure, e.g. 6,0."
+        [6, 0],
+        list=int,
+        max=MAX_LATENT,
+        help="Student settings: the K values to measure, e.g. 6,0.",
     )
     keep_positions: bool = opt(
         False,
@@ -277,16 +355,20 @@ class EvaluateOptions:
         "shorter loop then changes the thoughts, not where the answer sits.",
     )
     teacher: bool = opt(True, help="Also measure the teacher (explicit CoT, greedy).")
-    batch_size: int = opt(64, min=1, help="Problems per batch.")
+    batch_size: int = opt(64, min=1, max=MAX_BATCH, help="Problems per batch.")
     max_new_tokens: int = opt(
-        DEFAULT_MAX_NEW_TOKENS, min=1, help="Student answer tokens decoded at most."
+        DEFAULT_MAX_NEW_TOKENS,
+        min=1,
+        max=MAX_TOKENS,
+        help="Student answer tokens decoded at most.",
     )
     max_cot_tokens: int = opt(
         DEFAULT_MAX_NEW_TOKENS,
         min=1,
+        max=MAX_TOKENS,
         help="Teacher tokens decoded at most (chain of thought + answer; stops at EOS).",
     )
-    threads: int | None = opt(None, min=1, help="torch CPU threads.")
+    threads: int | None = opt(None, min=1, max=MAX_THREADS, help="torch CPU threads.")
 
     def __post_init__(self) -> None:
         check_fields(self)

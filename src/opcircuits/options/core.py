@@ -19,6 +19,15 @@ DEFAULT_MAX_NEW_TOKENS = 256
 # What `data download` writes: the default problem file of every command that reads GSM8K.
 DEFAULT_DATA = "data/gsm8k_full.jsonl"
 MODES = ("prototype", "full", "analysis_only")
+# Bounds every command's counts share (`opt(..., max=...)`), checked before anything is allocated:
+# far beyond any real use, short of what would exhaust a machine.
+MAX_BATCH = 4096  # problems per forward pass
+MAX_NEW_TOKENS = 4096  # answer tokens (the KV cache is preallocated for them)
+MAX_SHARD = 100_000  # problems per store shard or saved part
+MAX_LAYER = 1024  # a layer index (hidden_states); the model's depth is checked once it is loaded
+MAX_LATENT = 100  # continuous thoughts K
+MAX_PROBLEMS = 10_000  # problems sampled per category
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 0 .. 2**32 - 1
 # The model dtypes every command offers, by torch name (`codi.checkpoint.DTYPES` maps them).
 DTYPES = ("float32", "bfloat16", "float16")
 STORE_DTYPES = ("float16", "float32")

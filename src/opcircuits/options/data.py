@@ -6,12 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.options.core import DEFAULT_DATA, SPLITS, check_fields, opt
+from opcircuits.options.core import DEFAULT_DATA, MAX_PROBLEMS, SPLITS, check_fields, opt
 
 SYNTH_KINDS = ("chain", "rules")
 # Per kind: (step counts, max_result) when --steps / --max-result are not given.
 SYNTH_DEFAULTS = {"chain": ([2, 3], 50), "rules": ([3, 4, 5], 60)}
 RULES_MAX_RESULT = 200
+# Sane maxima (checked before anything is drawn): a synthetic file of 300,000 problems (10x the
+# documented training file) holds about 1.5 GB while written; numbers beyond these only spell
+# longer questions.
+SYNTH_MAX_N = 300_000
+SYNTH_MAX_NUMBER = 1_000_000
 
 # --- data --------------------------------------------------------------------------------------
 
@@ -53,7 +58,9 @@ class ClassifyOptions:
         help="Output JSONL (default data/operation_samples_N.jsonl, N = --per-category); a "
         "manifest <name>.manifest.json is written beside it.",
     )
-    per_category: int = opt(200, min=1, help="Problems sampled per category (3 × 200 = 600).")
+    per_category: int = opt(
+        200, min=1, max=MAX_PROBLEMS, help="Problems sampled per category (3 × 200 = 600)."
+    )
     seed: int = opt(42, help="Sampling seed: the same seed gives byte-identical output.")
     match_steps: bool = opt(
         False,
@@ -83,7 +90,10 @@ class PrototypeOptions:
         help="Output JSONL (default data/operation_samples_prototype_3K.jsonl), with manifest.",
     )
     per_category: int = opt(
-        20, min=1, help="Problems per category (K) in the subset (3 × 20 = 60)."
+        20,
+        min=1,
+        max=MAX_PROBLEMS,
+        help="Problems per category (K) in the subset (3 × 20 = 60).",
     )
     seed: int = opt(42, help="Sampling seed: the same seed gives byte-identical output.")
 
@@ -111,7 +121,7 @@ class SynthOptions:
         "set, start number, operand and step count have the same distribution in every "
         "category, so the question text does not give the category away.",
     )
-    n: int = opt(600, help="Problems in all (a multiple of 3: n/3 per category).")
+    n: int = opt(600, max=SYNTH_MAX_N, help="Problems in all (a multiple of 3: n/3 per category).")
     seed: int = opt(0, help="Seed (same seed and options → same bytes).")
     split: str = opt(
         "test",
@@ -127,10 +137,15 @@ class SynthOptions:
         help="Step counts (each 2..6; default 2,3, or 3,4,5 with --kind rules: how many times "
         "the rule is applied); every category gets the same number of problems of each.",
     )
-    min_operand: int = opt(2, help="Smallest number in a question (rules: of the operand b).")
-    max_operand: int = opt(10, help="Largest number in a question (rules: of the operand b).")
+    min_operand: int = opt(
+        2, max=SYNTH_MAX_NUMBER, help="Smallest number in a question (rules: of the operand b)."
+    )
+    max_operand: int = opt(
+        10, max=SYNTH_MAX_NUMBER, help="Largest number in a question (rules: of the operand b)."
+    )
     max_result: int | None = opt(
         None,
+        max=SYNTH_MAX_NUMBER,
         help="Largest intermediate or final result (all are ≥ 1; default 50, or 60 with --kind "
         "rules; rules: also the largest start number).",
     )
@@ -138,6 +153,15 @@ class SynthOptions:
         0.5,
         help="test split: share of problems written with a held-out frame (rules: and, drawn "
         "separately, the share written with a held-out phrasing of the rule).",
+    )
+    balance: str = opt(
+        "raked",
+        choices=("raked", "category"),
+        help="rules only. raked: computations drawn with the raked weights, so the question "
+        "text does not give the category away (for the files the analysis reads). category: "
+        "every valid computation of a (category, steps) slot equally likely, so a training file "
+        "covers the whole pool (about 3.5x the computations the raked weights reach) instead of "
+        "a few hundred heavy ones; its words may then tell the category.",
     )
     pairs: bool = opt(
         True,
@@ -173,6 +197,8 @@ class SynthOptions:
             )
         if not 0.0 <= self.heldout_share <= 1.0:
             raise OpcircuitsError("must be between 0 and 1", field="heldout_share")
+        if self.balance != "raked" and self.kind != "rules":
+            raise OpcircuitsError("only --kind rules draws by weights", field="balance")
         if self.kind == "rules" and self.max_result > RULES_MAX_RESULT:
             # every (rule set, start, operand, steps) is enumerated and raked
             raise OpcircuitsError(

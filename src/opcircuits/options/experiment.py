@@ -13,11 +13,25 @@ from opcircuits.options.core import (
     HELP_DEVICE,
     HELP_DTYPE,
     HELP_MODEL,
+    MAX_BATCH,
+    MAX_LATENT,
+    MAX_LAYER,
+    MAX_NEW_TOKENS,
+    MAX_SHARD,
     MODES,
+    SEED_MAX,
     STORE_DTYPES,
     check_fields,
     opt,
 )
+
+# Upper bounds of the counts below, checked before anything is allocated: beyond them a value
+# would exhaust the memory or the machine (a bootstrap's resamples are held as matrices over the
+# whole sweep, permutations as label arrays) long before it changed a result.
+MAX_PERMUTATIONS = 10_000
+MAX_FOLDS = 100
+MAX_REPEATS = 100
+MAX_JOBS = 1024
 
 # --- extraction --------------------------------------------------------------------------------
 
@@ -47,6 +61,7 @@ class ExtractOptions:
     num_latent: int | None = opt(
         None,
         min=1,
+        max=MAX_LATENT,
         help="K continuous thoughts. Default: the checkpoint's codi_config.json or preset; "
         "required for any other checkpoint.",
     )
@@ -59,6 +74,7 @@ class ExtractOptions:
     lora_alpha: int | None = opt(
         None,
         min=1,
+        max=10_000,
         help="LoRA alpha the checkpoint was trained with (scales its adapters). Default: the "
         "checkpoint's codi_config.json or preset; required for any other checkpoint with LoRA.",
     )
@@ -66,13 +82,19 @@ class ExtractOptions:
         None,
         list=int,
         all=True,
+        max=MAX_LAYER,
         example=[4, 8, 14],
         help="Layers to record, e.g. 4,8,14 or all (HF hidden_states index: 0 = embeddings, "
         "l = output of block l). Default: the model's analysis layers.",
     )
-    batch_size: int = opt(32, min=1, help="Problems per forward pass (results do not change).")
+    batch_size: int = opt(
+        32, min=1, max=MAX_BATCH, help="Problems per forward pass (results do not change)."
+    )
     max_new_tokens: int = opt(
-        DEFAULT_MAX_NEW_TOKENS, min=1, help="Answer tokens decoded at most (stops at EOS)."
+        DEFAULT_MAX_NEW_TOKENS,
+        min=1,
+        max=MAX_NEW_TOKENS,
+        help="Answer tokens decoded at most (stops at EOS).",
     )
     dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
     device: str = opt("auto", help=HELP_DEVICE)
@@ -82,12 +104,17 @@ class ExtractOptions:
         help="Dtype of the stored hidden states: float16 (half the size) or float32.",
     )
     shard_size: int = opt(
-        256, min=1, help="Problems per store shard: the unit in which extraction resumes."
+        256,
+        min=1,
+        max=MAX_SHARD,
+        help="Problems per store shard: the unit in which extraction resumes.",
     )
     merge: bool = opt(True, help="Merge the LoRA adapters into the base (same results, faster).")
-    top_k: int = opt(5, min=1, help="Logit-lens tokens kept per position.")
+    top_k: int = opt(5, min=1, max=1000, help="Logit-lens tokens kept per position.")
     reinit: int | None = opt(
         None,
+        min=0,
+        max=SEED_MAX,
         help="Re-initialize every weight of the model with this seed before extracting: the "
         "random-model baseline (what the architecture and the input give without training).",
     )
@@ -97,6 +124,9 @@ class ExtractOptions:
 
 
 # --- analysis ----------------------------------------------------------------------------------
+
+# analysis.features.MAIN_VIEWS (options, the lowest layer, cannot import it; a test compares them)
+MAIN_VIEWS = ("mean", "first", "last", "concat")
 
 
 @dataclass
@@ -113,20 +143,36 @@ class AnalyzeOptions:
     layers: str | list[int] | None = opt(
         None,
         list=int,
+        max=MAX_LAYER,
         example=[4, 8, 14],
         help="Layers to analyze, e.g. 4,8,14 (default: all in the store).",
     )
-    folds: int = opt(5, min=2, help="Stratified cross-validation folds.")
-    repeats: int = opt(3, min=1, help="Times the k-fold split is repeated with new shuffles.")
-    permutations: int = opt(
-        200, min=0, help="Label permutations of the permutation tests (0 = no tests)."
+    folds: int = opt(5, min=2, max=MAX_FOLDS, help="Stratified cross-validation folds.")
+    repeats: int = opt(
+        3, min=1, max=MAX_REPEATS, help="Times the k-fold split is repeated with new shuffles."
     )
-    seed: int = opt(0, help="Seed of the folds, permutations and every model.")
-    jobs: int = opt(-1, help="Worker processes (-1 = all cores); results do not depend on it.")
+    permutations: int = opt(
+        200,
+        min=0,
+        max=MAX_PERMUTATIONS,
+        help="Label permutations of the permutation tests (0 = no tests).",
+    )
+    seed: int = opt(0, min=0, max=SEED_MAX, help="Seed of the folds, permutations and every model.")
+    jobs: int = opt(
+        -1, max=MAX_JOBS, help="Worker processes (-1 = all cores); results do not depend on it."
+    )
     permute_all_probes: bool = opt(
         False,
         help="Refit the random forest and MLP on every permutation too, so they join the "
         "family-wise test (about 10x the analysis time; default: logistic regression only).",
+    )
+    nonlinear_views: str | list[str] = opt(
+        "mean",
+        list=str,
+        all=True,
+        help="Main views the random forest and the MLP (each with its control task) are fitted "
+        "on: mean, first, last, concat, or all (the earlier default, about 1.6x the analysis "
+        "time). Logistic regression runs on every view.",
     )
     primary: str | None = opt(
         None,
@@ -149,9 +195,21 @@ class AnalyzeOptions:
         help="Output folder of `opcircuits intervene` (or its interventions.json), ideally on "
         "the store's problems and model: the report's Causal tests section and figures.",
     )
+    tuned_lens: Path | None = opt(
+        None,
+        example="runs/full/tuned-lens",
+        help="Output folder of `opcircuits lens train` on this store (or its tuned-lens.json): "
+        "the report's tuned-lens section (held-out KL per layer against the logit lens).",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        views = self.nonlinear_views
+        if views != "all" and not set(views) <= set(MAIN_VIEWS):
+            raise OpcircuitsError(
+                f"must be main views ({', '.join(MAIN_VIEWS)}) or all, got {views!r}",
+                field="nonlinear_views",
+            )
         if self.primary is not None and ":" not in str(self.primary):
             raise OpcircuitsError(
                 f"give probe:view, e.g. logreg:mean, got {self.primary!r}", field="primary"
@@ -193,6 +251,7 @@ class ImportLegacyOptions:
     layers: list[int] = opt(
         [4, 8, 14],
         list=int,
+        max=MAX_LAYER,
         help="HF hidden_states indices of the layers, in --layer-names order (not recorded in "
         "the legacy file; 4,8,14 were the earlier experiment's for CODI-LLaMA-3.2-1B).",
     )
@@ -202,7 +261,9 @@ class ImportLegacyOptions:
         help="The keys of each item's 'thoughts', comma-separated; kept as layer_names.",
     )
     model: str = opt("codi-llama3.2-1b", help="Model name to record in the manifest.")
-    num_latent: int = opt(6, min=1, help="The model's number of latent steps K (manifest).")
+    num_latent: int = opt(
+        6, min=1, max=MAX_LATENT, help="The model's number of latent steps K (manifest)."
+    )
     store_dtype: str = opt(
         "float16", choices=STORE_DTYPES, help="float16 (half the size) or float32."
     )
@@ -230,134 +291,6 @@ class StoreVerifyOptions:
     """`opcircuits store verify`."""
 
     store: Path = opt(aliases=("STORE",), help="Thought store directory.")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-# --- causal tests ------------------------------------------------------------------------------
-
-INTERVENTION_KINDS = (
-    "zero", "mean", "resample", "patch", "steer", "truncate", "knockout", "path",
-)  # fmt: skip
-DEFAULT_EDGES = (  # codi.interventions.edges.DEFAULT_EDGES (options sit below codi)
-    "answer>question,answer>bot,answer>prompt,answer>thoughts,answer>latent_*,"
-    "latent_*>question,thoughts>question"
-)
-
-
-@dataclass
-class InterveneOptions:
-    """`opcircuits intervene` (and the [intervene] table of `opcircuits run`)."""
-
-    data: Path = opt(
-        aliases=("--dataset",),
-        help="Problem file: JSONL from the data commands (e.g. opcircuits data synth), or the "
-        "earlier scripts' JSON.",
-    )
-    out: Path = opt(
-        help="Output folder: interventions.parquet, interventions.json, figures; rerunning the "
-        "same command resumes it."
-    )
-    model: str = opt("demo", help=HELP_MODEL + " The default, demo, ships with the package.")
-    checkpoint: Path | None = opt(None, help="Local CODI checkpoint folder (as for extract).")
-    base: str | None = opt(
-        None, help="Base model: hub id or local folder (config + tokenizer [+ weights])."
-    )
-    kinds: str | list[str] = opt(
-        # A string, as a config file's list reads back (the checks below make it a list).
-        ",".join(INTERVENTION_KINDS),
-        list=str,
-        help="Interventions: zero, mean, resample (another problem's state; these three also "
-        "ablate latent_{k+1}..latent_K jointly, at the input and at every layer), patch (the "
-        "partner's state; skipped without partners), steer, truncate (fewer thoughts: natural "
-        "positions and position-preserved), knockout (attention edges, --edges), path (the "
-        "partner's prompt read by the thoughts only / the answer only / all).",
-    )
-    edges: str = opt(
-        DEFAULT_EDGES,
-        example="answer>question@*,answer>latent_1#*",
-        help="Attention knockouts: QUERY>KEYS, then optionally @LAYERS and #HEADS, "
-        "comma-separated; QUERY = answer "
-        "(eot + answer tokens), thoughts or latent_k; KEYS = question, bot, prompt, thoughts or "
-        "latent_k (latent_* = each); LAYERS = blocks 1..n joined by + (default every layer; * = "
-        "each in turn); HEADS likewise (default every head).",
-    )
-    sites: str = opt(
-        "all",
-        help="Sites of zero/mean/resample/patch: POS@LAYER items, comma-separated; POS = bot, "
-        "latent_k, latents (all at once) or * (each); LAYER = a number, * (each) or all (all at "
-        "once); 'all' = every single site; '+' joins sites into one intervention.",
-    )
-    steer_sites: str | None = opt(
-        None,
-        example="latents@8",
-        help="Sites steered (same syntax; default: every latent step at once, at the middle "
-        "layer).",
-    )
-    alphas: str | list[float] = opt(
-        [-2.0, -1.0, -0.5, 0.5, 1.0, 2.0],
-        list=float,
-        help="Steering strengths, in units of the site's mean state norm.",
-    )
-    steer_categories: str | list[str] | None = opt(
-        None,
-        list=str,
-        example="pure_addition,pure_multiplication",
-        help="A,B: steer along the direction from category A's mean state to B's (default "
-        "pure_addition,pure_multiplication when present).",
-    )
-    pairs: Path | None = opt(
-        None,
-        example="data/synth.pairs.jsonl",
-        help="Counterfactual partners for patching: records sharing a problem's pair_id "
-        "(default: <data>.pairs.jsonl beside the data, if any; pairs inside the data file are "
-        "used too).",
-    )
-    patch_map: Path | None = opt(
-        None,
-        example="patch_sources.json",
-        help="JSON object {problem id: source id} choosing each problem's patch source among "
-        "the data and the partners (instead of pair_id).",
-    )
-    seed: int = opt(0, help="Seed of the resample draws, the random direction and the bootstrap.")
-    bootstrap: int = opt(2000, min=100, help="Bootstrap resamples of every interval.")
-    batch_size: int = opt(32, min=1, help="Problems per forward pass (results do not change).")
-    max_new_tokens: int = opt(
-        DEFAULT_MAX_NEW_TOKENS, min=1, help="Answer tokens decoded at most (stops at EOS)."
-    )
-    shard_size: int = opt(
-        64, min=1, help="Problems per saved part: the unit in which a sweep resumes."
-    )
-    dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
-    device: str = opt("auto", help=HELP_DEVICE)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        self.kinds = list(dict.fromkeys(self.kinds))  # a kind given twice runs once
-        bad = [k for k in self.kinds if k not in INTERVENTION_KINDS]
-        if bad:
-            raise OpcircuitsError(
-                f"unknown {bad}; kinds are {', '.join(INTERVENTION_KINDS)}", field="kinds"
-            )
-        if self.steer_categories is not None and len(self.steer_categories) != 2:
-            raise OpcircuitsError("give two categories, A,B", field="steer_categories")
-
-
-INTERVENE_SWITCH = ("auto", "on", "off")
-
-
-@dataclass
-class RunInterveneOptions:
-    """The [intervene] table's own key: whether `opcircuits run` runs the causal tests. Its other
-    keys are `InterveneOptions` (the model and decoding are [extract]'s: the same model)."""
-
-    enabled: str = opt(
-        "auto",
-        choices=INTERVENE_SWITCH,
-        help="The intervene stage (causal tests on the run's problems, reported in 'Causal "
-        "tests'): auto = in full mode only; on = also in prototype mode; off = never.",
-    )
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -90,6 +90,23 @@ class ResolvedConfig:
     def to_toml(self) -> str:
         return dump_toml(self.tables, header=resolved_header(self))
 
+    def located(self, exc: OpcircuitsError) -> OpcircuitsError:
+        """`exc` (about a key, `field='data.source'`) pointing at the config file's line when
+        the key's value came from the file, the path it named kept in the message."""
+        table, _, key = (exc.field or "").partition(".")
+        if self.source is None or not key or key in self.overridden.get(table, []):
+            return exc
+        line = _key_line(self.source, table, key)
+        if line is None:
+            return exc
+        named = f" ({exc.path})" if exc.path is not None else ""
+        return OpcircuitsError(
+            f"{exc.message}{named} (from the config file)",
+            path=self.source,
+            line=line,
+            field=exc.field,
+        )
+
 
 # --- reading and checking ------------------------------------------------------------------------
 

@@ -45,8 +45,9 @@ class StageError(OpcircuitsError):
         self.stage = stage
         if isinstance(cause, OpcircuitsError):
             why = str(cause)
-        else:
-            why = f"{type(cause).__name__}: {cause}"
+        else:  # a bug: its first line here, the whole message and traceback in run.log
+            lines = str(cause).strip().splitlines() or [""]
+            why = f"{type(cause).__name__}: {lines[0]}" + (" …" if len(lines) > 1 else "")
             if log_file is not None:
                 why += f" (traceback in {log_file})"
         super().__init__(f"stage '{stage}' failed: {why}")
@@ -85,9 +86,15 @@ class Hasher:
 
     def tree(self, path: Path) -> str:
         """One digest over a directory's files (relative names + contents); dotfiles (temporary
-        files of an interrupted write) are ignored."""
+        files of an interrupted write) are ignored. A link to nothing is an error naming it."""
         h = hashlib.sha256()
         for f in sorted(_tree_files(path)):
+            if f.is_symlink() and not f.exists():
+                raise OpcircuitsError(
+                    f"a symbolic link to nothing ({os.readlink(f)}) in an input folder; "
+                    "remove or fix it",
+                    path=f,
+                )
             h.update(f.relative_to(path).as_posix().encode())
             h.update(b"\0")
             h.update(self.file(f).encode())
@@ -142,6 +149,9 @@ class Stage:
     # deletes only files the stage wrote and raises an OpcircuitsError naming any other file in
     # the way, with nothing removed.
     clear: Callable[[bool], None] | None = None
+    # Checked before the run writes anything: raises an OpcircuitsError naming a file in the way
+    # of an output folder (one opcircuits did not write), so a refusal changes nothing.
+    guard: Callable[[], None] | None = None
 
 
 def relative_to_run(path: Path, run_dir: Path) -> str:
@@ -291,11 +301,58 @@ class StageRunner:
             written.add(name)
         return sorted(written)
 
+    def preflight(self, stages: list[Stage]) -> None:
+        """Before the run's first write, every stage's checks: its records are ours, no output
+        is in the way (a file no record lists, a folder holding files opcircuits did not
+        write), and its inputs from outside the run exist and can be read (hashed: a link to
+        nothing is named). A refusal here leaves everything as it was."""
+        produced = [p for s in stages for p in (*s.outputs.values(), *s.optional_outputs.values())]
+        for stage in stages:
+            try:
+                records = [self._own_record(stage, suffix) for suffix in ("", ".started")]
+                self._refuse_foreign_outputs(stage, *records)
+                if stage.guard is not None:
+                    stage.guard()
+                for path in external_inputs(stage, produced).values():
+                    if not path.exists():
+                        raise OpcircuitsError("input not found", path=path)
+                    self.hasher.any(path)
+            except StageError:
+                raise
+            except OpcircuitsError as exc:
+                raise StageError(stage.name, exc) from exc
+
+    def _own_record(self, stage: Stage, suffix: str) -> dict[str, Any] | None:
+        """stages/<name><suffix>.json, which must be this stage's record when it exists."""
+        path = self.records / f"{stage.name}{suffix}.json"
+        if not path.exists() and not path.is_symlink():
+            return None
+        record = self._read(path)
+        if record is None or record.get("stage") != stage.name or "key" not in record:
+            raise OpcircuitsError(
+                "not a stage record of opcircuits, so it will not be overwritten and nothing "
+                "was changed; move it away or choose another --out",
+                path=path,
+            )
+        return record
+
     def _trace(self, stage: str, exc: BaseException) -> None:
         """An unexpected failure's traceback goes to run.log only; the console gets one line."""
         if self.file_handler is not None:
             trace = "".join(traceback.format_exception(exc))
             log_to_file_only(self.file_handler, logging.ERROR, f"stage '{stage}' crashed:\n{trace}")
+
+
+def external_inputs(stage: Stage, produced: list[Path]) -> dict[str, Path]:
+    """The stage's input paths that no stage of the run writes (data, checkpoints, stores the
+    user gave): they exist before the run and are never written by it."""
+    resolved = [p.resolve() for p in produced]
+    return {
+        name: value
+        for name, value in stage.inputs.items()
+        if isinstance(value, Path)
+        and not any(value.resolve().is_relative_to(out) for out in resolved)
+    }
 
 
 def log_to_file_only(handler: logging.Handler, level: int, message: str) -> None:
@@ -333,7 +390,7 @@ def exclusive(run_dir: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; run unguarded
         yield
         return
-    with open(run_dir / ".lock", "w") as fh:
+    with open(run_dir / ".lock", "a") as fh:  # "a": never truncates a file that is in the way
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

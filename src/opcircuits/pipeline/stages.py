@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import manifest_path
+from opcircuits.files import check_replaceable, manifest_path
 from opcircuits.pipeline.config import INTERVENE_SET, ResolvedConfig
 from opcircuits.pipeline.engine import Stage, relative_to_run
 
@@ -24,6 +24,8 @@ ANALYSIS_DIR = "analysis"
 INTERVENE_DIR = "interventions"
 STORE_DIR = "store"
 DATA_DIR = "data"
+# The folders a run writes besides its store (which may be elsewhere, or a new folder in it).
+RUN_FOLDERS = (DATA_DIR, ANALYSIS_DIR, INTERVENE_DIR, "store_matched", "store_random")
 # Options that change how fast a stage runs, never what it writes: not part of its key.
 BATCH_ONLY = ("batch_size",)
 # `[data] source` that generates synthetic problems (data/synth/) instead of reading GSM8K.
@@ -190,6 +192,7 @@ def _download_stage(data: dict[str, Any], data_dir: Path) -> Stage:
         options={},
         outputs={"problems": full},
         optional_outputs={"manifest": manifest_path(full)},
+        guard=lambda: _guard_files(full, manifest_path(full)),
         # "hf" means the canonical GSM8K: download only if missing, so a run first made from a
         # local copy is not sent to the (maybe unreachable) hub on its next invocation. A local
         # folder is hashed: changed files there recompute.
@@ -214,6 +217,7 @@ def _synth_stage(data: dict[str, Any], data_dir: Path) -> Stage:
         options=values,
         outputs={"problems": problems},
         optional_outputs={"manifest": manifest_path(problems), "pairs": pairs_path(problems)},
+        guard=lambda: _guard_files(problems, manifest_path(problems), pairs_path(problems)),
     )
 
 
@@ -240,6 +244,7 @@ def _classify_stage(
         options=values,
         outputs={"samples": samples},
         optional_outputs={"manifest": manifest_path(samples)},
+        guard=lambda: _guard_files(samples, manifest_path(samples)),
     )
 
 
@@ -259,6 +264,7 @@ def _prototype_stage(data: dict[str, Any], samples: Path, data_dir: Path) -> Sta
         options=values,
         outputs={"subset": subset},
         optional_outputs={"manifest": manifest_path(subset)},
+        guard=lambda: _guard_files(subset, manifest_path(subset)),
     )
 
 
@@ -295,7 +301,24 @@ def _extract_stage(
         outputs={"store": store},
         settings=settings,
         clear=clear,
+        guard=lambda: _guard_store(store),
     )
+
+
+def _guard_files(*paths: Path) -> None:
+    """The stage writes these as files: a folder (or anything else) in the way is refused."""
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise OpcircuitsError(
+                "is a folder where the run writes a file; move it away or choose another --out",
+                path=path,
+            )
+
+
+def _guard_store(store: Path) -> None:
+    from opcircuits.store import is_store_file
+
+    check_replaceable(store, is_store_file)
 
 
 def _intervene_stage(
@@ -333,7 +356,14 @@ def _intervene_stage(
         outputs={"interventions": out},
         settings={k: v for k, v in {**values, **model}.items() if k in speed},
         clear=clear,
+        guard=lambda: _guard_interventions(out),
     )
+
+
+def _guard_interventions(out: Path) -> None:
+    from opcircuits.intervene import is_intervene_file
+
+    check_replaceable(out, is_intervene_file)
 
 
 def _import_stage(legacy: Path, store: Path) -> Stage:
@@ -348,6 +378,7 @@ def _import_stage(legacy: Path, store: Path) -> Stage:
         inputs={"legacy": legacy},
         options={},
         outputs={"store": store},
+        guard=lambda: _guard_store(store),
     )
 
 
@@ -371,4 +402,5 @@ def _analyze_stage(
         options={k: v for k, v in values.items() if k not in JOBS_ONLY},
         outputs={"analysis": analysis_dir},
         settings={k: v for k, v in values.items() if k in JOBS_ONLY},
+        guard=lambda: check_replaceable(analysis_dir),
     )

@@ -7,7 +7,9 @@ the student's hidden states are distilled towards the teacher's (the loss: `obje
 Checkpoints: `OUT/last/` is a released-layout checkpoint (`model.safetensors` + `codi_config.json`
 [+ base config and tokenizer]) plus the training state (optimizer, scheduler, step, RNG states;
 safetensors + JSON, never pickle: `train_state.py`), so rerunning the same command after a crash
-resumes exactly. The final model is also written to `OUT/`.
+resumes exactly. The final model is also written to `OUT/`. OUT holds only what runs of `train`
+wrote there (listed in `files.OWNED_LIST`): a folder holding anyone's other files, or a log that
+is not a training log, is refused before the first write.
 Works under `accelerate launch` (data-parallel; every process sees a disjoint slice of each batch).
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from opcircuits.codi.config import CONFIG_NAME, CodiConfig
+from opcircuits.codi.config import CodiConfig
 from opcircuits.codi.model import WEIGHTS_NAME, CodiModel
 from opcircuits.codi.strict import load_weights_strict
 from opcircuits.codi.training.batches import batch_indices, collate
@@ -37,6 +39,14 @@ from opcircuits.codi.training.examples import (
     read_train_data,
 )
 from opcircuits.codi.training.objective import CodiObjective
+from opcircuits.codi.training.outdir import (
+    _check_layers,
+    _check_out,
+    _read_log,
+    _record,
+    _refuse_inputs_as_outputs,
+    _trim_log,
+)
 from opcircuits.codi.training.state import (
     find_checkpoint,
     load_optimizer,
@@ -48,7 +58,7 @@ from opcircuits.codi.training.state import (
 )
 from opcircuits.codi.weights import read_weights
 from opcircuits.errors import OpcircuitsError
-from opcircuits.files import write_json_atomic, write_text_atomic
+from opcircuits.files import write_json_atomic
 from opcircuits.options import TrainOptions
 from opcircuits.progress import stage_progress
 
@@ -89,25 +99,11 @@ def _save_checkpoint(
             os.replace(last, old)
         os.replace(tmp, last)
         shutil.rmtree(old, ignore_errors=True)
+        _record(out)
     acc.wait_for_everyone()
 
 
 # --- the loop ------------------------------------------------------------------------------
-
-
-def _trim_log(log_path: Path, start: int) -> float:
-    """Keep the log rows of steps 1..`start` (what the checkpoint resumed from holds) and return
-    the last kept row's elapsed seconds. Rows after it were logged by a run killed before its next
-    checkpoint; the resumed run redoes those steps, so keeping them would log each step twice."""
-    if not log_path.exists():
-        return 0.0
-    kept = [
-        line
-        for line in log_path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= start
-    ]
-    write_text_atomic(log_path, "".join(line + "\n" for line in kept))
-    return float(json.loads(kept[-1])["elapsed_s"]) if kept else 0.0
 
 
 def _build_model(options: TrainOptions) -> tuple[CodiModel, Any]:
@@ -182,7 +178,10 @@ def _training_examples(
         summary["step_targets"] = len(targets)
         summary["step_targets_not_one_token"] = sum(t == IGNORE for t in targets)
     if main:
-        write_json_atomic(Path(options.out) / DATA_SUMMARY_NAME, summary)
+        out = Path(options.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _record(out)  # the folder is the run's before its first file is written
+        write_json_atomic(out / DATA_SUMMARY_NAME, summary)
         left_out = sum(data.dropped.values())
         (log.warning if left_out else log.info)(
             "training data %s: %d rows of split %r, %d used; left out: %s",
@@ -217,33 +216,6 @@ def _cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: in
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# What a run writes into --out (besides last/); the base's own files have the same names.
-WRITTEN = (
-    WEIGHTS_NAME,
-    CONFIG_NAME,
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    LOG_NAME,
-    DATA_SUMMARY_NAME,
-)
-
-
-def _refuse_inputs_as_outputs(options: TrainOptions) -> None:
-    """--out equal to --base (or a training file named like an output) would overwrite an input."""
-    from opcircuits.files import refuse_same_files
-
-    base = Path(str(options.base)).expanduser()
-    data = Path(str(options.data)).expanduser()
-    refuse_same_files(
-        {"--out": [Path(options.out) / name for name in WRITTEN]},
-        {
-            "--base": [base / name for name in WRITTEN] if base.is_dir() else [],
-            "--data": [data] if data.exists() else [],
-        },
-    )
 
 
 def _check_resume(resume: Path, state: dict[str, Any], options: TrainOptions, acc: Any) -> None:
@@ -308,7 +280,8 @@ def _step(
 ) -> dict[str, Any]:
     """One optimizer step; returns its log record (without the elapsed time)."""
     sums = _accumulate(objective, examples, step, pad_id, options, acc)
-    grad_norm = acc.clip_grad_norm_(objective.parameters(), options.max_grad_norm)
+    # max_grad_norm 0: no clipping (the norm is still measured and logged)
+    grad_norm = acc.clip_grad_norm_(objective.parameters(), options.max_grad_norm or math.inf)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -337,14 +310,20 @@ def train(options: TrainOptions) -> Path:
 
     acc = _accelerator(options)
     out = Path(options.out)
+    # Every check before the first write: inputs, the folder's owner, the checkpoint, the log.
     _refuse_inputs_as_outputs(options)
+    _check_out(out)
     resume = find_checkpoint(out)
     state = read_state(resume) if resume is not None else None
     if resume is not None:
         _check_resume(resume, state, options, acc)
+    log_path = out / LOG_NAME
+    kept_log, before = _read_log(log_path, state["step"] if state is not None else 0)
 
     set_seed(options.seed)
     model, tokenizer = _build_model(options)
+    _check_layers(options, model)
+    acc.wait_for_everyone()  # every process has checked --out before the main one writes into it
     if resume is not None:
         path = resume / WEIGHTS_NAME
         load_weights_strict(model, read_weights(path), path=path)
@@ -377,9 +356,9 @@ def train(options: TrainOptions) -> Path:
 
     end = total if options.stop_after is None else min(total, start + options.stop_after)
     objective.train()
-    log_path = out / LOG_NAME
     # elapsed_s counts on from the resumed checkpoint, so the log holds the run's training time
-    before = _trim_log(log_path, start) if acc.is_main_process else 0.0
+    if acc.is_main_process:
+        _trim_log(log_path, kept_log)
     t0 = time.time() - before
     with _progress(acc.is_main_process, total, start) as advance:
         for step in range(start, end):
@@ -405,6 +384,7 @@ def _finish(out: Path, model: CodiModel, tokenizer: Any, end: int, total: int, a
     if end == total:
         if acc.is_main_process:
             model.save_pretrained(out, tokenizer=tokenizer if model.config.base == "." else None)
+            _record(out)
             log.info("finished %d steps; final model in %s", total, out)
         acc.wait_for_everyone()
     elif acc.is_main_process:

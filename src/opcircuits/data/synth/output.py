@@ -12,11 +12,22 @@ from typing import Any
 
 from opcircuits.data.annotations import CATEGORIES
 from opcircuits.data.synth.language import FRAMES, heldout_frame
-from opcircuits.data.synth.plans import TEST_COMPUTATION_PERCENT, draw_plan, partner
+from opcircuits.data.synth.plans import (
+    TEST_COMPUTATION_PERCENT,
+    check_feasible,
+    draw_plan,
+    partner,
+)
 from opcircuits.data.synth.records import record
 from opcircuits.data.synth.rules import RULE_SETS, RULES_TEST_PERCENT, Pool
 from opcircuits.data.synth.rules_records import PHRASINGS, generate_rules, heldout_phrasing
-from opcircuits.files import manifest_path, sha256_file, write_json_atomic, write_jsonl_atomic
+from opcircuits.files import (
+    check_own_outputs,
+    manifest_path,
+    sha256_file,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from opcircuits.options import SynthOptions
 from opcircuits.versions import __version__
 
@@ -79,7 +90,7 @@ def _histograms(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 
 
 def _rules_manifest(
-    problems: list[dict[str, Any]], partners: list[dict[str, Any]], pool: Pool
+    problems: list[dict[str, Any]], partners: list[dict[str, Any]], pool: Pool, balance: str
 ) -> dict[str, Any]:
     """What the rules kind adds to the manifest: rule sets, phrasings, partners, the pool."""
     return {
@@ -91,7 +102,7 @@ def _rules_manifest(
         "test_computation_percent": RULES_TEST_PERCENT,
         "pool": {
             "computations": len(pool.plans),
-            "drawn_from": int((pool.weight > 0).sum()),
+            "drawn_from": int((pool.weight > 0).sum()) if balance == "raked" else len(pool.plans),
             "largest_marginal_difference": pool.deviation,
         },
         "partners": len(partners),
@@ -103,6 +114,10 @@ def _rules_manifest(
 def synth(options: SynthOptions) -> Path:
     """Write the problems (and partners) with a manifest beside them; returns the output path."""
     out = Path(options.out)
+    # Before anything is drawn: replace only files an earlier manifest here says are ours.
+    check_own_outputs([out, pairs_path(out), manifest_path(out)], manifest_path(out))
+    if options.kind == "chain":
+        check_feasible(options, _slots(options))
     pool = None
     if options.kind == "rules":
         problems, partners, pool = generate_rules(options, _slots(options))
@@ -114,14 +129,19 @@ def synth(options: SynthOptions) -> Path:
         write_jsonl_atomic(pairs_path(out), partners)
         outputs["pairs"] = str(pairs_path(out))
         outputs["pairs_sha256"] = sha256_file(pairs_path(out))
+    elif pairs_path(out).is_file():
+        # ours (checked above) and of the earlier problems: left beside the new ones, it would be
+        # taken for their partners (`intervene` reads <name>.pairs.jsonl when it is there)
+        pairs_path(out).unlink()
     opts = asdict(options)
     opts["out"] = str(out)
     if options.kind == "chain":
-        del opts["kind"]  # the chain kind's manifest stays as it was before kinds existed
+        # the chain kind's manifest stays as it was before kinds existed
+        del opts["kind"], opts["balance"]
     extra = (
         {"test_computation_percent": TEST_COMPUTATION_PERCENT}
         if pool is None
-        else _rules_manifest(problems, partners, pool)
+        else _rules_manifest(problems, partners, pool, options.balance)
     )
     write_json_atomic(
         manifest_path(out),

@@ -7,7 +7,7 @@ import hashlib
 import random
 from dataclasses import dataclass, replace
 
-from opcircuits.data.annotations import ADDITIVE, category_of
+from opcircuits.data.annotations import ADDITIVE, CATEGORIES, category_of
 from opcircuits.data.synth.language import ADD_VERBS, CONNECTORS, NAMES, OBJECTS, PHRASES
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import SynthOptions
@@ -15,7 +15,15 @@ from opcircuits.options import SynthOptions
 OPS: tuple[str, ...] = ("+", "-", "*", "/")
 # Share of all possible computations (start, operations, operands) reserved for the test split.
 TEST_COMPUTATION_PERCENT = 20
-MAX_DRAWS = 200_000
+# Operation sequences drawn per problem (each with up to 200 number draws) before giving up. The
+# hardest ranges measured need up to ~50,000 draws (6 pure-multiplication steps within 1..20); a
+# million stop within seconds where the ranges allow a problem only in principle (impossible
+# ranges are refused before any draw: `check_feasible`).
+MAX_DRAWS = 5_000
+# Candidates `check_feasible` may try per (category, steps) before leaving the question to the
+# draws: ranges where no problem exists are small enough to be searched whole well within it.
+FEASIBILITY_BUDGET = 200_000
+_POOLS = {"pure_addition": "+-", "pure_multiplication": "*/", "mixed": "+-*/"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,81 @@ def draw_ops(rng: random.Random, category: str, n_steps: int) -> list[str]:
             return ops
 
 
+def _ranges_text(options: SynthOptions) -> str:
+    return (
+        f"--min-operand {options.min_operand} --max-operand {options.max_operand} "
+        f"--max-result {options.max_result}, {options.split} split"
+    )
+
+
+def _operands(value: int, op: str, lo: int, hi: int, top: int) -> range:
+    """The operands b in lo..hi for which `value op b` is an integer in 1..top (division: a
+    superset, the divisors are picked by `apply`)."""
+    if op == "+":
+        return range(lo, min(hi, top - value) + 1)
+    if op == "-":
+        return range(lo, min(hi, value - 1) + 1)
+    if op == "*":
+        return range(lo, min(hi, top // value) + 1)
+    return range(lo, min(hi, value) + 1)
+
+
+def problem_exists(
+    category: str, n_steps: int, options: SynthOptions, budget: int = FEASIBILITY_BUDGET
+) -> bool | None:
+    """Whether any problem `draw_plan` accepts exists (results in 1..max_result, the category,
+    the split, a partner), searched exhaustively over start, operations and operands: True or
+    False, or None when `budget` candidates did not settle it (then the draws do)."""
+    lo, hi, top = options.min_operand, options.max_operand, options.max_result
+    pool = _POOLS[category]
+    left = budget
+
+    def search(value: int, steps: tuple[Step, ...], start: int) -> bool:
+        nonlocal left
+        if len(steps) == n_steps:
+            plan = Plan(frame=0, name=0, obj=0, start=start, steps=steps)
+            return (
+                category_of({st.op for st in steps}) == category
+                and computation_split(plan) == options.split
+                and partner(plan, options) is not None
+            )
+        for op in pool:
+            for b in _operands(value, op, lo, hi, top):
+                left -= 1
+                if left < 0:
+                    raise _Unsettled
+                result = apply(value, op, b)
+                if result is None or not 1 <= result <= top:
+                    continue
+                if search(result, (*steps, Step(op, b, 0, 0, 0)), start):
+                    return True
+        return False
+
+    try:
+        return any(search(s, (), s) for s in range(lo, min(hi, top) + 1))
+    except _Unsettled:
+        return None
+
+
+class _Unsettled(Exception):
+    pass
+
+
+def check_feasible(options: SynthOptions, slots: list[tuple[str, int]]) -> None:
+    """Before anything is drawn: every (category, steps) the file needs has at least one problem
+    within the ranges, so an impossible request fails at once instead of after 40M draws."""
+    for category, n_steps in sorted(set(slots), key=lambda s: (CATEGORIES.index(s[0]), s[1])):
+        if problem_exists(category, n_steps, options) is False:
+            raise OpcircuitsError(
+                f"no {category} problem with {n_steps} steps exists within "
+                f"{_ranges_text(options)} (every number from the operand range, every "
+                "intermediate and final result a whole number in 1..max-result, and one "
+                "step's operation changeable for a partner); widen --min-operand/--max-operand "
+                "or raise --max-result",
+                field="max_result",
+            )
+
+
 def draw_plan(
     rng: random.Random, category: str, n_steps: int, frame: int, options: SynthOptions
 ) -> Plan:
@@ -111,8 +194,8 @@ def draw_plan(
             ):
                 return plan
     raise OpcircuitsError(
-        f"could not draw a valid {category} problem with {n_steps} steps in range "
-        f"{lo}..{hi} with results <= {options.max_result}; widen the ranges",
+        f"could not draw a valid {category} problem with {n_steps} steps within "
+        f"{_ranges_text(options)} in {MAX_DRAWS * 200:,} draws; widen the ranges",
         field="max_result",
     )
 

@@ -163,11 +163,12 @@ def generate_rules(
     rng = random.Random(f"opcircuits-synth-rules:{options.seed}:{options.split}")
     pool = build_pool(options)
     groups: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+    uniform = options.balance == "category"
     for i, (plan, cat) in enumerate(zip(pool.plans, pool.category, strict=True)):
-        if pool.weight[i] > 0:
+        if uniform or pool.weight[i] > 0:
             members, cum = groups.setdefault((int(cat), plan.applications), ([], []))
             members.append(i)
-            cum.append((cum[-1] if cum else 0) + int(pool.weight[i]))
+            cum.append((cum[-1] if cum else 0) + (1 if uniform else int(pool.weight[i])))
     missing = [(c, k) for c, k in set(slots) if (CATEGORIES.index(c), k) not in groups]
     if missing:
         raise OpcircuitsError(
