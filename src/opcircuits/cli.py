@@ -28,8 +28,10 @@ How to add a command (`opcircuits store verify` below was added so):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
 
 import typer
@@ -39,13 +41,17 @@ from opcircuits.errors import OpcircuitsError
 from opcircuits.options import (
     AnalyzeOptions,
     AnalyzePaths,
+    AttributeOptions,
     ClassifyOptions,
+    DasOptions,
+    DoctorOptions,
     DownloadOptions,
     EvaluateOptions,
     ExtractOptions,
     Group,
     ImportLegacyOptions,
     InterveneOptions,
+    LensTrainOptions,
     NewBaseOptions,
     PrototypeOptions,
     StoreInfoOptions,
@@ -65,7 +71,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="GSM8K: download, label by operation, sample.", no_args_is_help=True)
 store_app = typer.Typer(help="Thought stores: import, inspect, verify.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+lens_app = typer.Typer(help="The tuned lens: translators fitted on a store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+app.add_typer(lens_app, name="lens")
 
 
 @app.callback()
@@ -211,6 +219,47 @@ def intervene_cmd(options: InterveneOptions) -> None:
 add_command(app, "intervene", intervene_cmd, Group(InterveneOptions))
 
 
+def attribute_cmd(options: AttributeOptions) -> None:
+    """Attribution patching: a first-order estimate of patching every head, MLP and residual
+    position of every step from a counterfactual partner, the top ones patched exactly. Writes
+    attribution.parquet, attribution.json and attribution.png into --out."""
+    from opcircuits.intervene.attribute import attribute
+
+    path = attribute(options)
+    for sentence in json.loads(path.read_text(encoding="utf-8"))["sentences"]:
+        typer.echo(sentence)
+    typer.echo(f"wrote {path}")
+
+
+def das_cmd(options: DasOptions) -> None:
+    """Distributed alignment search: train a rotated subspace per site and dimension so that
+    swapping it in from a counterfactual partner gives the partner's answer; IIA on held-out
+    pairs against a random subspace, the complement, the wrong step and the re-initialized
+    model. Writes das.json and das.safetensors into --out."""
+    from opcircuits.intervene.das import das
+
+    path = das(options)
+    for sentence in json.loads(path.read_text(encoding="utf-8"))["findings"]:
+        typer.echo(sentence)
+    typer.echo(f"wrote {path}")
+
+
+add_command(app, "attribute", attribute_cmd, Group(AttributeOptions))
+add_command(app, "das", das_cmd, Group(DasOptions))
+
+
+def lens_train_cmd(options: LensTrainOptions) -> None:
+    """Fit a tuned lens (one affine translator per layer, Belrose et al. 2023) on a store's states
+    to predict its final layer; writes tuned-lens.safetensors and tuned-lens.json (held-out KL
+    per layer of the tuned and the logit lens) into --out."""
+    from opcircuits.codi.lens_train import train_tuned_lens
+
+    typer.echo(f"wrote {train_tuned_lens(options)}")
+
+
+add_command(lens_app, "train", lens_train_cmd, Group(LensTrainOptions))
+
+
 # --- run -----------------------------------------------------------------------------------------
 
 
@@ -263,11 +312,11 @@ def new_base_cmd(options: NewBaseOptions) -> None:
 def evaluate_cmd(options: EvaluateOptions) -> None:
     """Accuracy of a CODI model: teacher (explicit CoT) and student with K thoughts."""
     from opcircuits.codi.evaluate import evaluate
+    from opcircuits.codi.reproduce import result_line
 
     result = evaluate(options)
-    for name, acc in result["accuracy"].items():
-        seconds = result["seconds"][name]
-        typer.echo(f"{name}: {acc:.4f} ({result['n_problems']} problems, {seconds}s)")
+    for name in result["accuracy"]:
+        typer.echo(result_line(name, result))
 
 
 add_command(app, "train", train_cmd, Group(TrainOptions))
@@ -275,12 +324,44 @@ add_command(app, "new-base", new_base_cmd, Group(NewBaseOptions))
 add_command(app, "evaluate", evaluate_cmd, Group(EvaluateOptions))
 
 
+def doctor_cmd(options: DoctorOptions) -> None:
+    """What loading a model reads from where (files, sha256, keys, config, versions) and what
+    looks wrong. Exit code 0: nothing suspicious; 1: something is (listed last)."""
+    from opcircuits.codi.doctor import check_json_out, diagnose
+    from opcircuits.codi.doctor_view import render
+    from opcircuits.files import write_json_atomic
+
+    if options.json is not None:
+        check_json_out(options)
+    report = diagnose(options)
+    if options.json is not None:
+        write_json_atomic(options.json, report)
+    render(report)
+    if options.json is not None:
+        typer.echo(f"wrote {options.json}")
+    if report["suspicious"]:
+        raise typer.Exit(1)
+
+
+add_command(app, "doctor", doctor_cmd, Group(DoctorOptions))
+
+
 # --- entry point ---------------------------------------------------------------------------------
+
+
+_terminated: list[bool] = []  # set by SIGTERM (Typer turns the interrupt into a return code)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) raises where Ctrl-C's KeyboardInterrupt does, so
+    every command cleans up the same way: temporaries removed, finished parts kept."""
+    _terminated.append(True)
+    raise KeyboardInterrupt
 
 
 def _interrupted() -> None:
     typer.secho("interrupted; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
-    sys.exit(130)
+    sys.exit(128 + signal.SIGTERM if _terminated else 130)
 
 
 def main() -> None:
@@ -288,7 +369,20 @@ def main() -> None:
 
     Typer runs without standalone mode so that our own errors are not wrapped; its usage errors
     and its Ctrl-C (an `Abort`, or the return code 130) are handled here as standalone mode would.
+    SIGTERM raises KeyboardInterrupt as Ctrl-C does (exit code 143).
     """
+    _terminated.clear()
+    installed, previous = False, None
+    with contextlib.suppress(ValueError):  # not the main thread: leave the handler alone
+        previous, installed = signal.signal(signal.SIGTERM, _on_sigterm), True
+    try:
+        _main()
+    finally:
+        if installed:  # the caller's own again (a test calling main in-process)
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+def _main() -> None:
     try:
         rc = app(standalone_mode=False)
     except OpcircuitsError as exc:

@@ -124,8 +124,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
 
 def test_planted_signal_is_found_where_it_was_planted(planted: tuple[Path, Path, dict]) -> None:
     _, _, report = planted
-    for probe in ("logreg", "random_forest", "mlp"):
-        assert _probe(report, "first", probe)["accuracy"] > 0.9, probe
+    assert _probe(report, "first", "logreg")["accuracy"] > 0.9
+    for probe in ("random_forest", "mlp"):  # on `mean` by default (--nonlinear-views)
+        assert _probe(report, "mean", probe)["accuracy"] > 0.9, probe
     assert _probe(report, "concat", "logreg")["accuracy"] > 0.9
     assert report["best_cell"]["position"] == "latent_1"
     assert report["best_cell"]["layer"] == 5
@@ -197,6 +198,30 @@ def test_same_seed_gives_identical_json_whatever_the_jobs(
     assert (tmp_path / "analysis_report.json").read_bytes() == (
         out / "analysis_report.json"
     ).read_bytes()
+
+
+def test_nonlinear_views_all_adds_forest_and_mlp_rows_and_changes_no_other(
+    planted: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    # By default the random forest and MLP run on `mean` only; `all` (the earlier default) adds
+    # them on the other main views. Every fit is its own, so each row of the default report is
+    # the same in the other; only the claims, over more members, may differ.
+    store, _, report = planted
+    full = analyze(store, tmp_path, AnalyzeOptions(**FAST, nonlinear_views="all"))
+    assert {p["view"] for p in report["probes"] if p["probe"] != "logreg"} == {"mean"}
+    rows = {(p["view"], p["probe"]): p for p in full["probes"]}
+    views = ("mean", "first", "last", "concat")
+    assert {(v, p) for v in views for p in ("logreg", "random_forest", "mlp")} <= set(rows)
+    for p in report["probes"]:
+        assert rows[(p["view"], p["probe"])] == p
+    for probe in ("random_forest", "mlp"):
+        assert rows[("first", probe)]["accuracy"] > 0.9, probe
+    split = {(x["view"], x["probe"]): x for x in full["model"]["probe_by_correctness"]}
+    assert len(split) == 12
+    for x in report["model"]["probe_by_correctness"]:
+        assert split[(x["view"], x["probe"])] == x
+    for key in ("controls", "permutation_tests", "token_layer_map", "step_confound"):
+        assert full[key] == report[key], key
 
 
 class _Collector(HTMLParser):
@@ -325,10 +350,12 @@ def test_legacy_store_without_text_answers_or_lens_through_the_cli(tmp_path: Pat
         "permutations": 0,
         "seed": 3,
         "permute_all_probes": False,
+        "nonlinear_views": ["mean"],
         "primary": None,
         "matched_store": None,
         "random_store": None,
         "interventions": None,
+        "tuned_lens": None,
     }
     names = {c["name"] for c in report["controls"]}
     assert names == {"majority", "shuffled_labels", "pre_thought"}

@@ -106,3 +106,60 @@ def test_fit_fold_predicts_as_each_probes_own_pipeline() -> None:
             for name, labels in ((probe, y), (f"control_task:{probe}", control)):
                 want = probe_pipeline(probe, 0).fit(X[train], labels[train]).predict(X[test])
                 np.testing.assert_array_equal(out.predictions[name], want)
+
+
+def test_fold_prefixes_equal_each_views_own_prefix() -> None:
+    # The views of one fold share their scaled (position, layer) blocks and the blocks' products:
+    # a view of one block (and `mean`) gets the span coordinates of its own scaler → SpanPCA bit
+    # for bit, a view of several the same span up to rounding (its Gram matrix summed over the
+    # blocks); the scaled features are bit for bit, and every probe predicts the same (float16
+    # states, as extraction writes them).
+    from opcircuits.analysis.probes import (
+        PROBES,
+        FoldPrefixes,
+        ProblemFeatures,
+        fit_fold,
+        fit_prepared,
+        prefix,
+    )
+
+    rng = np.random.default_rng(5)
+    positions, layers = ["bot", "latent_1", "latent_2"], [1, 2]
+    n = 60
+    y = np.arange(n) % 3
+    hidden = (rng.standard_normal((n, 3, 2, 50)) * rng.uniform(0.1, 4, 50)).astype(np.float16)
+    hidden[:, 1, 0, :4] += np.float16(1.5) * np.eye(3, 4, dtype=np.float16)[y]
+    rows = np.arange(5, n)  # a problem over some of the rows, as the step-matched one
+    states = hidden[rows]
+    test = np.arange(0, 55, 5)
+    train = np.setdiff1d(np.arange(55), test)  # 44 rows: every view takes the span branch
+    shared = FoldPrefixes(ProblemFeatures(states, positions, layers), train, test)
+    for view in build_views(positions, layers):
+        X = view_matrix(hidden, view, positions, layers, rows)
+        want = prefix(X, train, test)
+        exact = view.pool == "mean" or len(view.positions) * len(view.layers) == 1
+        for with_x in (False, True):
+            got = shared.view(view, with_x)
+            if exact:
+                for a, b in zip(got.z, want.z, strict=True):
+                    np.testing.assert_array_equal(a, b)
+            else:  # the same Gram matrices: the coordinates up to a rotation
+                for a, b in ((got.z[0], want.z[0]), (got.z[1], want.z[1])):
+                    np.testing.assert_allclose(
+                        a @ got.z[0].T, b @ want.z[0].T, rtol=0, atol=2e-5 * len(X[0])
+                    )
+            assert (got.x is None) == (not with_x)
+            if with_x:
+                for a, b in zip(got.x, want.x, strict=True):
+                    np.testing.assert_array_equal(a, b)
+        got_fits = fit_prepared(got, y[rows], train, test, probes=PROBES, seed=0)
+        want_fits = fit_fold(X, y[rows], train, test, probes=PROBES, seed=0)
+        for name, pred in want_fits.predictions.items():
+            np.testing.assert_array_equal(got_fits.predictions[name], pred)
+
+
+def test_options_name_the_main_views_as_the_analysis_does() -> None:
+    from opcircuits.analysis.features import MAIN_VIEWS
+    from opcircuits.options import experiment
+
+    assert experiment.MAIN_VIEWS == MAIN_VIEWS

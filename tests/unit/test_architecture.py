@@ -15,7 +15,20 @@ MAX_FUNCTION_LINES = 80
 
 # Lowest first. A module may import its own layer and lower ones; the first matching prefix wins.
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("errors", "files", "jsonable", "progress", "versions", "markdown", "options")),
+    (
+        0,
+        (
+            "errors",
+            "files",
+            "scratch",
+            "jsonable",
+            "progress",
+            "versions",
+            "markdown",
+            "options",
+            "proportions",
+        ),
+    ),
     (1, ("data",)),
     (2, ("store", "codi")),
     (3, ("analysis",)),

@@ -126,5 +126,7 @@ def test_label_vectors_beyond_one_chunk_are_fitted_on_their_own_labels(
     monkeypatch.setattr(solver, "CHUNK", 7)
     chunked = fit_multinomial_batch(z_train, labels, C=LOGREG_C, tol=LOGREG_TOL, max_iter=50)
     np.testing.assert_array_equal(chunked.predict(z_test), whole.predict(z_test))
-    np.testing.assert_allclose(chunked.coef, whole.coef, rtol=0, atol=1e-6)
+    # float32 products of another batch shape round differently (measured up to 1.4e-6 on
+    # coefficients of ~0.15); fitting another chunk's labels differs by orders more
+    np.testing.assert_allclose(chunked.coef, whole.coef, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(chunked.n_iter, whole.n_iter)

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from opcircuits.analysis import causal_stats
+from opcircuits.analysis.causal_check import check_result
+from opcircuits.analysis.causal_erasure import METHOD as ERASURE_METHOD
 from opcircuits.errors import OpcircuitsError
 
 ALL = "all"  # the pooled category
@@ -202,6 +204,19 @@ def routing(
     }
 
 
+def erasure(
+    table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> list[dict[str, Any]]:
+    """Per erased site: LEACE's effect beyond its random-subspace control (`causal_erasure`),
+    with the sweep's resamples; [] without erasure rows."""
+    from opcircuits.analysis import causal_erasure
+
+    sw = sweep(table)
+    boot = _weights(sw.ids, n_boot, seed)
+    W_all = np.concatenate([boot.weights[c] for c in sw.cats], 1)
+    return causal_erasure.erasure(sw, W_all, n_boot, seed, level)
+
+
 def effects(
     table: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -316,6 +331,7 @@ METHODS = {
     "own run (measured in its own batch); with the problem as the clean run it is the damage of "
     "noising with the partner's states. Bootstrap intervals with the sweep's resamples; pooled, "
     "per category and per changed step.",
+    "erasure": ERASURE_METHOD,
     "log_prob": "log p of the gold answer's value tokens and EOS, teacher-forced after the "
     "(intervened) thoughts through the answer prompt of training: eot [eos] 'The answer is: N' "
     "eos.",
@@ -334,7 +350,8 @@ METHODS = {
 
 def load_result(path: str | Path) -> dict[str, Any]:
     """interventions.json of a finished `opcircuits intervene` (the file or its folder), for the
-    analysis report's Causal tests section."""
+    analysis report's Causal tests section, with every field the report reads checked
+    (`causal_check`): read before the analysis, so a bad file stops it before any work."""
     from opcircuits.files import read_json_object
 
     path = Path(path)
@@ -352,6 +369,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
             f"not an interventions.json (lacks {', '.join(missing)})", path=file,
             field="interventions",
         )  # fmt: skip
+    check_result(result, file)
     return result
 
 
@@ -362,7 +380,7 @@ SECTION_KEYS = (
     "thoughts", "effects", "interactions", "notes", "methods",
 )  # fmt: skip
 # Kept when present (sweeps from before the routing controls lack them).
-OPTIONAL_KEYS = ("routing",)
+OPTIONAL_KEYS = ("routing", "erasure")
 
 
 def report_section(result: dict[str, Any], source: str, manifest: dict[str, Any]) -> dict:

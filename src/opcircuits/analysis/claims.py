@@ -50,7 +50,8 @@ def _primary(report: dict[str, Any], primary: str | None) -> dict:
         if chosen is None:
             raise OpcircuitsError(
                 f"{primary!r} is not a permutation-tested probe (give probe:view, e.g. "
-                "logreg:mean; the random forest and MLP need permute_all_probes)",
+                "logreg:mean; the random forest and MLP need permute_all_probes, and their "
+                "view in nonlinear_views)",
                 field="primary",
             )
         # The pre-registered probe needs no correction; it alone opens the gate.
@@ -92,7 +93,8 @@ def _decoding_families(report: dict[str, Any]) -> list[dict]:
 
 
 def _other_labels(report: dict[str, Any]) -> list[dict]:
-    """The step count and the binary operation labels, decoded by the same probes."""
+    """The step count, the binary operation labels and each step's operation, decoded by the same
+    probes."""
     steps = report.get("step_confound") or {}
     other = []
     if steps.get("n_steps_decoding"):
@@ -108,7 +110,26 @@ def _other_labels(report: dict[str, Any]) -> list[dict]:
             )
             for r in task["probes"]
         ]
-    return [_family("other_labels", other)] if other else []
+    fams = [_family("other_labels", other)] if other else []
+    steps = report.get("step_operations") or []
+    # Where each step's operation is decoded beyond the question text, and whether the step's
+    # own thought holds it better than `bot` (the one comparison per step fixed in advance).
+    decoded = [
+        (f"step{e['step']}/{member_name('logreg', r['view'])}", r["gain_over_baseline"]["p_value"])
+        for e in steps
+        for r in e["positions"]
+    ]
+    own = [
+        (f"step{e['step']}/{member_name('logreg', r['view'])}", r["minus_bot"]["p_value"])
+        for e in steps
+        for r in e["positions"]
+        if r["view"] == e["own_thought"] and r["minus_bot"] is not None
+    ]
+    if decoded:
+        fams.append(_family("step_operations", decoded))
+    if own:
+        fams.append(_family("step_op_own_thought_vs_bot", own))
+    return fams
 
 
 def _descriptive_families(report: dict[str, Any]) -> list[dict]:

@@ -100,9 +100,15 @@ def silhouette_null(
     if not permutations:
         return None, None
     rng = np.random.default_rng([seed, 4])
-    ys = np.stack([y[rng.permutation(len(y))] for _ in range(permutations)])
+    # Drawn a chunk at a time (the same draws in the same order): all of them at once would be
+    # an [permutations, N] array, gigabytes at the largest --permutations.
+
+    def draws(k: int) -> np.ndarray:
+        return np.stack([y[rng.permutation(len(y))] for _ in range(k)])
+
+    chunks = range(0, permutations, NULL_CHUNK)
     null = np.concatenate(
-        [silhouettes(dist, ys[i : i + NULL_CHUNK]) for i in range(0, permutations, NULL_CHUNK)]
+        [silhouettes(dist, draws(min(NULL_CHUNK, permutations - i))) for i in chunks]
     )
     return permutation_p_value(silhouette(dist, y), null), float(np.quantile(null, 0.95))
 

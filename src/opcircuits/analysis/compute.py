@@ -23,9 +23,17 @@ from typing import Any
 import joblib
 import numpy as np
 
-from opcircuits.analysis import causal, claims, secondary, sections, tasks
+from opcircuits.analysis import (
+    causal,
+    claims,
+    intermediate,
+    secondary,
+    sections,
+    tasks,
+    tuned_lens,
+)
 from opcircuits.analysis.features import MAIN_VIEWS
-from opcircuits.analysis.inputs import AnalysisInput, load_input
+from opcircuits.analysis.inputs import AnalysisInput, check_folds, kept_categories, load_input
 from opcircuits.analysis.scoring import paired_difference
 from opcircuits.analysis.sections import BASELINE_CONTROLS
 from opcircuits.errors import OpcircuitsError
@@ -67,7 +75,9 @@ def _open(store: Any) -> tuple[Any, str]:
 
 
 def _fit(inp: AnalysisInput, options: AnalyzeOptions, brief: bool = False) -> tuple:
-    jobs = joblib.effective_n_jobs(options.jobs)
+    # More workers than CPUs cannot be faster, and each holds its own copy of the libraries: a
+    # --jobs of hundreds would exhaust the memory (the results do not depend on it).
+    jobs = min(joblib.effective_n_jobs(options.jobs), joblib.cpu_count())
     log.info(
         "analyzing %d problems, positions %s, layers %s, %d views, %d folds, %d jobs%s",
         inp.n,
@@ -79,6 +89,8 @@ def _fit(inp: AnalysisInput, options: AnalyzeOptions, brief: bool = False) -> tu
         " (brief)" if brief else "",
     )
     plan = tasks.plan(inp, options, brief=brief)
+    if not brief:
+        _check_primary(plan, options)
     fits = tasks.run(plan, inp, jobs, options.seed, options.permutations)
     if fits.not_converged:
         inp.notes.append(
@@ -88,9 +100,42 @@ def _fit(inp: AnalysisInput, options: AnalyzeOptions, brief: bool = False) -> tu
     return plan, fits
 
 
+def _check_primary(plan: tasks.Plan, options: AnalyzeOptions) -> None:
+    """A pre-registered probe must be one the permutation tests cover: checked before the fits
+    (the claims found out only after the whole analysis)."""
+    if options.primary is None:
+        return
+    members = tasks.permutation_members(plan)
+    if options.primary not in members:
+        why = (
+            "there are no permutation tests (--permutations 0)"
+            if not options.permutations
+            else "the permutation-tested probes are "
+            + ", ".join(sorted(members, key=lambda m: (len(m), m))[:8])
+            + (" …" if len(members) > 8 else "")
+            + " (the random forest and MLP need --permute-all-probes)"
+        )
+        raise OpcircuitsError(
+            f"{options.primary!r} is not a permutation-tested probe: {why}", field="primary"
+        )
+
+
 def compute(store: Any, options: AnalyzeOptions) -> Computed:
+    # The sweep's results are read and checked first: a bad file stops the analysis before it
+    # starts, not after it.
+    result = None
+    if options.interventions is not None:
+        result = causal.load_result(options.interventions)
     store, label = _open(store)
+    lens = None  # checked before the fits too: a lens of another store is refused at once
+    if options.tuned_lens is not None:
+        lens = tuned_lens.load(options.tuned_lens, store.manifest)
     inp = load_input(store, options)
+    for companion in (options.matched_store, options.random_store):  # their checks, first too
+        if companion is not None:
+            check_folds(_open(companion)[0], options)
+    if options.random_store is not None:
+        _check_same_problems(_open(options.random_store)[0], inp, options)
     plan, fits = _fit(inp, options)
     ctrl = sections.controls(inp, plan, fits)
     probes = sections.probes(inp, plan, fits, ctrl, options.permutations)
@@ -109,8 +154,12 @@ def compute(store: Any, options: AnalyzeOptions) -> Computed:
         "pre_thought": sections.pre_thought(inp, probes.scores, ctrl),
         "step_confound": secondary.step_confound(inp, plan, fits, ctrl),
         "binary_probes": secondary.binary_probes(inp, plan, fits),
+        "step_operations": secondary.step_operations(inp, plan, fits),
         **sections.descriptive(fits),
         "logit_lens": sections.lens(inp, tasks.CHEAP_FACTOR * options.permutations, options.seed),
+        "intermediate_values": intermediate.section(
+            inp, folds=options.folds, permutations=options.permutations, seed=options.seed
+        ),
         "model": sections.model_answers(inp, fits, options.repeats),
         "step_matched_sample": None,
         "random_model": None,
@@ -123,11 +172,13 @@ def compute(store: Any, options: AnalyzeOptions) -> Computed:
         report["random_model"] = _versus_random(options.random_store, options, inp, probes)
     report["inference"] = claims.decide_claims(report, options.primary)
     report["causal_tests"] = None
-    if options.interventions is not None:
-        result = causal.load_result(options.interventions)
+    if result is not None:
         report["causal_tests"] = causal.report_section(
             result, str(options.interventions), store.manifest
         )
+    report["tuned_lens"] = None
+    if lens is not None:
+        report["tuned_lens"] = tuned_lens.section(lens, str(options.tuned_lens))
     coords = {view: c.coords for view, c in fits.clusters.items()}
     return Computed(jsonable(report, digits=DIGITS), coords, inp.y)
 
@@ -171,6 +222,24 @@ def _brief(store: Any, options: AnalyzeOptions) -> tuple[dict[str, Any], Analysi
         "notes": inp.notes,
     }
     return out, inp, probes
+
+
+def _check_same_problems(store: Any, inp: AnalysisInput, options: AnalyzeOptions) -> None:
+    """The random-model store must hold the analyzed problems, in order: checked on its records
+    before any work (its comparison probe by probe needs the same folds)."""
+    records = store.records
+    records = records[kept_categories(records, options.folds)[0]]
+    same = (
+        list(records["id"]) == list(inp.records["id"])
+        and [str(c) for c in records["category"]] == inp.categories
+    )
+    if not same:
+        raise OpcircuitsError(
+            "the re-initialized model's store holds other problems (or another order) than the "
+            "analyzed store: extract it from the same problem file",
+            path=store.path,
+            field="random_store",
+        )
 
 
 def _versus_random(
@@ -238,6 +307,11 @@ def _methods(options: AnalyzeOptions) -> dict[str, str]:
         "0.51–0.70 reasonable, > 0.70 strong; p from label permutations",
         "logit_lens": "operator matches against permutations of ops_used across problems "
         "(the problem is the unit)",
+        "intermediate_values": "r_j's first token among the final layer's top-k lens tokens, "
+        f"against {tasks.CHEAP_FACTOR * options.permutations} permutations of the results within "
+        "n_steps strata; value probes: ridge R² out of fold against "
+        f"{options.permutations} such permutations; p_family: step-down maxT over each "
+        "heat map's cells (its own family, outside the operation claims)",
     }
 
 

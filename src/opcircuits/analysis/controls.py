@@ -29,6 +29,18 @@ from threadpoolctl import threadpool_limits
 from opcircuits.analysis.scoring import Scores, make_folds, score
 
 TEXT_CS = (0.1, 1.0, 10.0, 100.0)
+INNER_FOLDS = 3  # the question-text control's inner split, on each training fold
+
+
+def text_control_fits(y: np.ndarray, folds: list) -> bool:
+    """Whether the question-text control's inner stratified split can run on every training
+    fold: some category needs `INNER_FOLDS` problems there (or scikit-learn refuses the split),
+    and two categories need 2 (or an inner training fold could hold a single category)."""
+    for f in folds:
+        counts = np.bincount(y[f.train])
+        if counts.max() < INNER_FOLDS or int((counts >= 2).sum()) < 2:
+            return False
+    return True
 
 
 def text_pipeline(seed: int) -> GridSearchCV:
@@ -40,7 +52,7 @@ def text_pipeline(seed: int) -> GridSearchCV:
             ("clf", LogisticRegression(max_iter=1000, random_state=seed)),
         ]
     )
-    inner = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+    inner = StratifiedKFold(n_splits=INNER_FOLDS, shuffle=True, random_state=seed)
     return GridSearchCV(pipe, {"clf__C": list(TEXT_CS)}, cv=inner, scoring="accuracy", n_jobs=1)
 
 

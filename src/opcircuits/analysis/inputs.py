@@ -6,6 +6,7 @@ Everything downstream (the task planner and the report sections) works from an `
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -108,6 +109,61 @@ def check_finite(
     )
 
 
+def kept_categories(records: pd.DataFrame, folds: int) -> tuple[np.ndarray, list[str]]:
+    """Which problems are analyzed, and a note on the rest: a stratified fold needs every
+    category in every test fold, so categories with fewer problems than folds (e.g. a stray
+    "unclassified" one) are left out, and the report says so."""
+    cats = records["category"].astype(str)
+    counts = cats.value_counts()
+    small = sorted(c for c, k in counts.items() if k < folds)
+    if not small or len(counts) - len(small) < 2:
+        return np.ones(len(records), dtype=bool), []
+    note = (
+        "Left out categories with fewer problems than --folds: "
+        + ", ".join(f"{name(c)} ({counts[c]})" for c in small)
+        + "."
+    )
+    return ~cats.isin(small).to_numpy(), [note]
+
+
+def check_text_folds(y: np.ndarray, names: list[str], folds: list[Fold], k: int, where) -> None:
+    """Refuse, before any work, folds on which the question-text control's inner split cannot
+    run (scikit-learn would fail after most of the analysis)."""
+    from opcircuits.analysis.controls import INNER_FOLDS, text_control_fits
+
+    if text_control_fits(y, folds):
+        return
+    counts = ", ".join(f"{name(c)} {int(n)}" for c, n in zip(names, np.bincount(y), strict=True))
+    # The fewest problems per category whose training folds always hold INNER_FOLDS of them.
+    enough = next(n for n in itertools.count(INNER_FOLDS) if n - math.ceil(n / k) >= INNER_FOLDS)
+    raise OpcircuitsError(
+        f"too few problems per category for --folds {k} ({counts}): the question-text "
+        f"control's inner {INNER_FOLDS}-fold search needs, in every training fold, "
+        f"{INNER_FOLDS} problems of some category and 2 of two; {enough} problems per category "
+        f"always suffice{' (or use fewer --folds)' if k > 2 else ''}",
+        path=where,
+        field="folds",
+    )
+
+
+def check_folds(store: Any, options: Any) -> None:
+    """The category and fold checks of `load_input` on a store's records alone (no states read):
+    run on the companion stores before the main analysis starts."""
+    records = store.records
+    keep, _ = kept_categories(records, options.folds)
+    records = records[keep]
+    names, y = encode([str(c) for c in records["category"].tolist()])
+    if len(names) < 2:
+        raise OpcircuitsError(
+            f"need at least 2 categories to probe, found {names}", path=store.path,
+            field="category",
+        )  # fmt: skip
+    questions = records_column(records, "question")
+    if questions is not None and all(isinstance(q, str) for q in questions):
+        folds = make_folds(y, options.folds, options.repeats, options.seed)
+        check_text_folds(y, names, folds, options.folds, store.path)
+
+
 def load_input(store: Any, options: Any) -> AnalysisInput:
     """Select positions and layers, check the states, encode labels, make folds and views."""
     where = store.path
@@ -120,28 +176,18 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
     records = all_records = store.records
     hidden = store.hidden(positions, layers)
     check_finite(hidden, [str(i) for i in records["id"].tolist()], positions, layers)
-    rows = np.arange(len(records))
-    notes: list[str] = []
-    # A stratified fold needs every category in every test fold: categories with fewer problems
-    # than folds (e.g. a stray "unclassified" one) are left out, and the report says so.
-    counts = records["category"].astype(str).value_counts()
-    small = sorted(c for c, k in counts.items() if k < options.folds)
-    if small and len(counts) - len(small) >= 2:
-        keep = ~records["category"].astype(str).isin(small).to_numpy()
-        records = records[keep].reset_index(drop=True)
-        rows = rows[keep]
-        notes.append(
-            "Left out categories with fewer problems than --folds: "
-            + ", ".join(f"{name(c)} ({counts[c]})" for c in small)
-            + "."
-        )
+    keep, notes = kept_categories(records, options.folds)
+    records, rows = records[keep].reset_index(drop=True), np.flatnonzero(keep)
     categories = [str(c) for c in records["category"].tolist()]
     names, y = encode(categories)
     if len(names) < 2:
         raise OpcircuitsError(
             f"need at least 2 categories to probe, found {names}", path=where, field="category"
         )
+    folds = make_folds(y, options.folds, options.repeats, options.seed)
     questions = records_column(records, "question")
+    if questions is not None and all(isinstance(q, str) for q in questions):
+        check_text_folds(y, names, folds, options.folds, where)
     n_steps = records_column(records, "n_steps")
     confound_cols, confound_names = [], []
     steps = None
@@ -171,7 +217,7 @@ def load_input(store: Any, options: Any) -> AnalysisInput:
         categories=categories,
         names=names,
         y=y,
-        folds=make_folds(y, options.folds, options.repeats, options.seed),
+        folds=folds,
         views=build_views(positions, layers),
         questions=questions,
         confound_x=confound_x,

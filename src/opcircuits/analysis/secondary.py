@@ -140,3 +140,59 @@ def binary_probes(inp: AnalysisInput, plan: Plan, fits: Fits) -> list[dict]:
             "The store has no ops_used column: the binary operation probes are skipped."
         )
     return out
+
+
+def step_operations(inp: AnalysisInput, plan: Plan, fits: Fits) -> list[dict]:
+    """Step j's operation family at `bot` and at every latent position: accuracy, the gain over
+    the stronger of the majority and the question-text control, and (latent positions) the
+    difference from `bot` on the same folds. A thought that decodes its own step's operation
+    where `bot` and the question text do not is the step-resolved evidence the category cannot
+    give."""
+    out = []
+    for prob in plan.problems.values():
+        if not prob.name.startswith("step") or not prob.name.endswith("_op"):
+            continue
+        j = int(prob.name[len("step") : -len("_op")])
+        maj = majority_scores(prob)
+        text = scores_of(prob, fits, "control", "text") if prob.questions is not None else None
+        use_text = text is not None and text.interval.mean >= maj.interval.mean
+        base, base_name = (text, "question_text") if use_text else (maj, "majority")
+        bot = (
+            scores_of(prob, fits, "bot", "logreg")
+            if any(v.name == "bot" for v in prob.views)
+            else None
+        )
+        rows = []
+        for view in prob.views:
+            sc = scores_of(prob, fits, view.name, "logreg")
+            row: dict[str, Any] = {
+                "view": view.name,
+                **interval(sc),
+                "gain_over_baseline": paired_difference(
+                    sc.fold_accuracy, base.fold_accuracy, prob.folds
+                ),
+                "minus_bot": None,
+            }
+            if bot is not None and view.name != "bot":
+                row["minus_bot"] = paired_difference(
+                    sc.fold_accuracy, bot.fold_accuracy, prob.folds
+                )
+            rows.append(row)
+        out.append(
+            {
+                "step": j,
+                "own_thought": f"latent_{j}",
+                "n_problems": prob.n,
+                "mul_div": int(prob.y.sum()),
+                "majority_rate": float(np.bincount(prob.y).max() / prob.n),
+                "question_text": interval(text) if text is not None else None,
+                "baseline": base_name,
+                "positions": rows,
+            }
+        )
+    if not out and inp.views:
+        inp.notes.append(
+            "No step-resolved operation labels (step_ops: every solution step one operation): "
+            "the step-operation probes are skipped."
+        )
+    return sorted(out, key=lambda e: e["step"])

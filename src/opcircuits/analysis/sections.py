@@ -262,6 +262,7 @@ def model_answers(inp: AnalysisInput, fits: Fits, repeats: int) -> dict[str, Any
         }
         for view in inp.main_views
         for probe in PROBES
+        if (CATEGORY, view.name, probe) in fits.preds  # the forest and MLP: --nonlinear-views
     ]
     out.update(
         answer_accuracy=model_accuracy.answer_accuracy(correct, inp.categories, inp.names),

@@ -13,17 +13,14 @@ minus a control on the same folds) use the same interval on the per-fold differe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+# The interval type and the Wilson interval live at the base layer (evaluate uses them too).
+from opcircuits.proportions import Interval, wilson_interval
 
-@dataclass(frozen=True)
-class Interval:
-    mean: float
-    low: float
-    high: float
+__all__ = ["Interval", "corrected_t_interval", "permutation_p_value", "wilson_interval"]
 
 
 def corrected_t_interval(
@@ -45,18 +42,6 @@ def corrected_t_interval(
     var = (1.0 / scores.size + test_fraction) * s2
     half = float(stats.t.ppf(0.5 + level / 2, scores.size - 1)) * math.sqrt(var)
     return Interval(mean, max(bounds[0], mean - half), min(bounds[1], mean + half))
-
-
-def wilson_interval(successes: float, n: float, level: float = 0.95) -> Interval:
-    """Wilson score interval for a proportion (used for answer accuracy)."""
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
 def permutation_p_value(observed: float, null_scores: np.ndarray) -> float:

@@ -2,14 +2,15 @@
 
 A *problem* is one learning problem on the stored states: which rows, which labels, which folds
 (the operation category; the same on a step-matched subsample; the step count itself; the binary
-"uses ×/÷?" and "uses +/−?"). A task is one (problem, view, fold) probe fit with its extras
-(shuffled labels, control task, permutation refits, confound + states), one control fit on one
-fold, or one descriptive analysis of a view. `plan` lists them in a fixed order (heavy ones
+"uses ×/÷?" and "uses +/−?"). A task is one (problem, fold): every view's probe fits there with
+their extras (shuffled labels, control task, permutation refits, confound + states), which share
+the fold's scaled (position, layer) blocks; or one control fit on one fold, or one descriptive
+analysis of a view. `plan` lists them in a fixed order (heavy ones
 first), `run` executes them with joblib and gathers the results by key, in plan order, so the
 numbers never depend on --jobs: each task runs single-threaded BLAS with fixed random states.
 
 A report section that needs new fits adds a problem, or a task kind here (`Task.kind`, a branch
-in `_run_one` and its slot in `Fits`), and reads its results from `Fits`.
+in `_task` and its slot in `Fits`), and reads its results from `Fits`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import sklearn
 from threadpoolctl import threadpool_limits
 
 from opcircuits.analysis import clustering, confound, controls, similarity
@@ -30,16 +32,17 @@ from opcircuits.analysis.control_task import control_labels, first_word
 from opcircuits.analysis.features import View, view_matrix
 from opcircuits.analysis.inference import stratified_permutations
 from opcircuits.analysis.inputs import AnalysisInput, records_column
-from opcircuits.analysis.probes import PROBES, fit_fold
+from opcircuits.analysis.probes import PROBES, FoldPrefixes, ProblemFeatures, fit_prepared
 from opcircuits.analysis.scoring import Fold, make_folds
 from opcircuits.analysis.workers import worker_config
 from opcircuits.progress import stage_progress
 
 CATEGORY = "category"
-# The descriptive permutation tests need no refits, so they afford this many times more
-# permutations (and p-values small enough to survive the multiplicity correction).
+# The descriptive permutation tests need no refits: this many times more permutations.
 CHEAP_FACTOR = 5
 MUL_DIV, ADD_SUB = frozenset("*/"), frozenset("+-")
+# Fewer problems with a step j: its operation is not probed (intervals too wide to matter).
+MIN_STEP_OP_PROBLEMS = 40
 
 
 @dataclass
@@ -63,16 +66,25 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class Task:
-    kind: str  # "view" | "text" | "confound" | "cluster" | "similarity"
-    problem: str = CATEGORY
-    fold: Fold | None = None
-    view: View | None = None
-    probes: tuple[str, ...] = ()
+class ViewFit:
+    """The probe fits of one view on one fold, with their extras."""
+
+    view: View
+    probes: tuple[str, ...]
     shuffled: bool = False
     permute: bool = False
     control_task: bool = False
     incremental: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    kind: str  # "fold" | "text" | "confound" | "cluster" | "similarity"
+    problem: str = CATEGORY
+    fold: Fold | None = None
+    view: View | None = None  # "cluster" and "similarity"
+    # "fold": every view's fits on this fold, which share its scaled (position, layer) blocks
+    fits: tuple[ViewFit, ...] = ()
 
 
 @dataclass
@@ -156,16 +168,48 @@ def problems(inp: AnalysisInput, options: Any) -> dict[str, Problem]:
                 questions = None
                 if texts is not None and all(isinstance(texts[i], str) for i in rows):
                     questions = [texts[i] for i in rows]
-                out[name] = Problem(
-                    name,
-                    rows,
-                    y,
-                    ["no", "yes"],
-                    make_folds(y, options.folds, options.repeats, options.seed),
-                    main_views,
-                    questions,
-                )
+                folds = make_folds(y, options.folds, options.repeats, options.seed)
+                if questions is not None and not controls.text_control_fits(y, folds):
+                    continue  # too few problems of a class for the text control's inner split
+                out[name] = Problem(name, rows, y, ["no", "yes"], folds, main_views, questions)
+    out.update(step_problems(inp, options))
     return out
+
+
+def step_problems(inp: AnalysisInput, options: Any) -> dict[str, Problem]:
+    """`step<j>_op`: step j's operation family (×/÷ = 1, +/− = 0) over the problems with a
+    step-resolved label (`step_ops`) and at least j steps, probed at `bot` and at every latent
+    position: where is each step's operation decodable?"""
+    step_ops = records_column(inp.all_records, "step_ops")
+    views = [
+        v for v in inp.views if v.kind == "position" and v.name in step_op_positions(inp.positions)
+    ]
+    if step_ops is None or not views:
+        return {}
+    texts = records_column(inp.all_records, "question")
+    out: dict[str, Problem] = {}
+    longest = max((len(o) for o in step_ops if o is not None), default=0)
+    for j in range(1, longest + 1):
+        rows = np.array(
+            [i for i, o in enumerate(step_ops) if o is not None and len(o) >= j], dtype=np.int64
+        )
+        y = np.array([int(str(step_ops[i][j - 1]) in MUL_DIV) for i in rows], dtype=np.int64)
+        if len(rows) < MIN_STEP_OP_PROBLEMS or np.bincount(y, minlength=2).min() < options.folds:
+            continue
+        questions = None
+        if texts is not None and all(isinstance(texts[i], str) for i in rows):
+            questions = [texts[i] for i in rows]
+        folds = make_folds(y, options.folds, options.repeats, options.seed)
+        if questions is not None and not controls.text_control_fits(y, folds):
+            continue  # too few problems of a class for the text control's inner split
+        name = f"step{j}_op"
+        out[name] = Problem(name, rows, y, ["add_sub", "mul_div"], folds, views, questions)
+    return out
+
+
+def step_op_positions(positions: list[str]) -> list[str]:
+    """Where a step's operation is looked for: `bot` (it reads the question) and the thoughts."""
+    return [p for p in positions if p == "bot" or p.startswith("latent")]
 
 
 def plan(inp: AnalysisInput, options: Any, brief: bool = False) -> Plan:
@@ -187,33 +231,34 @@ def plan(inp: AnalysisInput, options: Any, brief: bool = False) -> Plan:
         groups = groups if inp.n_steps is None else confound.fold_strata(folds, inp.n_steps)
         permuted_y = stratified_permutations(inp.y, groups, options.permutations, rng)
     permute_probes = PROBES if options.permute_all_probes and not brief else ("logreg",)
+    nonlinear = options.nonlinear_views  # the forest's and MLP's main views
+    nonlinear = {v.name for v in main_views} if nonlinear == "all" else set(nonlinear)
     tasks: list[Task] = []
-    # `first` and `last` hold exactly the features of the first and last latent positions' views,
-    # so those position views reuse their predictions instead of refitting.
+    # `first`/`last` are the first/last latent positions' views: reuse their predictions.
     same_as = {v.positions[0]: v.name for v in main_views if v.name in ("first", "last")}
-    for view in sorted(views, key=lambda v: v.kind != "main"):
-        if view.kind == "position" and view.name in same_as:
-            continue
-        for fold in folds:
-            tasks.append(
-                Task(
-                    "view",
-                    CATEGORY,
-                    fold,
-                    view,
-                    PROBES if view.kind == "main" and not brief else ("logreg",),
-                    shuffled=view.name == shuffle_view,
-                    permute=fold.repeat == 0 and permuted_y is not None,
-                    control_task=cat.control_y is not None and not brief,
-                    incremental=view.kind == "main" and cat.confound_x is not None and not brief,
-                )
+    # One task per fold with every view's fits, which share the fold's (position, layer) blocks
+    # (probes.FoldPrefixes); the first repeat's folds, with the permutation refits, come first.
+    for fold in folds:
+        fits = [
+            ViewFit(
+                view,
+                PROBES
+                if view.name in nonlinear and view.kind == "main" and not brief
+                else ("logreg",),
+                shuffled=view.name == shuffle_view,
+                permute=fold.repeat == 0 and permuted_y is not None,
+                control_task=cat.control_y is not None and not brief,
+                incremental=view.kind == "main" and cat.confound_x is not None and not brief,
             )
+            for view in views
+            if not (view.kind == "position" and view.name in same_as)
+        ]
+        tasks.append(Task("fold", CATEGORY, fold, fits=tuple(fits)))
     for prob in probs.values():
         if prob.name == CATEGORY:
             continue
-        tasks += [
-            Task("view", prob.name, f, v, ("logreg",)) for v in prob.views for f in prob.folds
-        ]
+        fits = tuple(ViewFit(v, ("logreg",)) for v in prob.views)
+        tasks += [Task("fold", prob.name, f, fits=fits) for f in prob.folds]
     for prob in probs.values():
         if prob.questions is not None:
             tasks += [Task("text", prob.name, f) for f in prob.folds]
@@ -250,22 +295,24 @@ def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: 
         for result in parallel(tasks):
             results.append(result)
             progress.advance(bar)
-    _last_view.clear()  # jobs=1: release the store's states held by the cache
+    _last_view.clear()  # jobs=1: release the store's states held by the caches
+    _last_states.clear()
     fits = Fits()
     for task, res in zip(the_plan.tasks, results, strict=True):
         if task.kind == "cluster":
             fits.clusters[task.view.name] = res
         elif task.kind == "similarity":
             fits.similarity[task.view.name] = res
-        elif task.kind != "view":
+        elif task.kind != "fold":
             fits.preds.setdefault((task.problem, "control", task.kind), []).append(res)
         else:
-            for name, p in res.predictions.items():
-                fits.preds.setdefault((task.problem, task.view.name, name), []).append(p)
-            fits.not_converged += res.not_converged
-            for probe, correct in res.permutation_correct.items():
-                key = (task.problem, task.view.name, probe)
-                fits.perm_correct[key] = fits.perm_correct.get(key, 0) + correct
+            for view, out in res.items():
+                for name, p in out.predictions.items():
+                    fits.preds.setdefault((task.problem, view, name), []).append(p)
+                fits.not_converged += out.not_converged
+                for probe, correct in out.permutation_correct.items():
+                    key = (task.problem, view, probe)
+                    fits.perm_correct[key] = fits.perm_correct.get(key, 0) + correct
     for pos, main_name in the_plan.same_as.items():
         for name in ("logreg", "control_task:logreg"):
             if (CATEGORY, main_name, name) in fits.preds:
@@ -275,6 +322,20 @@ def run(the_plan: Plan, inp: AnalysisInput, jobs: int, seed: int, permutations: 
                 (CATEGORY, main_name, "logreg")
             ]
     return fits
+
+
+def permutation_members(the_plan: Plan) -> set[str]:
+    """`probe:view` of every member the permutation tests will cover (what `--primary` may
+    name): the view tasks refitted on the permutations, and the position views that reuse
+    `first` / `last`."""
+    out: set[str] = set()
+    for t in the_plan.tasks:
+        if t.kind == "fold" and t.problem == CATEGORY:
+            for f in t.fits:
+                if f.permute:  # as `run` refits them: the permuted probes this view fits
+                    out |= {f"{p}:{f.view.name}" for p in the_plan.permute_probes if p in f.probes}
+    out |= {f"logreg:{pos}" for pos, main in the_plan.same_as.items() if f"logreg:{main}" in out}
+    return out
 
 
 @contextlib.contextmanager
@@ -289,7 +350,14 @@ def _shared(hidden: np.ndarray, jobs: int) -> Iterator[np.ndarray]:
         yield np.load(path, mmap_mode="r")
 
 
-def _run_one(
+def _run_one(task: Task, **kwargs: Any) -> Any:
+    # scikit-learn's checks skipped (our estimators' parameters are fixed, load_input refuses
+    # NaN and inf): a tenth of the forest's time and of a small logistic regression's; same fits.
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        return _task(task, **kwargs)
+
+
+def _task(
     task: Task,
     source: np.ndarray,
     positions: list[str],
@@ -314,28 +382,55 @@ def _run_one(
         return controls.text_fold(prob.questions or [], y, fold.train, fold.test, seed)
     if task.kind == "confound":
         return controls.confound_fold(prob.confound_x, y, fold.train, fold.test, seed)
-    X = _view_matrix(source, task.view, positions, layers, prob)
-    shuffled = None
-    if task.shuffled:
-        rng = np.random.default_rng([seed, 2, fold.index])
-        shuffled = rng.permutation(y[fold.train])
-    return fit_fold(
-        X,
-        y,
-        fold.train,
-        fold.test,
-        probes=task.probes,
-        seed=seed,
-        shuffled_train_y=shuffled,
-        permuted_y=permuted_y if task.permute else None,
-        permute_probes=permute_probes if task.view.kind == "main" else ("logreg",),
-        control_y=prob.control_y if task.control_task else None,
-        confound=prob.confound_x if task.incremental else None,
-    )
+    features = _problem_features(source, prob, positions, layers)
+    prefixes = FoldPrefixes(features, fold.train, fold.test)
+    out = {}
+    with threadpool_limits(1):  # as every fit: results do not depend on --jobs
+        for f in task.fits:
+            shuffled = None
+            if f.shuffled:
+                rng = np.random.default_rng([seed, 2, fold.index])
+                shuffled = rng.permutation(y[fold.train])
+            permute = tuple(p for p in permute_probes if p in f.probes)
+            forest = "random_forest" in f.probes or (f.permute and "random_forest" in permute)
+            out[f.view.name] = fit_prepared(
+                prefixes.view(f.view, with_x=forest),
+                y,
+                fold.train,
+                fold.test,
+                probes=f.probes,
+                seed=seed,
+                shuffled_train_y=shuffled,
+                permuted_y=permuted_y if f.permute else None,
+                permute_probes=permute,
+                control_y=prob.control_y if f.control_task else None,
+                confound=prob.confound_x if f.incremental else None,
+            )
+    return out
 
 
-# The last view matrix built in this process: a view's folds are consecutive tasks in the plan,
-# so a worker builds each view's features once or twice instead of once per fold.
+# The last problem's rows of the states in this process, with its blocks and pooled views: its
+# folds are consecutive tasks in the plan, so a worker makes them once or twice per problem.
+_last_states: list[Any] = []  # [(source key, problem name), the source, its ProblemFeatures]
+
+
+def _problem_features(
+    source: np.ndarray, prob: Problem, positions: list[str], layers: list[int]
+) -> ProblemFeatures:
+    """The problem's rows of the states [n, P, L, D] (in the store's dtype) and what every fold
+    makes of them."""
+    name = getattr(source, "filename", None)
+    key = (name or id(source), source.shape, prob.name, prob.n)
+    if _last_states and _last_states[0] == key and (name or _last_states[1] is source):
+        return _last_states[2]
+    _last_states.clear()
+    states = np.asarray(source[prob.rows])
+    states.flags.writeable = False
+    _last_states.extend([key, source, ProblemFeatures(states, positions, layers)])
+    return _last_states[2]
+
+
+# The last view matrix built in this process (descriptive tasks may follow on the same view).
 _last_view: list[Any] = []  # [(source key, view, problem name), the source, the matrix]
 
 

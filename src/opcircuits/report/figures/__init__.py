@@ -5,6 +5,8 @@ Each function writes one PNG atomically and returns {file, title, caption} for t
 
 - `analysis`: the analysis report's figures (`draw_all`)
 - `causal`: the causal tests' figures, from interventions.json (`draw_causal`)
+- `tuned_lens`: held-out KL per layer, tuned lens against logit lens (`tuned_lens_kl`)
+- `intermediate`: where each step's result is decoded (lens and value probes)
 - `cards`: the model cards' training curves and accuracy against the number of thoughts
 - `style`: the palette, names as shown, and the one PNG writer
 """
@@ -36,7 +38,9 @@ from opcircuits.report.figures.causal import (  # noqa: E402
     causal_thoughts,
     draw_causal,
 )
+from opcircuits.report.figures.intermediate import intermediate_values  # noqa: E402
 from opcircuits.report.figures.style import DPI, OKABE_ITO  # noqa: E402
+from opcircuits.report.figures.tuned_lens import tuned_lens_kl  # noqa: E402
 
 __all__ = [
     "DPI",
@@ -49,6 +53,7 @@ __all__ = [
     "confusion",
     "draw_all",
     "draw_causal",
+    "intermediate_values",
     "layer_sweep",
     "logit_lens",
     "model_accuracy",
@@ -58,4 +63,5 @@ __all__ = [
     "similarity",
     "token_layer_map",
     "training_curves",
+    "tuned_lens_kl",
 ]

@@ -10,6 +10,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from opcircuits.report.figures.intermediate import intermediate_values
 from opcircuits.report.figures.style import OKABE_ITO, label_of, save
 from opcircuits.report.findings import PROBE_LABELS
 
@@ -77,6 +78,10 @@ def layer_sweep(report: dict, out_dir: Path) -> dict:
     )
 
 
+def _is(row: dict, view: str, probe: str) -> bool:
+    return row["view"] == view and row["probe"] == probe
+
+
 def probes_vs_controls(report: dict, out_dir: Path) -> dict:
     main = [p for p in report["probes"] if p["view_kind"] == "main"]
     views = list(dict.fromkeys(p["view"] for p in main))
@@ -84,8 +89,10 @@ def probes_vs_controls(report: dict, out_dir: Path) -> dict:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     width = 0.8 / max(len(probes), 1)
     for k, probe in enumerate(probes):
-        rows = [next(p for p in main if p["view"] == v and p["probe"] == probe) for v in views]
-        xs = np.arange(len(views)) + (k - (len(probes) - 1) / 2) * width
+        # The random forest and MLP may be on some of the views only (--nonlinear-views).
+        at = [i for i, v in enumerate(views) if any(_is(p, v, probe) for p in main)]
+        rows = [next(p for p in main if _is(p, views[i], probe)) for i in at]
+        xs = np.array(at) + (k - (len(probes) - 1) / 2) * width
         acc = np.array([r["accuracy"] for r in rows])
         err = np.array(
             [
@@ -389,6 +396,7 @@ def draw_all(
             similarity(report, out_dir),
             logit_lens(report, out_dir),
             model_accuracy(report, out_dir),
+            intermediate_values(report, out_dir),
         ]
     return [f for f in figs if f is not None]
 

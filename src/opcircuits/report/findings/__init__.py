@@ -22,8 +22,15 @@ from opcircuits.report.findings.confound import (
     step_confound,
     step_matched_sample,
 )
-from opcircuits.report.findings.decoding import data, pre_thought, probes, token_layer
+from opcircuits.report.findings.decoding import (
+    data,
+    pre_thought,
+    probes,
+    step_operations,
+    token_layer,
+)
 from opcircuits.report.findings.descriptive import clustering, logit_lens, model, similarity
+from opcircuits.report.findings.intermediate import intermediate_values
 from opcircuits.report.findings.text import (
     CONTROL_LABELS,
     PROBE_LABELS,
@@ -35,6 +42,7 @@ from opcircuits.report.findings.text import (
     num,
     pct,
 )
+from opcircuits.report.findings.tuned_lens import tuned_lens
 
 
 def claims(report: dict) -> Section | None:
@@ -67,10 +75,13 @@ SECTIONS: list[Callable[[dict], Section | None]] = [
     random_model,
     pre_thought,
     binary_probes,
+    step_operations,
     clustering,
     similarity,
     logit_lens,
+    tuned_lens,
     model,
+    intermediate_values,
     causal_tests,
     claims,
     notes,

@@ -14,7 +14,7 @@ from typing import Any
 
 from opcircuits.analysis.causal_stats import DELTA, DISPENSABLE
 from opcircuits.markdown import code, plain_label
-from opcircuits.report.findings import causal_routing
+from opcircuits.report.findings import causal_erasure, causal_routing
 from opcircuits.report.findings.text import Section, num, pval
 
 ALL = "all"  # analysis.causal.ALL: the pooled category
@@ -65,7 +65,7 @@ def causal_tests(report: dict) -> Section | None:
     result = report.get("causal_tests")
     if not result:
         return None
-    section = sentences(result)
+    section = sentences(result, report)
     same = result.get("same_as_store") or {}
     differ = [k for k in ("model", "problems") if same.get(k) is False]
     if differ:
@@ -77,8 +77,9 @@ def causal_tests(report: dict) -> Section | None:
     return section
 
 
-def sentences(result: dict[str, Any]) -> Section:
-    """{"title": "Causal tests", "sentences": [...]} from interventions.json's numbers."""
+def sentences(result: dict[str, Any], report: dict | None = None) -> Section:
+    """{"title": "Causal tests", "sentences": [...]} from interventions.json's numbers (and,
+    given the analysis report, its probes' claims for erasure's "decodable")."""
     eff = result["effects"]
     pooled = [e for e in eff if e["category"] == ALL]
     s = _clean(result) + [
@@ -95,6 +96,7 @@ def sentences(result: dict[str, Any]) -> Section:
     s += _thoughts(result, pooled) + causal_routing.sentences(result, pooled)
     s += _ablations(pooled) + _patching(pooled)
     s += _interactions(result, eff, pooled) + _steering(pooled)
+    s += causal_erasure.sentences(result, report)
     return {"title": "Causal tests", "sentences": s}
 
 

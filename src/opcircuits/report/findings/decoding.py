@@ -243,3 +243,64 @@ def pre_thought(report: dict) -> Section | None:
             f"{diff_text(top['minus_pre_thought'])}.",
         ],
     }
+
+
+def _step_member(entry: dict, view: str) -> str:
+    return f"step{entry['step']}/{member_name('logreg', view)}"
+
+
+def step_operations(report: dict) -> Section | None:
+    """Per step j: where its operation (×/÷ or +/−) is decoded beyond the question text, at its
+    own thought `latent_j` and at `bot`, and whether `latent_j` beats `bot`."""
+    entries = report.get("step_operations") or []
+    if not entries:
+        return None
+    s, own_steps = [], []
+    for e in entries:
+        rows = {r["view"]: r for r in e["positions"]}
+        base = (
+            f"the question-text control's {num(e['question_text']['accuracy'])}"
+            if e["baseline"] == "question_text"
+            else f"the majority's {num(e['majority_rate'])}"
+        )
+        where = [code(v) for v in rows if claimed(report, "step_operations", _step_member(e, v))]
+        parts = [
+            f"Step {e['step']}'s operation ({e['n_problems']} problems with ≥ {e['step']} steps, "
+            f"{e['mul_div']} × or ÷): decoded beyond {base} at {len(where)} of {len(rows)} "
+            f"positions after the family-wise correction{named_list(where)}"
+        ]
+        own = rows.get(e["own_thought"])
+        if own is not None:
+            parts.append(
+                f"its own thought {code(e['own_thought'])} {num(own['accuracy'])} "
+                f"({ci(own['ci_low'], own['ci_high'])})"
+            )
+        bot = rows.get("bot")
+        if bot is not None:
+            parts.append(f"`bot` {num(bot['accuracy'])} ({ci(bot['ci_low'], bot['ci_high'])})")
+        if own is not None and own["minus_bot"] is not None:
+            better = claimed(report, "step_op_own_thought_vs_bot", _step_member(e, own["view"]))
+            parts.append(
+                f"{code(e['own_thought'])} − `bot` {num(own['minus_bot']['value'])} "
+                f"({ci(own['minus_bot']['ci_low'], own['minus_bot']['ci_high'])}, "
+                + ("claimed" if better else "not claimed")
+                + ")"
+            )
+            bot_decodes = bot is not None and claimed(
+                report, "step_operations", _step_member(e, "bot")
+            )
+            own_decodes = claimed(report, "step_operations", _step_member(e, own["view"]))
+            if better and own_decodes and not bot_decodes:
+                own_steps.append(str(e["step"]))
+        s.append("; ".join(parts) + ".")
+    s.append(
+        (
+            f"Steps decoded at their own thought beyond the question text, better there than at "
+            f"`bot`, and not demonstrably at `bot`: {', '.join(own_steps)} of "
+            f"{len(entries)}."
+        )
+        if own_steps
+        else f"No step's operation is decoded at its own thought, beyond the question text, "
+        f"better than at `bot` and not at `bot` ({len(entries)} steps tested)."
+    )
+    return {"title": "Each step's operation", "sentences": s}
