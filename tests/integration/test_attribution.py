@@ -70,6 +70,31 @@ def test_estimate_is_the_derivative_through_the_latent_loop(arch, request, synth
     assert est[:, 0].abs().max() > 0
 
 
+def test_graddrop_drops_exactly_the_gradient_through_one_block(tiny_llama, synth6):
+    """With block l's gradient dropped: l's own heads and MLPs get 0 (their only path to the
+    metric is through l's contribution); a last-block head at the answer, whose path crosses no
+    other block, keeps its plain estimate under every other drop; the plain estimate is
+    unchanged by asking for GradDrop (the gates are identities then); and a first-thought MLP,
+    whose effect crosses every later block, changes under some drop."""
+    model, tok = _load(tiny_llama)
+    P = _layout(model, tok, synth6)
+    comps, plain = at.attribute(model, P)
+    comps2, r = at.attribute(model, P, graddrop=True)
+    assert comps2 == comps
+    assert torch.allclose(r["estimate"], plain["estimate"], rtol=1e-5, atol=1e-7)
+    L = model.num_layers
+    assert r["dropped"].shape == (L, *plain["estimate"].shape)
+    for layer in range(1, L + 1):
+        own = [i for i, c in enumerate(comps) if c.kind != "resid" and c.layer == layer]
+        assert (r["dropped"][layer - 1][:, own] == 0).all()
+    last = comps.index(at.Component("head", "answer", L, 1))
+    for layer in range(1, L):
+        assert torch.allclose(r["dropped"][layer - 1][:, last], r["estimate"][:, last], atol=1e-6)
+    early = comps.index(at.Component("mlp", "latent_1", 1))
+    moved = (r["dropped"][1:, :, early] - r["estimate"][:, early]).abs().max()
+    assert moved > 1e-3 * float(r["estimate"][:, early].abs().max()) + 1e-9
+
+
 def test_full_patch_of_the_last_residual_gives_the_partners_metric(tiny_llama, synth6):
     """Exact patching is a real patch: replacing the final block's output at the scored answer
     token by the partner's reproduces the partner's metric in every pair."""

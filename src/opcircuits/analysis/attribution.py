@@ -24,6 +24,19 @@ def normalized(changes: np.ndarray, base: np.ndarray, partner: np.ndarray) -> np
     return changes.mean(0) / denom
 
 
+def graddrop_estimate(plain: np.ndarray, per_block: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """AtP*'s GradDrop combination (Kramár et al. 2024, §3.2) of normalized estimates: per
+    component the mean over blocks of |estimate with that block's gradient dropped| (`per_block`
+    [L, C]), signed as the plain estimate. A head or MLP (`own` True) gets 0 when its own block
+    is dropped, so its mean is over the L − 1 others, as in the paper; a residual position over
+    all L. The absolute values are taken after the mean over pairs, so the estimate counters
+    cancellation between paths inside the network, which is what the comparison with the mean
+    exact effect is about."""
+    L = per_block.shape[0]
+    counts = np.where(own, L - 1, L).clip(min=1)
+    return np.where(plain < 0, -1.0, 1.0) * np.abs(per_block).sum(0) / counts
+
+
 def spearman(estimate: np.ndarray, exact: np.ndarray) -> float | None:
     """Spearman ρ of two vectors (None with fewer than 3 values or a constant one)."""
     ok = np.isfinite(estimate) & np.isfinite(exact)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opcircuits.analysis.attribution import normalized, spearman, verified
+from opcircuits.analysis.attribution import graddrop_estimate, normalized, spearman, verified
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import atomic_dir, check_replaceable, write_json_atomic
 from opcircuits.intervene.partners import _problems, default_pairs, patch_sources, read_records
@@ -89,9 +89,16 @@ def attribute(options: AttributeOptions) -> Path:
     batches = [pairs[a : a + options.batch_size] for a in range(0, len(pairs), options.batch_size)]
 
     t0 = time.perf_counter()
-    components, raw, base_m, partner_m = _estimates(model, tokenizer, batches)
+    components, raw, dropped, base_m, partner_m = _estimates(
+        model, tokenizer, batches, options.graddrop
+    )
     atp_s = time.perf_counter() - t0
-    estimate = normalized(raw, base_m, partner_m)
+    plain = normalized(raw, base_m, partner_m)
+    estimate = plain
+    if dropped is not None:  # the ranking and the check use the GradDrop estimate
+        own = np.array([c.kind != "resid" for c in components])
+        per_block = np.stack([normalized(d, base_m, partner_m) for d in dropped])
+        estimate = graddrop_estimate(plain, per_block, own)
     order = np.argsort(-np.abs(np.nan_to_num(estimate)), kind="stable")
     top = [int(i) for i in order[: options.verify]]
     t1 = time.perf_counter()
@@ -101,6 +108,8 @@ def attribute(options: AttributeOptions) -> Path:
     tests = verified(exact_raw, options.flips, options.seed, options.alpha)
 
     frame = _frame(components, raw, estimate, order, top, exact, exact_raw, tests)
+    if dropped is not None:
+        frame["estimate_atp"] = plain
     seconds = {"atp": round(atp_s, 2), "exact": round(exact_s, 2)}
     result = _summary(options, pairs_path, len(pairs), dropped, components, estimate, top,
                       exact, tests, (base_m, partner_m), seconds)  # fmt: skip
@@ -178,30 +187,38 @@ def _summary(options, pairs_path, n_pairs, dropped, components, estimate, top, e
         "alpha": options.alpha,
         "seconds": seconds,
         "qk_fix": "not applicable: head outputs are patched after their softmax (module doc)",
+        "graddrop": options.graddrop,
         "check": check,
     }
     return result
 
 
-def _estimates(model, tokenizer, batches):
-    """(components, raw estimates [pairs, C], base and partner metrics) over all batches."""
+def _estimates(model, tokenizer, batches, graddrop: bool = False):
+    """(components, raw estimates [pairs, C], with `graddrop` those with each block's gradient
+    dropped [L, pairs, C] (else None), base and partner metrics) over all batches."""
     from opcircuits.codi.interventions import attribution as at
 
     index: dict[Any, int] = {}
     parts, base, partner = [], [], []
     for chunk in batches:
-        comps, r = at.attribute(model, at.make_pairs(model, tokenizer, chunk))
+        comps, r = at.attribute(model, at.make_pairs(model, tokenizer, chunk), graddrop)
         for c in comps:
             index.setdefault(c, len(index))
-        parts.append((np.array([index[c] for c in comps]), r["estimate"].numpy()))
+        est = r["estimate"].numpy()
+        drops = r["dropped"].numpy() if graddrop else est[None, :0]
+        parts.append((np.array([index[c] for c in comps]), est, drops))
         base.append(r["base"].numpy())
         partner.append(r["partner"].numpy())
-    raw = np.zeros((sum(len(e) for _, e in parts), len(index)))
+    rows = sum(len(e) for _, e, _ in parts)
+    raw = np.zeros((rows, len(index)))
+    dropped = np.zeros((model.num_layers, rows, len(index))) if graddrop else None
     row = 0
-    for cols, est in parts:  # a token a batch lacks is patched nowhere: 0 there
+    for cols, est, drops in parts:  # a token a batch lacks is patched nowhere: 0 there
         raw[row : row + len(est), cols] = est
+        if dropped is not None:
+            dropped[:, row : row + len(est), cols] = drops
         row += len(est)
-    return list(index), raw, np.concatenate(base), np.concatenate(partner)
+    return list(index), raw, dropped, np.concatenate(base), np.concatenate(partner)
 
 
 def _exact(model, tokenizer, batches, chosen, base_m) -> np.ndarray:

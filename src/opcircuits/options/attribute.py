@@ -56,6 +56,13 @@ class AttributeOptions:
         help="The components with the largest |estimate| patched exactly, one at a time "
         "(Spearman ρ of estimate and exact effect, sign-flip tests over pairs).",
     )
+    graddrop: bool = opt(
+        False,
+        help="AtP*'s GradDrop (Kramár et al. 2024): one more backward per block with the "
+        "gradient through that block dropped; a component's estimate becomes the sign of AtP "
+        "times the mean over blocks of |estimate| (counters cancellation). Off: on demo-arith it "
+        "did not raise Spearman ρ (docs/guide/causal-tests.md) and costs L more backwards.",
+    )
     flips: int = opt(10_000, min=100, max=MAX_FLIPS, help="Random sign flips per test.")
     alpha: float = opt(0.05, min=1e-6, max=0.5, help="Family-wise level (Holm over verified).")
     seed: int = opt(0, min=0, max=SEED_MAX, help="Seed of the sign flips.")
