@@ -86,6 +86,10 @@ def attribute(options: AttributeOptions) -> Path:
         raise OpcircuitsError("every pair has the same gold answer: nothing to attribute",
                               path=pairs_path)  # fmt: skip
     _check_fit(model, tokenizer, pairs)
+    # Batches of similar prompt widths: a batch is left-padded to its widest prompt, so sorted
+    # pairs pad the 600 demo-arith pairs to a mean of 60 tokens instead of 86 (every result is
+    # a mean or a test over pairs, so their order does not matter)
+    pairs = sorted(pairs, key=lambda p: _width(model, tokenizer, p))
     batches = [pairs[a : a + options.batch_size] for a in range(0, len(pairs), options.batch_size)]
 
     t0 = time.perf_counter()
@@ -125,6 +129,12 @@ def attribute(options: AttributeOptions) -> Path:
     for s in result["sentences"]:
         log.info("%s", s)
     return out / "attribution.json"
+
+
+def _width(model, tokenizer, pair) -> int:
+    from opcircuits.codi.prompt import prompt_ids
+
+    return max(len(prompt_ids(model, tokenizer, x.question)) for x in pair)
 
 
 def _check_fit(model, tokenizer, pairs) -> None:

@@ -273,6 +273,11 @@ def attribute(
     "dropped": [L, B, C], the estimates with block l's gradient dropped (`_Drop`), one backward
     per block on the same forward."""
     taps = Taps(model, graddrop)
+    # Only the activations' gradients are wanted: with the weights frozen the forward saves no
+    # inputs for weight gradients and the backward computes none (about 40% of the CPU time)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
     try:
         with torch.no_grad():
             taps.mode = "record"
@@ -306,6 +311,8 @@ def attribute(
         return comps, out
     finally:
         taps.close()
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _columns(pairs: Pairs, keys, deltas, grads, heads: int):
