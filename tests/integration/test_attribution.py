@@ -148,6 +148,21 @@ def test_attribute_writes_rows_manifest_and_figure(tiny_llama, synth6, tmp_path)
     assert np.isfinite(rows["estimate"]).all()
     assert (out / "attribution.png").is_file()
     assert result["sentences"] and result["figures"][0]["file"] == "attribution.png"
+    # the analysis report's Causal tests section reads it (`analyze --attribution`)
+    from synthetic_store import make_store
+
+    from opcircuits.options import AnalyzeOptions
+    from opcircuits.report.analyze import analyze
+
+    store = make_store(tmp_path / "store", "noise")
+    report = analyze(store, tmp_path / "report", AnalyzeOptions(
+        attribution=out, folds=3, repeats=1, permutations=0, jobs=1))  # fmt: skip
+    assert report["attribution"]["check"]["n_verified"] == 6
+    summary = (tmp_path / "report" / "ANALYSIS_SUMMARY.md").read_text(encoding="utf-8")
+    causal = summary[summary.index("Causal tests") :]
+    assert "Attribution patching" in causal and result["sentences"][0] in causal
+    with pytest.raises(OpcircuitsError, match="no attribution.json"):
+        analyze(store, tmp_path / "r2", AnalyzeOptions(attribution=tmp_path / "store", folds=3))
     # a rerun replaces our own files; a file of the user's in the folder is refused, untouched
     attribute(opts)
     (out / "notes.txt").write_text("mine")

@@ -78,6 +78,10 @@ def attribute(options: AttributeOptions) -> Path:
     refuse_inputs(out, {"--data": options.data, "--pairs": pairs_path}, models)
     check_replaceable(out, _ours, field="out")
     candidates = _pairs(options, pairs_path)
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
     model, tokenizer = load_model(options)
     model.eval()
     pairs = [p for p in candidates if at.scoring(model, tokenizer, *p) is not None]

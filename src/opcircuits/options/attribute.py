@@ -45,6 +45,14 @@ class AttributeOptions:
     )
     device: str = opt("auto", help=HELP_DEVICE)
     dtype: str = opt("float32", choices=DTYPES, help=HELP_DTYPE)
+    threads: int | None = opt(
+        None,
+        min=1,
+        max=1024,
+        help="torch CPU threads (default torch's). On a busy shared CPU, 1 is several times "
+        "faster for the small demo models: threads waiting on each other at every small matmul "
+        "cost more than they share (docs/guide/causal-tests.md).",
+    )
     batch_size: int = opt(64, min=1, max=MAX_BATCH, help="Pairs per forward and backward.")
     max_pairs: int | None = opt(
         None, min=1, max=1_000_000, example=600, help="Use only the first N pairs (default all)."
