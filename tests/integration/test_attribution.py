@@ -4,6 +4,7 @@ model is near-linear, and the command writes its files together and refuses unsa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -148,6 +149,16 @@ def test_attribute_writes_rows_manifest_and_figure(tiny_llama, synth6, tmp_path)
     assert np.isfinite(rows["estimate"]).all()
     assert (out / "attribution.png").is_file()
     assert result["sentences"] and result["figures"][0]["file"] == "attribution.png"
+    pairs = _pairs(opts, synth6.with_name("s.pairs.jsonl"))
+    assert result["n_pairs"] + result["n_dropped_same_answer"] == len(pairs)
+    # with GradDrop the ranking and the check use its estimate; plain AtP's stays beside it
+    gd = json.loads(attribute(dataclasses.replace(opts, out=tmp_path / "gd", graddrop=True))
+                    .read_text(encoding="utf-8"))  # fmt: skip
+    gd_rows = pd.read_parquet(tmp_path / "gd" / "attribution.parquet")
+    assert gd["graddrop"] and gd["n_dropped_same_answer"] == result["n_dropped_same_answer"]
+    assert np.allclose(gd_rows["estimate_atp"], rows["estimate"], atol=1e-6)
+    assert (np.sign(gd_rows["estimate"]) * np.sign(gd_rows["estimate_atp"]) >= 0).all()
+    assert not np.allclose(gd_rows["estimate"], rows["estimate"])
     # the analysis report's Causal tests section reads it (`analyze --attribution`)
     from synthetic_store import make_store
 

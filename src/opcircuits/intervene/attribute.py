@@ -97,15 +97,15 @@ def attribute(options: AttributeOptions) -> Path:
     batches = [pairs[a : a + options.batch_size] for a in range(0, len(pairs), options.batch_size)]
 
     t0 = time.perf_counter()
-    components, raw, dropped, base_m, partner_m = _estimates(
+    components, raw, blocks_raw, base_m, partner_m = _estimates(
         model, tokenizer, batches, options.graddrop
     )
     atp_s = time.perf_counter() - t0
     plain = normalized(raw, base_m, partner_m)
     estimate = plain
-    if dropped is not None:  # the ranking and the check use the GradDrop estimate
+    if blocks_raw is not None:  # the ranking and the check use the GradDrop estimate
         own = np.array([c.kind != "resid" for c in components])
-        per_block = np.stack([normalized(d, base_m, partner_m) for d in dropped])
+        per_block = np.stack([normalized(d, base_m, partner_m) for d in blocks_raw])
         estimate = graddrop_estimate(plain, per_block, own)
     order = np.argsort(-np.abs(np.nan_to_num(estimate)), kind="stable")
     top = [int(i) for i in order[: options.verify]]
@@ -116,7 +116,7 @@ def attribute(options: AttributeOptions) -> Path:
     tests = verified(exact_raw, options.flips, options.seed, options.alpha)
 
     frame = _frame(components, raw, estimate, order, top, exact, exact_raw, tests)
-    if dropped is not None:
+    if blocks_raw is not None:
         frame["estimate_atp"] = plain
     seconds = {"atp": round(atp_s, 2), "exact": round(exact_s, 2)}
     result = _summary(options, pairs_path, len(pairs), dropped, components, estimate, top,
