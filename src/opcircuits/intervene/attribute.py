@@ -15,7 +15,9 @@ The AtP* query/key fix (Kramár et al. 2024) does not apply to these components:
 the softmax for patches of a head's queries or keys, whereas a head's output is patched after its
 softmax (the partner's attention-weighted values), and an MLP or residual patch reaches later
 softmaxes only downstream, where AtP* too stays first-order. The check against exact patching
-is what says where the linearization fails.
+is what says where the linearization fails. AtP*'s GradDrop is `--graddrop` (one backward per
+block with that block's gradient dropped, `codi.interventions.attribution._Drop`; combined by
+`analysis.attribution.graddrop_estimate`).
 """
 
 from __future__ import annotations
