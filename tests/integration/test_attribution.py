@@ -4,6 +4,7 @@ model is near-linear, and the command writes its files together and refuses unsa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -70,6 +71,31 @@ def test_estimate_is_the_derivative_through_the_latent_loop(arch, request, synth
     assert est[:, 0].abs().max() > 0
 
 
+def test_graddrop_drops_exactly_the_gradient_through_one_block(tiny_llama, synth6):
+    """With block l's gradient dropped: l's own heads and MLPs get 0 (their only path to the
+    metric is through l's contribution); a last-block head at the answer, whose path crosses no
+    other block, keeps its plain estimate under every other drop; the plain estimate is
+    unchanged by asking for GradDrop (the gates are identities then); and a first-thought MLP,
+    whose effect crosses every later block, changes under some drop."""
+    model, tok = _load(tiny_llama)
+    P = _layout(model, tok, synth6)
+    comps, plain = at.attribute(model, P)
+    comps2, r = at.attribute(model, P, graddrop=True)
+    assert comps2 == comps
+    assert torch.allclose(r["estimate"], plain["estimate"], rtol=1e-5, atol=1e-7)
+    L = model.num_layers
+    assert r["dropped"].shape == (L, *plain["estimate"].shape)
+    for layer in range(1, L + 1):
+        own = [i for i, c in enumerate(comps) if c.kind != "resid" and c.layer == layer]
+        assert (r["dropped"][layer - 1][:, own] == 0).all()
+    last = comps.index(at.Component("head", "answer", L, 1))
+    for layer in range(1, L):
+        assert torch.allclose(r["dropped"][layer - 1][:, last], r["estimate"][:, last], atol=1e-6)
+    early = comps.index(at.Component("mlp", "latent_1", 1))
+    moved = (r["dropped"][1:, :, early] - r["estimate"][:, early]).abs().max()
+    assert moved > 1e-3 * float(r["estimate"][:, early].abs().max()) + 1e-9
+
+
 def test_full_patch_of_the_last_residual_gives_the_partners_metric(tiny_llama, synth6):
     """Exact patching is a real patch: replacing the final block's output at the scored answer
     token by the partner's reproduces the partner's metric in every pair."""
@@ -123,6 +149,31 @@ def test_attribute_writes_rows_manifest_and_figure(tiny_llama, synth6, tmp_path)
     assert np.isfinite(rows["estimate"]).all()
     assert (out / "attribution.png").is_file()
     assert result["sentences"] and result["figures"][0]["file"] == "attribution.png"
+    pairs = _pairs(opts, synth6.with_name("s.pairs.jsonl"))
+    assert result["n_pairs"] + result["n_dropped_same_answer"] == len(pairs)
+    # with GradDrop the ranking and the check use its estimate; plain AtP's stays beside it
+    gd = json.loads(attribute(dataclasses.replace(opts, out=tmp_path / "gd", graddrop=True))
+                    .read_text(encoding="utf-8"))  # fmt: skip
+    gd_rows = pd.read_parquet(tmp_path / "gd" / "attribution.parquet")
+    assert gd["graddrop"] and gd["n_dropped_same_answer"] == result["n_dropped_same_answer"]
+    assert np.allclose(gd_rows["estimate_atp"], rows["estimate"], atol=1e-6)
+    assert (np.sign(gd_rows["estimate"]) * np.sign(gd_rows["estimate_atp"]) >= 0).all()
+    assert not np.allclose(gd_rows["estimate"], rows["estimate"])
+    # the analysis report's Causal tests section reads it (`analyze --attribution`)
+    from synthetic_store import make_store
+
+    from opcircuits.options import AnalyzeOptions
+    from opcircuits.report.analyze import analyze
+
+    store = make_store(tmp_path / "store", "noise")
+    report = analyze(store, tmp_path / "report", AnalyzeOptions(
+        attribution=out, folds=3, repeats=1, permutations=0, jobs=1))  # fmt: skip
+    assert report["attribution"]["check"]["n_verified"] == 6
+    summary = (tmp_path / "report" / "ANALYSIS_SUMMARY.md").read_text(encoding="utf-8")
+    causal = summary[summary.index("Causal tests") :]
+    assert "Attribution patching" in causal and result["sentences"][0] in causal
+    with pytest.raises(OpcircuitsError, match="no attribution.json"):
+        analyze(store, tmp_path / "r2", AnalyzeOptions(attribution=tmp_path / "store", folds=3))
     # a rerun replaces our own files; a file of the user's in the folder is refused, untouched
     attribute(opts)
     (out / "notes.txt").write_text("mine")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from opcircuits.analysis.attribution import normalized, sign_flip_p, spearman, verified
+from opcircuits.analysis.attribution import (
+    graddrop_estimate,
+    normalized,
+    sign_flip_p,
+    spearman,
+    verified,
+)
 from opcircuits.report.findings.attribution import attribution_sentences, component_name
 
 
@@ -51,3 +57,18 @@ def test_sentences_name_the_confirmed_components_only():
     assert component_name({"kind": "resid", "segment": "question", "layer": 0, "token": -3}) == (
         "resid 0 at question token −3"
     )
+
+
+def test_graddrop_averages_absolute_estimates_over_the_other_blocks():
+    """GradDrop's combination: |estimate| with each block dropped, summed, over L − 1 for a head
+    or MLP (its own block's drop gives it 0) and over L for a residual position; the sign is the
+    plain estimate's. Paths of opposite sign that cancel in the plain estimate count by their
+    size once each is dropped."""
+    plain = np.array([0.0, -0.5, 0.2])
+    per_block = np.array([[0.0, -0.6, 0.2], [0.3, -0.4, 0.2], [-0.3, 0.0, 0.2]])  # L = 3
+    own = np.array([True, True, False])
+    got = graddrop_estimate(plain, per_block, own)
+    np.testing.assert_allclose(got, [0.3, -0.5, 0.2])  # a plain 0 keeps its size
+    plain = np.array([1e-3])  # a cancelling path: tiny plain estimate, large per-block ones
+    got = graddrop_estimate(plain, np.array([[0.0], [0.4], [-0.4]]), np.array([True]))
+    np.testing.assert_allclose(got, [0.4])

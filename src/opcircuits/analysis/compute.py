@@ -126,6 +126,13 @@ def compute(store: Any, options: AnalyzeOptions) -> Computed:
     result = None
     if options.interventions is not None:
         result = causal.load_result(options.interventions)
+    atp = None
+    if options.attribution is not None:
+        from opcircuits.analysis import attribution
+
+        atp = attribution.report_section(
+            attribution.load_result(options.attribution), str(options.attribution)
+        )
     store, label = _open(store)
     lens = None  # checked before the fits too: a lens of another store is refused at once
     if options.tuned_lens is not None:
@@ -176,6 +183,7 @@ def compute(store: Any, options: AnalyzeOptions) -> Computed:
         report["causal_tests"] = causal.report_section(
             result, str(options.interventions), store.manifest
         )
+    report["attribution"] = atp
     report["tuned_lens"] = None
     if lens is not None:
         report["tuned_lens"] = tuned_lens.section(lens, str(options.tuned_lens))

@@ -15,7 +15,9 @@ The AtP* query/key fix (Kramár et al. 2024) does not apply to these components:
 the softmax for patches of a head's queries or keys, whereas a head's output is patched after its
 softmax (the partner's attention-weighted values), and an MLP or residual patch reaches later
 softmaxes only downstream, where AtP* too stays first-order. The check against exact patching
-is what says where the linearization fails.
+is what says where the linearization fails. AtP*'s GradDrop is `--graddrop` (one backward per
+block with that block's gradient dropped, `codi.interventions.attribution._Drop`; combined by
+`analysis.attribution.graddrop_estimate`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from opcircuits.analysis.attribution import normalized, spearman, verified
+from opcircuits.analysis.attribution import graddrop_estimate, normalized, spearman, verified
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import atomic_dir, check_replaceable, write_json_atomic
 from opcircuits.intervene.partners import _problems, default_pairs, patch_sources, read_records
@@ -78,6 +80,10 @@ def attribute(options: AttributeOptions) -> Path:
     refuse_inputs(out, {"--data": options.data, "--pairs": pairs_path}, models)
     check_replaceable(out, _ours, field="out")
     candidates = _pairs(options, pairs_path)
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
     model, tokenizer = load_model(options)
     model.eval()
     pairs = [p for p in candidates if at.scoring(model, tokenizer, *p) is not None]
@@ -86,12 +92,23 @@ def attribute(options: AttributeOptions) -> Path:
         raise OpcircuitsError("every pair has the same gold answer: nothing to attribute",
                               path=pairs_path)  # fmt: skip
     _check_fit(model, tokenizer, pairs)
+    # Batches of similar prompt widths: a batch is left-padded to its widest prompt, so sorted
+    # pairs pad the 600 demo-arith pairs to a mean of 60 tokens instead of 86 (every result is
+    # a mean or a test over pairs, so their order does not matter)
+    pairs = sorted(pairs, key=lambda p: _width(model, tokenizer, p))
     batches = [pairs[a : a + options.batch_size] for a in range(0, len(pairs), options.batch_size)]
 
     t0 = time.perf_counter()
-    components, raw, base_m, partner_m = _estimates(model, tokenizer, batches)
+    components, raw, blocks_raw, base_m, partner_m = _estimates(
+        model, tokenizer, batches, options.graddrop
+    )
     atp_s = time.perf_counter() - t0
-    estimate = normalized(raw, base_m, partner_m)
+    plain = normalized(raw, base_m, partner_m)
+    estimate = plain
+    if blocks_raw is not None:  # the ranking and the check use the GradDrop estimate
+        own = np.array([c.kind != "resid" for c in components])
+        per_block = np.stack([normalized(d, base_m, partner_m) for d in blocks_raw])
+        estimate = graddrop_estimate(plain, per_block, own)
     order = np.argsort(-np.abs(np.nan_to_num(estimate)), kind="stable")
     top = [int(i) for i in order[: options.verify]]
     t1 = time.perf_counter()
@@ -101,6 +118,8 @@ def attribute(options: AttributeOptions) -> Path:
     tests = verified(exact_raw, options.flips, options.seed, options.alpha)
 
     frame = _frame(components, raw, estimate, order, top, exact, exact_raw, tests)
+    if blocks_raw is not None:
+        frame["estimate_atp"] = plain
     seconds = {"atp": round(atp_s, 2), "exact": round(exact_s, 2)}
     result = _summary(options, pairs_path, len(pairs), dropped, components, estimate, top,
                       exact, tests, (base_m, partner_m), seconds)  # fmt: skip
@@ -116,6 +135,12 @@ def attribute(options: AttributeOptions) -> Path:
     for s in result["sentences"]:
         log.info("%s", s)
     return out / "attribution.json"
+
+
+def _width(model, tokenizer, pair) -> int:
+    from opcircuits.codi.prompt import prompt_ids
+
+    return max(len(prompt_ids(model, tokenizer, x.question)) for x in pair)
 
 
 def _check_fit(model, tokenizer, pairs) -> None:
@@ -178,30 +203,38 @@ def _summary(options, pairs_path, n_pairs, dropped, components, estimate, top, e
         "alpha": options.alpha,
         "seconds": seconds,
         "qk_fix": "not applicable: head outputs are patched after their softmax (module doc)",
+        "graddrop": options.graddrop,
         "check": check,
     }
     return result
 
 
-def _estimates(model, tokenizer, batches):
-    """(components, raw estimates [pairs, C], base and partner metrics) over all batches."""
+def _estimates(model, tokenizer, batches, graddrop: bool = False):
+    """(components, raw estimates [pairs, C], with `graddrop` those with each block's gradient
+    dropped [L, pairs, C] (else None), base and partner metrics) over all batches."""
     from opcircuits.codi.interventions import attribution as at
 
     index: dict[Any, int] = {}
     parts, base, partner = [], [], []
     for chunk in batches:
-        comps, r = at.attribute(model, at.make_pairs(model, tokenizer, chunk))
+        comps, r = at.attribute(model, at.make_pairs(model, tokenizer, chunk), graddrop)
         for c in comps:
             index.setdefault(c, len(index))
-        parts.append((np.array([index[c] for c in comps]), r["estimate"].numpy()))
+        est = r["estimate"].numpy()
+        drops = r["dropped"].numpy() if graddrop else est[None, :0]
+        parts.append((np.array([index[c] for c in comps]), est, drops))
         base.append(r["base"].numpy())
         partner.append(r["partner"].numpy())
-    raw = np.zeros((sum(len(e) for _, e in parts), len(index)))
+    rows = sum(len(e) for _, e, _ in parts)
+    raw = np.zeros((rows, len(index)))
+    dropped = np.zeros((model.num_layers, rows, len(index))) if graddrop else None
     row = 0
-    for cols, est in parts:  # a token a batch lacks is patched nowhere: 0 there
+    for cols, est, drops in parts:  # a token a batch lacks is patched nowhere: 0 there
         raw[row : row + len(est), cols] = est
+        if dropped is not None:
+            dropped[:, row : row + len(est), cols] = drops
         row += len(est)
-    return list(index), raw, np.concatenate(base), np.concatenate(partner)
+    return list(index), raw, dropped, np.concatenate(base), np.concatenate(partner)
 
 
 def _exact(model, tokenizer, batches, chosen, base_m) -> np.ndarray:

@@ -195,6 +195,12 @@ class AnalyzeOptions:
         help="Output folder of `opcircuits intervene` (or its interventions.json), ideally on "
         "the store's problems and model: the report's Causal tests section and figures.",
     )
+    attribution: Path | None = opt(
+        None,
+        example="runs/full/attribution",
+        help="Output folder of `opcircuits attribute` (or its attribution.json): its check "
+        "against exact patching and the confirmed components, in the Causal tests section.",
+    )
     tuned_lens: Path | None = opt(
         None,
         example="runs/full/tuned-lens",

@@ -76,7 +76,9 @@ RUN_GROUPS = (
         table="analyze",
         # full mode extracts the baseline stores itself, and runs the causal tests; a tuned lens
         # belongs to one store, which the run makes itself (`lens train` then `analyze`)
-        skip=frozenset({"matched_store", "random_store", "interventions", "tuned_lens"}),
+        skip=frozenset(
+            {"matched_store", "random_store", "interventions", "attribution", "tuned_lens"}
+        ),
         cli_skip=frozenset({"seed"}),  # run's --seed sets it
         flags={"layers": "analyze_layers"},
         help={"layers": "Layers to analyze (default: all in the store); [analyze] layers."},

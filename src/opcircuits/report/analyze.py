@@ -30,7 +30,7 @@ def analyze(
     # Before any computing: the output must not be the store, nor a folder of someone else's.
     options = options or AnalyzeOptions()
     inputs = {"--store": store_path}
-    for name in ("matched_store", "random_store", "interventions", "tuned_lens"):
+    for name in ("matched_store", "random_store", "interventions", "attribution", "tuned_lens"):
         if getattr(options, name) is not None:
             inputs["--" + name.replace("_", "-")] = getattr(options, name)
     refuse_same_files({"out": out_dir}, inputs)

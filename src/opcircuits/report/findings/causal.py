@@ -63,9 +63,11 @@ def _claimed(e: dict[str, Any], measure: str = "drop") -> bool:
 def causal_tests(report: dict) -> Section | None:
     """The analysis report's section, from `report["causal_tests"]` (None without one)."""
     result = report.get("causal_tests")
-    if not result:
-        return None
+    atp = report.get("attribution")
+    if not result:  # attribution patching alone still makes the section
+        return {"title": "Causal tests", "sentences": _attribution(atp)} if atp else None
     section = sentences(result, report)
+    section["sentences"] += _attribution(atp)
     same = result.get("same_as_store") or {}
     differ = [k for k in ("model", "problems") if same.get(k) is False]
     if differ:
@@ -98,6 +100,18 @@ def sentences(result: dict[str, Any], report: dict | None = None) -> Section:
     s += _interactions(result, eff, pooled) + _steering(pooled)
     s += causal_erasure.sentences(result, report)
     return {"title": "Causal tests", "sentences": s}
+
+
+def _attribution(atp: dict[str, Any] | None) -> list[str]:
+    """Attribution patching's sentences (`opcircuits attribute`, its own family: Holm over its
+    verified components), or none without its attribution.json."""
+    if not atp:
+        return []
+    from opcircuits.report.findings.attribution import attribution_sentences
+
+    how = " with AtP*'s GradDrop" if atp.get("graddrop") else ""
+    head = f"Attribution patching{how} ({code(atp['source'])}), a family of its own:"
+    return [head, *attribution_sentences(atp)]
 
 
 def _clean(result: dict[str, Any]) -> list[str]:
