@@ -163,3 +163,18 @@ def test_options_name_the_main_views_as_the_analysis_does() -> None:
     from opcircuits.options import experiment
 
     assert experiment.MAIN_VIEWS == MAIN_VIEWS
+
+
+def test_one_blas_thread_limits_as_threadpool_limits_and_restores() -> None:
+    # The cached controller limits every library threadpool_limits(1) would, and undoes it.
+    from threadpoolctl import threadpool_info
+
+    from opcircuits.analysis.workers import one_blas_thread
+
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    for _ in range(2):  # the second call reuses the controller
+        with one_blas_thread():
+            inside = threadpool_info()
+            assert {i["filepath"] for i in inside} == {p for p, _ in before}
+            assert all(i["num_threads"] == 1 for i in inside)
+        assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before
