@@ -9,23 +9,27 @@ worker imports anything else, so it starts watching as early as it can.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 POLL_S = 0.5
-_controller: list[Any] = []  # this process's threadpoolctl controller, made at first use
+# this process's threadpoolctl controller and how many modules were imported when it was made
+_controller: list[Any] = []
 
 
 def one_blas_thread() -> Any:
     """A context limiting BLAS and OpenMP to one thread, as `threadpool_limits(1)` does but
     without its scan of the process's loaded libraries on every call (7 ms each: 5 of the
-    default analysis's 80 CPU-seconds went to 750 scans). The controller is made on the first
-    call, after the numerical libraries are imported (the analysis's modules import them)."""
-    if not _controller:
+    default analysis's 80 CPU-seconds went to 750 scans). The controller is made again
+    whenever a module was imported since (a new module may have loaded a library, e.g. torch
+    in `opcircuits run`), so every loaded library is limited as threadpool_limits would."""
+    imported = len(sys.modules)
+    if not _controller or _controller[1] != imported:
         from threadpoolctl import ThreadpoolController
 
-        _controller.append(ThreadpoolController())
+        _controller[:] = [ThreadpoolController(), len(sys.modules)]
     return _controller[0].limit(limits=1)
 
 
