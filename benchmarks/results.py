@@ -59,13 +59,29 @@ def _cpu_model() -> str:
 
 
 def command_line() -> str:
-    """The command that produced this process's figures, relative to the repository."""
+    """The command that produced this process's figures, relative to the repository: an
+    absolute path among the arguments (`--keep /tmp/x`, `--keep=/tmp/x`) is written relative to
+    the repository when inside it, else as `<outside>/<its name>` (a machine's paths do not
+    belong in a committed file; re-measure with a relative path such as `runs/bench`)."""
+    root = RESULTS.parents[1]
     script = Path(sys.argv[0])
     try:
-        script = script.resolve().relative_to(RESULTS.parents[1])
+        script = script.resolve().relative_to(root)
     except ValueError:
         pass
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+    return shlex.join(["python", str(script), *(_portable(a, root) for a in sys.argv[1:])])
+
+
+def _portable(arg: str, root: Path) -> str:
+    head, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    if not value.startswith("/"):
+        return arg
+    path = Path(value)
+    try:
+        value = str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        value = f"<outside>/{path.name}"
+    return f"{head}{eq}{value}"
 
 
 def write_result(

@@ -145,3 +145,23 @@ def test_gpu_script_parses_and_refuses_without_a_gpu(tmp_path, gsm8k_dir):
     steps = [line for line in text.splitlines() if line.lstrip().startswith("step ")]
     limits = [int(line.split('"')[2].split()[0]) for line in steps]
     assert len(steps) == 5 and sum(limits) + 30 <= 480  # the GPU check's 30 s included
+
+
+def test_result_files_record_no_absolute_paths(monkeypatch, tmp_path):
+    # A committed result file must not hold a machine's paths: an absolute argument becomes
+    # relative to the repository when inside it, `<outside>/<name>` otherwise.
+    sys.path[:0] = [str(ROOT / "src"), str(BENCH)]
+    try:
+        import results  # benchmarks/results.py
+
+        argv = [str(BENCH / "analyze.py"), "--keep", str(tmp_path / "bench"), "--note", "a /b"]
+        argv += [f"--keep={ROOT / 'runs' / 'bench'}", "--problems", "60", "runs/rel"]
+        monkeypatch.setattr(sys, "argv", argv)
+        got = results.command_line()
+    finally:
+        del sys.path[:2]
+        sys.modules.pop("results", None)
+    assert got == (
+        "python benchmarks/analyze.py --keep '<outside>/bench' --note 'a /b' "
+        "--keep=runs/bench --problems 60 runs/rel"
+    )

@@ -163,3 +163,31 @@ def test_options_name_the_main_views_as_the_analysis_does() -> None:
     from opcircuits.options import experiment
 
     assert experiment.MAIN_VIEWS == MAIN_VIEWS
+
+
+def test_one_blas_thread_limits_as_threadpool_limits_and_restores() -> None:
+    # The cached controller limits every library threadpool_limits(1) would, and undoes it; it
+    # is made once, and again only after a new import (which may have loaded a library).
+    import sys
+
+    from threadpoolctl import threadpool_info
+
+    from opcircuits.analysis import workers
+
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    made = []
+    for _ in range(3):
+        with workers.one_blas_thread():
+            inside = threadpool_info()
+            assert {i["filepath"] for i in inside} == {p for p, _ in before}
+            assert all(i["num_threads"] == 1 for i in inside)
+        made.append(workers._controller[0])
+        assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before
+    assert made[1] is made[0] and made[2] is made[0]
+    sys.modules["opcircuits_test_new_module"] = sys  # as an import would add one
+    try:
+        with workers.one_blas_thread():
+            pass
+        assert workers._controller[0] is not made[0]
+    finally:
+        del sys.modules["opcircuits_test_new_module"]

@@ -24,9 +24,9 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
-from threadpoolctl import threadpool_limits
 
 from opcircuits.analysis.scoring import Scores, make_folds, score
+from opcircuits.analysis.workers import one_blas_thread
 
 TEXT_CS = (0.1, 1.0, 10.0, 100.0)
 INNER_FOLDS = 3  # the question-text control's inner split, on each training fold
@@ -96,7 +96,7 @@ def text_fold(
     per inner split shared by the four C values instead of one per C: the same predictions
     (tests/unit/test_analysis_fast.py checks them against `text_pipeline`), a third of the cost."""
     texts = [questions[i] for i in train]
-    with threadpool_limits(1):
+    with one_blas_thread():
         c = _best_text_c(texts, y[train], seed)
         pipe = text_pipeline(seed).estimator.set_params(clf__C=c)
         return pipe.fit(texts, y[train]).predict([questions[i] for i in test])
@@ -119,7 +119,7 @@ def _best_text_c(texts: list[str], y: np.ndarray, seed: int) -> float:
 def confound_fold(
     features: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int
 ) -> np.ndarray:
-    with threadpool_limits(1):
+    with one_blas_thread():
         return confound_pipeline(seed).fit(features[train], y[train]).predict(features[test])
 
 

@@ -28,11 +28,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from opcircuits.analysis.controls import confound_expansion
 from opcircuits.analysis.features import View, view_matrix
 from opcircuits.analysis.solver import fit_multinomial_batch
+from opcircuits.analysis.workers import one_blas_thread
 
 PROBES = ("logreg", "random_forest", "mlp")
 
@@ -302,7 +302,7 @@ def fit_fold(
     **extras: Any,
 ) -> FoldOutput:
     """Fit the requested probes on X[train] and predict X[test] (`fit_prepared`'s options)."""
-    with threadpool_limits(1):  # one BLAS thread per task, as fit_prepared
+    with one_blas_thread():  # one BLAS thread per task, as fit_prepared
         pre = prefix(X, train, test)
     return fit_prepared(pre, y, train, test, **extras)
 
@@ -334,7 +334,7 @@ def fit_prepared(
     out = FoldOutput()
     z = pre.z
     # One BLAS thread per task: results do not depend on --jobs, and jobs do not oversubscribe.
-    with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
+    with one_blas_thread(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         for probe in probes:
             out.predictions[probe] = _fit_predict(probe, seed, pre, y[train])

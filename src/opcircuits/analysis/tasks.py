@@ -25,7 +25,6 @@ from typing import Any
 import joblib
 import numpy as np
 import sklearn
-from threadpoolctl import threadpool_limits
 
 from opcircuits.analysis import clustering, confound, controls, similarity
 from opcircuits.analysis.control_task import control_labels, first_word
@@ -34,7 +33,7 @@ from opcircuits.analysis.inference import stratified_permutations
 from opcircuits.analysis.inputs import AnalysisInput, records_column
 from opcircuits.analysis.probes import PROBES, FoldPrefixes, ProblemFeatures, fit_prepared
 from opcircuits.analysis.scoring import Fold, make_folds
-from opcircuits.analysis.workers import worker_config
+from opcircuits.analysis.workers import one_blas_thread, worker_config
 from opcircuits.progress import stage_progress
 
 CATEGORY = "category"
@@ -374,7 +373,7 @@ def _task(
         X = _view_matrix(source, task.view, positions, layers, prob)
         # Single-threaded BLAS as the fits: two threads per worker on two cores oversubscribe
         # them (a 600 × 600 eigh took seconds instead of 0.03).
-        with threadpool_limits(1):
+        with one_blas_thread():
             if task.kind == "cluster":
                 return clustering.cluster_view(X, y, cheap_permutations, seed)
             return similarity.within_between(X, y, int(y.max()) + 1, cheap_permutations, seed)
@@ -385,7 +384,7 @@ def _task(
     features = _problem_features(source, prob, positions, layers)
     prefixes = FoldPrefixes(features, fold.train, fold.test)
     out = {}
-    with threadpool_limits(1):  # as every fit: results do not depend on --jobs
+    with one_blas_thread():  # as every fit: results do not depend on --jobs
         for f in task.fits:
             shuffled = None
             if f.shuffled:

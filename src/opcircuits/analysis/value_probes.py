@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from opcircuits.analysis.workers import one_blas_thread
 
 # Penalties, relative to the training fold's size (the features are standardized, so XᵀX's
 # diagonal is n_train): from nearly unpenalized to nearly the mean.
@@ -155,7 +156,7 @@ def probe_cells(
     if min_stratum is not None and len(counts) > 1:
         subsets += [(s, np.flatnonzero(strata == s)) for s, c in counts.items() if c >= min_stratum]
     cells: list[dict] = []
-    with threadpool_limits(1):  # small matrices: one BLAS thread is faster, and bit-stable
+    with one_blas_thread():  # small matrices: one BLAS thread is faster, and bit-stable
         for n_steps, subset in subsets:
             longest = max((len(results[i]) for i in subset), default=0)
             # Steps with the same rows share their fits (one decomposition per fold and cell).
