@@ -77,6 +77,7 @@ def test_the_command_measures_the_intermediate_result(tiny_llama, data, tmp_path
     record = json.loads((out / "das.json").read_text())
     assert record["variable"] == "result" and record["options"]["variable"] == "result"
     assert record["pairs"]["distinct_pairs"] == len(_lines(value_pairs_path(data)))
+    assert 1 <= record["pairs"]["held_out_pairs"] < record["pairs"]["distinct_pairs"]
     measured = record["intermediate_result"]
     assert measured["measured"] is True and sorted(measured["best"]) == ["1", "2"]
     assert record["wrong_step_control"].startswith("not run")

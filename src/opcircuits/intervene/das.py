@@ -335,6 +335,8 @@ def _record(options, pairs, rows: DasPairs, held, results, cpu) -> dict[str, Any
                 "left_out_equal_answers": rows.equal_answers,
                 "by_step": {str(s): int((steps == s).sum()) for s in sorted(set(steps))},
                 "distinct_pairs": int(rows.groups.max()) + 1,
+                # (rows above; with --variable result a pair is one row per step)
+                "held_out_pairs": len(set(rows.groups[held].tolist())),
             },
             "iia_definition": "share of held-out pairs whose intervened greedy answer equals the "
             "partner's gold answer; pairs with equal gold answers are left out",
