@@ -233,8 +233,9 @@ def attribute_cmd(options: AttributeOptions) -> None:
 
 def das_cmd(options: DasOptions) -> None:
     """Distributed alignment search: train a rotated subspace per site and dimension so that
-    swapping it in from a counterfactual partner gives the partner's answer; IIA on held-out
-    pairs against a random subspace, the complement, the wrong step and the re-initialized
+    swapping it in from a counterfactual partner gives the partner's answer, for the operation
+    of step j or (--variable result) the intermediate result r_j; IIA on held-out pairs against
+    a random subspace, the complement, the wrong step (operations only) and the re-initialized
     model. Writes das.json and das.safetensors into --out."""
     from opcircuits.intervene.das import das
 

@@ -287,7 +287,7 @@ def refuse_blocked_parent(path: str | Path, *, field: str | None = None) -> None
 
 def _recorded_names(manifest: Path) -> set[str]:
     """The file names an opcircuits manifest says its command wrote beside it (its output, the
-    manifest itself, a partners file), or nothing when `manifest` is not one of ours."""
+    manifest itself, its partners files), or nothing when `manifest` is not one of ours."""
     try:
         record = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -295,7 +295,11 @@ def _recorded_names(manifest: Path) -> set[str]:
     if not isinstance(record, dict) or not isinstance(record.get("stage"), str):
         return set()
     options = record.get("options")
-    written = [options.get("out") if isinstance(options, dict) else None, record.get("pairs")]
+    written = [
+        options.get("out") if isinstance(options, dict) else None,
+        record.get("pairs"),
+        record.get("value_pairs"),  # data synth's second partners file
+    ]
     return {manifest.name} | {Path(w).name for w in written if isinstance(w, str) and w}
 
 

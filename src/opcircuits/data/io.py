@@ -39,8 +39,10 @@ RECORD_FIELDS: tuple[str, ...] = (
 )
 _KNOWN_CATEGORIES = (*CATEGORIES, UNCLASSIFIED)
 # Optional fields kept after RECORD_FIELDS: a synthetic problem's link to its counterfactual
-# partner (same `pair_id`) and the step that differs, so sampled files can still be patched.
-PAIR_FIELDS: tuple[str, ...] = ("pair_id", "changed_step")
+# partner (same `pair_id`) and the step that differs, so sampled files can still be patched; and
+# a partner's link to its problem (`partner_of`) with what a value partner changed
+# (`changed_value`), which `das --variable result` pairs by.
+PAIR_FIELDS: tuple[str, ...] = ("pair_id", "changed_step", "partner_of", "changed_value")
 # The longest text a record's field may hold, in characters, checked as the record is read:
 # before any tokenizer sees it (a 30 MB question would exhaust the memory there). GSM8K's longest
 # question has under 1,000 characters and its longest answer under 1,300.

@@ -14,9 +14,15 @@ is on held-out pairs. Per site, step j and dimension r:
 - the exact paired test of `das` against `random`, Bonferroni-adjusted over every (site, step,
   r) of the model; the illusion diagnostics of the subspace and of the random one.
 
+With `--variable result` the variable is the intermediate result r_j instead: the pairs are the
+problems and their value partners (`das_values`: the start changed, every operation kept, so
+every r_j differs), each pair counting once for every step j it has. The wrong-step control is
+not run for it: every value pair changes every r_j, so there are no pairs on which a subspace
+for r_j should *not* carry the partner's answer (a subspace for r_j that also passes r_j' is
+expected: r_j determines r_j' for j' > j).
+
 The same procedure runs on the model re-initialized (`reinit_seed`): the control that the
-alignment is the trained model's. The intermediate result r_j is not a variable here: it needs
-partners that change one operand and keep the operations, which `data synth` does not write.
+alignment is the trained model's.
 Both files are written together at the end (`files.atomic_dir`): never half-written; a rerun
 recomputes.
 """
@@ -40,6 +46,7 @@ from opcircuits.files import (
     sha256_file,
     write_json_atomic,
 )
+from opcircuits.intervene.das_values import DasPairs, value_inputs, value_pairs_of
 from opcircuits.intervene.partners import (
     Inputs,
     _problems,
@@ -90,6 +97,20 @@ def _inputs(options: DasOptions, pairs: Path | None):
     return pair_set, np.array(step), same, inputs
 
 
+def _pairs_of(options: DasOptions, pairs: Path) -> DasPairs:
+    """The rows of the variable: one per operation pair, or one per value pair and step."""
+    if options.variable == "result":
+        return value_inputs(options.data, pairs)
+    pair_set, steps, same, inputs = _inputs(options, pairs)
+    return DasPairs(pair_set, steps, np.arange(len(steps)), inputs, same)
+
+
+def _held(groups: np.ndarray, held_out: float, seed: int) -> np.ndarray:
+    """Per row: held out or trained on, by pair (all of a pair's steps on one side); with one
+    row per pair this is `_split` itself."""
+    return _split(int(groups.max()) + 1, held_out, seed)[groups]
+
+
 def _split(n: int, held_out: float, seed: int) -> np.ndarray:
     """Per pair: held out (True) or trained on; at least one of each."""
     order = np.random.default_rng(seed).permutation(n)
@@ -107,24 +128,20 @@ def das(options: DasOptions) -> Path:
     from opcircuits.intervene.sweep import check_questions, load_model
 
     out = Path(options.out)
-    pairs = options.pairs if options.pairs is not None else default_pairs(options.data)
-    for field, path in (("data", options.data), ("pairs", pairs)):
-        if path is not None and not Path(path).is_file():
-            raise OpcircuitsError("no such file", path=path, field=field)
-    if pairs is None:
-        raise OpcircuitsError("no partners: give --pairs", path=options.data, field="pairs")
+    pairs = _pairs_file(options)
     refuse_inputs(out, {"--data": options.data, "--pairs": pairs},
                   local_folders(options.model, options.checkpoint))  # fmt: skip
     check_replaceable(out, _ours, field="out")
-    pair_set, steps, same, inputs = _inputs(options, pairs)
+    rows = _pairs_of(options, pairs)
+    pair_set, steps = rows.pair_set, rows.steps
     model, tokenizer = load_model(options)  # type: ignore[arg-type]
-    check_questions(model, tokenizer, inputs)
+    check_questions(model, tokenizer, rows.inputs)
     K, n_layers, D = model.config.num_latent, model.num_layers, model.hidden_size
     sites = [s for group in parse_sites(options.sites, K, n_layers) for s in group]
     too_big = [r for r in options.dims if r > D]  # type: ignore[union-attr]
     if too_big:
         raise OpcircuitsError(f"dimensions {too_big} exceed the hidden size {D}", field="dims")
-    held = _split(len(steps), options.held_out, options.seed)
+    held = _held(rows.groups, options.held_out, options.seed)
     torch.manual_seed(options.seed)
     start = time.process_time()
     results, tensors = {}, {}
@@ -134,11 +151,34 @@ def das(options: DasOptions) -> Path:
         engine = Engine(model, tokenizer, max_new_tokens=options.max_new_tokens)
         results[name] = _run_model(engine, pair_set, steps, held, sites, options, tensors, name)
     cpu = time.process_time() - start
-    record = _record(options, pairs, pair_set, steps, held, same, results, cpu)
+    record = _record(options, pairs, rows, held, results, cpu)
     with atomic_dir(out, _ours, field="out") as scratch:
         record["weights"] = {"file": WEIGHTS, "sha256": _save(tensors, scratch / WEIGHTS)}
         write_json_atomic(scratch / RESULT, record)
     return out / RESULT
+
+
+def _pairs_file(options: DasOptions) -> Path:
+    """--pairs, or the variable's partners beside --data; an error naming the missing file."""
+    result = options.variable == "result"
+    if options.pairs is not None:
+        pairs: Path | None = Path(options.pairs)
+    else:
+        pairs = value_pairs_of(Path(options.data)) if result else default_pairs(options.data)
+    for field, path in (("data", options.data), ("pairs", pairs)):
+        if path is None or Path(path).is_file():
+            continue
+        if field == "pairs" and result and options.pairs is None:
+            raise OpcircuitsError(
+                "no value partners beside the data (--variable result reads them from there: "
+                "data synth writes them unless --no-pairs); give --pairs",
+                path=path,
+                field="pairs",
+            )
+        raise OpcircuitsError("no such file", path=path, field=field)
+    if pairs is None:
+        raise OpcircuitsError("no partners: give --pairs", path=options.data, field="pairs")
+    return pairs
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> str:
@@ -188,7 +228,8 @@ def _run_site(engine, pair_set, steps, held, site, options, tensors, name) -> li
     for j in options.steps:
         train = np.flatnonzero(~held & (steps == j))
         test = np.flatnonzero(held & (steps == j))
-        wrong = np.flatnonzero(held & (steps != j))
+        # (result: every value pair changes every r_j, so no pair is a wrong-step control)
+        wrong = np.flatnonzero(held & (steps != j)) if options.variable == "operation" else []
         if train.size == 0 or test.size == 0:
             raise OpcircuitsError(
                 f"step {j}: {train.size} training and {test.size} held-out pairs; each "
@@ -207,7 +248,7 @@ def _run_site(engine, pair_set, steps, held, site, options, tensors, name) -> li
                 "n_train": int(train.size), "full": full,
                 "das": stats.iia(h_das), "random": stats.iia(h_rand),
                 "complement": stats.iia(hits(test, W, True)),
-                "wrong_step": stats.iia(hits(wrong, W)) if wrong.size else None,
+                "wrong_step": stats.iia(hits(wrong, W)) if len(wrong) else None,
                 "vs_random": stats.paired_test(h_das, h_rand),
                 "diagnostics": stats.pc_diagnostics(base_np, W.numpy()),
                 "random_diagnostics": stats.pc_diagnostics(base_np, R.numpy()),
@@ -219,11 +260,14 @@ def _run_site(engine, pair_set, steps, held, site, options, tensors, name) -> li
     return rows
 
 
-def _verdict(row: dict[str, Any]) -> str:
+def _verdict(row: dict[str, Any], variable: str = "operation") -> str:
     """One sentence for one (site, step, r) of the trained model."""
     d, rnd, comp = row["das"], row["random"], row["complement"]
+    what = f"r_{row['step']} (result of step {row['step']})"
+    if variable == "operation":
+        what = f"operation of step {row['step']}"
     text = (
-        f"{row['site']}, operation of step {row['step']}, r={row['r']}: IIA {d['iia']:.2f} "
+        f"{row['site']}, {what}, r={row['r']}: IIA {d['iia']:.2f} "
         f"[{d['low']:.2f}, {d['high']:.2f}] on {d['n']} held-out pairs, random subspace "
         f"{rnd['iia']:.2f}, complement {comp['iia']:.2f}, whole state {row['full']['iia']:.2f}"
     )
@@ -238,28 +282,68 @@ def _verdict(row: dict[str, Any]) -> str:
     return text + f"; above the random subspace (adjusted p = {p:.2g})."
 
 
-def _record(options, pairs, pair_set, steps, held, same, results, cpu) -> dict[str, Any]:
+WRONG_STEP = {
+    "operation": "run: the subspace for step j on the held-out pairs that change another step's "
+    "operation (the answer should not follow their partner)",
+    "result": "not run: every value pair changes every r_j (the start is changed, the operations "
+    "kept), so no pair changes r_j' while keeping r_j; and r_j determines every later r_j', so "
+    "a subspace for r_j carrying later results is expected, not a failure",
+}
+
+
+def _intermediate(options, rows: DasPairs, results) -> Any:
+    """das.json's `intermediate_result`: the measurement, or how to make it."""
+    if options.variable != "result":
+        return (
+            "not measured in this run: run with --variable result (value partners, "
+            "<data>.value_pairs.jsonl from data synth)"
+        )
+    return {
+        "measured": True,
+        "pairs": "value partners: start changed, every operation kept, every r_j different",
+        "left_out_equal_results": rows.equal_results,
+        "best": {
+            str(j): max(
+                (
+                    {"site": r["site"], "r": r["r"], "iia": r["das"]["iia"],
+                     "random": r["random"]["iia"], "full": r["full"]["iia"],
+                     "p_adjusted": r["vs_random"]["p_adjusted"]}
+                    for r in results["model"] if r["step"] == j
+                ),
+                key=lambda x: x["iia"],
+            )
+            for j in options.steps
+        },
+    }  # fmt: skip
+
+
+def _record(options, pairs, rows: DasPairs, held, results, cpu) -> dict[str, Any]:
     from opcircuits.jsonable import jsonable
 
+    steps = rows.steps
     return jsonable(
         {
             "format": FORMAT,
             "format_version": 1,
             "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
+            "variable": options.variable,
             "data_sha256": sha256_file(options.data),
             "pairs_sha256": sha256_file(pairs),
             "pairs": {
                 "usable": len(steps),
                 "held_out": int(held.sum()),
-                "left_out_equal_answers": same,
+                "left_out_equal_answers": rows.equal_answers,
                 "by_step": {str(s): int((steps == s).sum()) for s in sorted(set(steps))},
+                "distinct_pairs": int(rows.groups.max()) + 1,
+                # (rows above; with --variable result a pair is one row per step)
+                "held_out_pairs": len(set(rows.groups[held].tolist())),
             },
             "iia_definition": "share of held-out pairs whose intervened greedy answer equals the "
             "partner's gold answer; pairs with equal gold answers are left out",
-            "intermediate_result": "not measured: needs partners that change one operand and "
-            "keep the operations; data synth's partners change one operation",
+            "intermediate_result": _intermediate(options, rows, results),
+            "wrong_step_control": WRONG_STEP[options.variable],
             "results": results,
-            "findings": [_verdict(row) for row in results["model"]],
+            "findings": [_verdict(row, options.variable) for row in results["model"]],
             "cpu_seconds": cpu,
         }
     )

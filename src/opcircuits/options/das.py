@@ -21,6 +21,7 @@ from opcircuits.options.core import (
 
 MAX_EPOCHS = 1000  # passes over the training pairs; each is one forward and backward per pair
 MAX_DIM = 65_536  # subspace dimensions beyond any model's hidden size
+VARIABLES = ("operation", "result")
 
 
 @dataclass
@@ -29,7 +30,8 @@ class DasOptions:
 
     data: Path = opt(
         help="Problem file with counterfactual pairs (opcircuits data synth): each problem with "
-        "a pair_id and changed_step is a base, its partner the source."
+        "a pair_id and changed_step (or, with --variable result, a value partner) is a base, its "
+        "partner the source."
     )
     out: Path = opt(
         help="Output folder: das.json (IIA with Wilson intervals, controls, diagnostics) and "
@@ -38,7 +40,15 @@ class DasOptions:
     pairs: Path | None = opt(
         None,
         example="data/synth.pairs.jsonl",
-        help="The partners (default: <data>.pairs.jsonl beside the data).",
+        help="The partners (default beside the data: <data>.pairs.jsonl; with --variable "
+        "result, <data>.value_pairs.jsonl).",
+    )
+    variable: str = opt(
+        "operation",
+        choices=VARIABLES,
+        help="The causal variable: 'operation' (the operation of step j; partners change one "
+        "step's operation) or 'result' (the intermediate result r_j; value partners change the "
+        "start number and keep every operation).",
     )
     model: str = opt("demo", help=HELP_MODEL)
     checkpoint: Path | None = opt(None, help="Local CODI checkpoint folder (as for extract).")
@@ -52,8 +62,9 @@ class DasOptions:
         list=int,
         min=1,
         max=64,
-        help="Variables: the operation of solution step j (pairs whose changed_step is j); the "
-        "other steps' pairs are the wrong-step control.",
+        help="The steps j of the variable: the operation of step j (pairs whose changed_step is "
+        "j; the other steps' pairs are the wrong-step control) or, with --variable result, r_j "
+        "(every value pair with at least j steps).",
     )
     held_out: float = opt(
         0.5, min=0.1, max=0.9, help="Share of the pairs held out (by pair, seeded) for the IIA."

@@ -107,8 +107,8 @@ class SynthOptions:
 
     out: Path = opt(
         Path("data/synth.jsonl"),
-        help="Output JSONL; a manifest <name>.manifest.json (and <name>.pairs.jsonl) are "
-        "written beside it.",
+        help="Output JSONL; a manifest <name>.manifest.json (and <name>.pairs.jsonl, "
+        "<name>.value_pairs.jsonl) are written beside it.",
     )
     kind: str = opt(
         "chain",
@@ -167,7 +167,9 @@ class SynthOptions:
         True,
         help="Also write <name>.pairs.jsonl: each problem's counterfactual partner (chain: one "
         "step's operation changed; rules: the start or the operand changed so that exactly one "
-        "step's operation changes, for the problems that have such a partner).",
+        "step's operation changes, for the problems that have such a partner), and "
+        "<name>.value_pairs.jsonl: its value partner (another start, every operation kept, every "
+        "intermediate result changed; for the problems that have one).",
     )
 
     def __post_init__(self) -> None:

@@ -22,6 +22,11 @@ with the confounds of GSM8K removed by construction:
   numbers and wording except one step, whose operation is changed (`pair_id`, `changed_step`),
   so its annotations and gold answer (and usually its category) differ. Partners go to a file
   of their own (`<name>.pairs.jsonl`), so the main file stays balanced.
+- Value partners: the same problem with another start number and nothing else changed, the
+  operations the same, so every intermediate result r_1 … r_n differs (`partner_of`,
+  `changed_value: "start"`; `<name>.value_pairs.jsonl`): the counterfactuals of "the result of
+  step j". A problem without one (no other start keeps its operations valid) is counted in the
+  manifest.
 
 `--kind rules` (modules `rules`, `rules_records`) writes problems of another shape in the same
 record format: a rule stated once ("when the number is even it is halved, otherwise 5 is added")
@@ -52,7 +57,13 @@ from opcircuits.data.synth.language import (
     SUB_VERBS,
     heldout_frame,
 )
-from opcircuits.data.synth.output import allocate_steps, generate, pairs_path, synth
+from opcircuits.data.synth.output import (
+    allocate_steps,
+    generate,
+    pairs_path,
+    synth,
+    value_pairs_path,
+)
 from opcircuits.data.synth.plans import (
     MAX_DRAWS,
     OPS,
@@ -65,6 +76,7 @@ from opcircuits.data.synth.plans import (
     draw_plan,
     partner,
     valid,
+    value_partner,
 )
 from opcircuits.data.synth.records import record, render
 from opcircuits.data.synth.rules import (
@@ -76,6 +88,7 @@ from opcircuits.data.synth.rules import (
     build_pool,
     rule_partner,
     rule_split,
+    rule_value_partner,
 )
 from opcircuits.data.synth.rules_records import (
     PHRASINGS,
@@ -124,6 +137,9 @@ __all__ = [
     "rule_partner",
     "rule_record",
     "rule_split",
+    "rule_value_partner",
     "synth",
     "valid",
+    "value_pairs_path",
+    "value_partner",
 ]

@@ -1,4 +1,5 @@
-"""A file of synthetic problems: balanced, step-matched generation, the partners' file and the
+"""A file of synthetic problems: balanced, step-matched generation, the partners' files (the
+operation partners `<name>.pairs.jsonl`, the value partners `<name>.value_pairs.jsonl`) and the
 manifest (`synth`, the `data synth` command)."""
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from opcircuits.data.synth.plans import (
     check_feasible,
     draw_plan,
     partner,
+    value_partner,
 )
-from opcircuits.data.synth.records import record
+from opcircuits.data.synth.records import record, value_partner_record
 from opcircuits.data.synth.rules import RULE_SETS, RULES_TEST_PERCENT, Pool
 from opcircuits.data.synth.rules_records import PHRASINGS, generate_rules, heldout_phrasing
 from opcircuits.files import (
@@ -46,17 +48,26 @@ def _slots(options: SynthOptions) -> list[tuple[str, int]]:
     return [(c, k) for c in CATEGORIES for k, m in per_step.items() for _ in range(m)]
 
 
-def generate(options: SynthOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+Records = list[dict[str, Any]]
+
+
+def generate(options: SynthOptions) -> tuple[Records, Records]:
     """The problems (balanced, step-matched, shuffled) and their counterfactual partners."""
     if options.kind == "rules":
-        problems, partners, _ = generate_rules(options, _slots(options))
+        problems, partners, _, _ = generate_rules(options, _slots(options))
         return problems, partners
+    problems, partners, _ = _generate_chain(options)
+    return problems, partners
+
+
+def _generate_chain(options: SynthOptions) -> tuple[Records, Records, Records]:
+    """The chain kind's problems, partners and value partners (where a problem has one)."""
     rng = random.Random(f"opcircuits-synth:{options.seed}:{options.split}")
     slots = _slots(options)
     rng.shuffle(slots)
     seen_frames = [f for f in range(len(FRAMES)) if not heldout_frame(f)]
     held = [f for f in range(len(FRAMES)) if heldout_frame(f)]
-    problems, partners = [], []
+    problems, partners, value_partners = [], [], []
     for i, (category, n_steps) in enumerate(slots):
         use_held = options.split == "test" and rng.random() < options.heldout_share
         frame = rng.choice(held if use_held else seen_frames)
@@ -71,12 +82,34 @@ def generate(options: SynthOptions) -> tuple[list[dict[str, Any]], list[dict[str
             {**record(f"synth_cf_{i}", other, options.split), "pair_id": f"pair_{i}",
              "changed_step": changed + 1, "partner_of": pid}
         )  # fmt: skip
-    return problems, partners
+        # a fixed per-plan order, drawn from no stream: the main file is the same without it
+        same_ops = value_partner(plan, options)
+        if same_ops is not None:
+            theirs = record(f"synth_vp_{i}", same_ops, options.split)
+            value_partners.append(value_partner_record(i, pid, theirs))
+    return problems, partners, value_partners
 
 
 def pairs_path(out: Path) -> Path:
     """`data/x.jsonl` → `data/x.pairs.jsonl`."""
     return out.with_name(f"{out.stem}.pairs.jsonl")
+
+
+def value_pairs_path(out: Path) -> Path:
+    """`data/x.jsonl` → `data/x.value_pairs.jsonl`."""
+    return out.with_name(f"{out.stem}.value_pairs.jsonl")
+
+
+def _value_manifest(problems: Records, value_partners: Records) -> dict[str, Any]:
+    """How many problems have a value partner, and which categories lack one (counted: a
+    problem has none when no other start keeps its operations with every result valid)."""
+    linked = {r["partner_of"] for r in value_partners}
+    return {
+        "value_partners": len(value_partners),
+        "without_value_partner": dict(
+            Counter(r["category"] for r in problems if r["id"] not in linked)
+        ),
+    }
 
 
 def _histograms(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -115,24 +148,29 @@ def synth(options: SynthOptions) -> Path:
     """Write the problems (and partners) with a manifest beside them; returns the output path."""
     out = Path(options.out)
     # Before anything is drawn: replace only files an earlier manifest here says are ours.
-    check_own_outputs([out, pairs_path(out), manifest_path(out)], manifest_path(out))
+    siblings = [pairs_path(out), value_pairs_path(out)]
+    check_own_outputs([out, *siblings, manifest_path(out)], manifest_path(out))
     if options.kind == "chain":
         check_feasible(options, _slots(options))
     pool = None
     if options.kind == "rules":
-        problems, partners, pool = generate_rules(options, _slots(options))
+        problems, partners, value_partners, pool = generate_rules(options, _slots(options))
     else:
-        problems, partners = generate(options)
+        problems, partners, value_partners = _generate_chain(options)
     write_jsonl_atomic(out, problems)
-    outputs = {"output_sha256": sha256_file(out)}
+    outputs: dict[str, Any] = {"output_sha256": sha256_file(out)}
     if options.pairs:
-        write_jsonl_atomic(pairs_path(out), partners)
-        outputs["pairs"] = str(pairs_path(out))
-        outputs["pairs_sha256"] = sha256_file(pairs_path(out))
-    elif pairs_path(out).is_file():
-        # ours (checked above) and of the earlier problems: left beside the new ones, it would be
-        # taken for their partners (`intervene` reads <name>.pairs.jsonl when it is there)
-        pairs_path(out).unlink()
+        files = [("pairs", partners), ("value_pairs", value_partners)]
+        for (key, rows), path in zip(files, siblings, strict=True):
+            write_jsonl_atomic(path, rows)
+            outputs[key] = str(path)
+            outputs[f"{key}_sha256"] = sha256_file(path)
+        outputs.update(_value_manifest(problems, value_partners))
+    for path in siblings:
+        if not options.pairs and path.is_file():
+            # ours (checked above) and of the earlier problems: left beside the new ones, it
+            # would be taken for their partners (`intervene` and `das` read them by default)
+            path.unlink()
     opts = asdict(options)
     opts["out"] = str(out)
     if options.kind == "chain":

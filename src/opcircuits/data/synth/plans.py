@@ -222,3 +222,20 @@ def partner(plan: Plan, options: SynthOptions) -> tuple[Plan, int] | None:
         if valid(other, options) and other.results()[-1] != final:
             return other, i
     return None
+
+
+def value_partner(plan: Plan, options: SynthOptions) -> Plan | None:
+    """A value partner: the same frame, name, object, operations, operands and wording, but
+    another start number in the start range (min_operand..max_operand), so that every
+    intermediate result differs while no operation changes. None when no other start keeps
+    every result a whole number in 1..max_result (division exact)."""
+    mine = plan.results()
+    starts = [v for v in range(options.min_operand, options.max_operand + 1) if v != plan.start]
+    random.Random(f"value-partner:{plan}").shuffle(starts)  # a fixed order, not the main stream
+    for start in starts:
+        other = replace(plan, start=start)
+        if valid(other, options) and all(
+            a != b for a, b in zip(mine, other.results(), strict=True)
+        ):
+            return other
+    return None

@@ -85,3 +85,11 @@ def record(pid: str, plan: Plan, split: str) -> dict[str, Any]:
         "frame_id": plan.frame,
         "heldout_frame": heldout_frame(plan.frame),
     }
+
+
+def value_partner_record(i: int, pid: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A value partner's record (either kind): linked to its problem `pid` by `partner_of`, with
+    what changed (`changed_value`: the start) and a pair_id of its own, so that no reader of the
+    operation pairs (`pair_id`, `changed_step`) takes it for one of them."""
+    return {**record, "id": f"synth_vp_{i}", "pair_id": f"value_pair_{i}",
+            "changed_value": "start", "partner_of": pid}  # fmt: skip

@@ -280,3 +280,26 @@ def rule_partner(plan: RulePlan, options: SynthOptions) -> tuple[RulePlan, int] 
         if len(diff) == 1:
             return other, diff[0]
     return None
+
+
+def rule_value_partner(plan: RulePlan, options: SynthOptions) -> RulePlan | None:
+    """A value partner: the same rule set, operand, applications and wording and the same
+    sequence of operations, but another start in 1..max_result, so that every intermediate
+    result r_1 … r_n differs while no operation changes (the counterfactual of "the result of
+    step j" for DAS). None when no other start keeps the operations with every result valid."""
+    trace = plan.trace()
+    ops = tuple(op for _, op, _, _ in trace)
+    starts = [v for v in range(1, options.max_result + 1) if v != plan.start]
+    random.Random(f"rule-value-partner:{plan}").shuffle(starts)  # not the main stream
+    for start in starts:
+        other = replace(plan, start=start)
+        if not other.valid(options.max_result):
+            continue
+        theirs = other.trace()
+        # (every applied operation is injective, so equal ops imply all results differ; checked
+        # anyway, it costs nothing and the file's promise does not rest on that argument)
+        if tuple(op for _, op, _, _ in theirs) == ops and all(
+            a[3] != b[3] for a, b in zip(trace, theirs, strict=True)
+        ):
+            return other
+    return None

@@ -9,7 +9,15 @@ from typing import Any
 from opcircuits.data.annotations import CATEGORIES, category_of
 from opcircuits.data.synth.language import FRAMES, NAMES, OBJECTS, PRONOUNS, heldout_frame
 from opcircuits.data.synth.plans import OPS
-from opcircuits.data.synth.rules import RULE_SETS, Pool, RulePlan, build_pool, rule_partner
+from opcircuits.data.synth.records import value_partner_record
+from opcircuits.data.synth.rules import (
+    RULE_SETS,
+    Pool,
+    RulePlan,
+    build_pool,
+    rule_partner,
+    rule_value_partner,
+)
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import SynthOptions
 
@@ -158,8 +166,9 @@ def _draw(
 
 def generate_rules(
     options: SynthOptions, slots: list[tuple[str, int]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Pool]:
-    """The problems of the slots (category, steps), their partners where one exists, the pool."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], Pool]:
+    """The problems of the slots (category, steps), their partners and value partners where one
+    exists, and the pool."""
     rng = random.Random(f"opcircuits-synth-rules:{options.seed}:{options.split}")
     pool = build_pool(options)
     groups: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
@@ -177,13 +186,18 @@ def generate_rules(
             field="steps",
         )
     rng.shuffle(slots)
-    problems, partners = [], []
+    problems, partners, value_partners = [], [], []
     for i, (category, n_steps) in enumerate(slots):
         members, cum = groups[(CATEGORIES.index(category), n_steps)]
         plan = _draw(rng, pool, members, cum, options)
         pid = f"synth_{i}"
         rec = rule_record(pid, plan, options.split)
-        found = rule_partner(plan, options)  # the main file is the same with or without --pairs
+        # partners come from fixed per-plan orders: the main file is the same without --pairs
+        same_ops = rule_value_partner(plan, options)
+        if same_ops is not None:
+            theirs = rule_record(f"synth_vp_{i}", same_ops, options.split)
+            value_partners.append(value_partner_record(i, pid, theirs))
+        found = rule_partner(plan, options)
         if found is None:
             problems.append({**rec, "pair_id": None, "changed_step": None})
             continue
@@ -193,4 +207,4 @@ def generate_rules(
             {**rule_record(f"synth_cf_{i}", other, options.split), "pair_id": f"pair_{i}",
              "changed_step": changed + 1, "partner_of": pid}
         )  # fmt: skip
-    return problems, partners, pool
+    return problems, partners, value_partners, pool
