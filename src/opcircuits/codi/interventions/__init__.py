@@ -47,6 +47,7 @@ states and what is derived from them, `Sources`), `hooks` (block hooks, KV-cache
 
 from opcircuits.codi.interventions.edges import DEFAULT_EDGES, Edge, parse_edges
 from opcircuits.codi.interventions.engine import Answer, Batch, Engine
+from opcircuits.codi.interventions.groups import DEFAULT_GROUP
 from opcircuits.codi.interventions.kinds import DIRECTIONS, KINDS, SITE_KINDS, TABLE, Edit, Kind
 from opcircuits.codi.interventions.reference import Reference, Sources, resample_sources
 from opcircuits.codi.interventions.run import (
@@ -84,6 +85,7 @@ __all__ = [
     "Intervention",
     "Kind",
     "Outcome",
+    "DEFAULT_GROUP",
     "Problem",
     "Reference",
     "Site",
