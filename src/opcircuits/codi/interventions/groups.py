@@ -39,10 +39,10 @@ from opcircuits.codi.interventions.outcomes import (
 )
 from opcircuits.codi.interventions.reference import Reference, Sources
 from opcircuits.codi.interventions.spec import Intervention, Problem
+from opcircuits.options.intervene import DEFAULT_GROUP_SIZE
 
-# Interventions per stacked batch: 8 × a batch of 32 = 256 rows per forward, where CPU matmuls
-# of the GPT-2 shape are near their best per row (measured) and the cache stays 8× the batch's.
-DEFAULT_GROUP = 8
+# Interventions per stacked batch (`--group-size`): the cache is this many times the batch's.
+DEFAULT_GROUP = DEFAULT_GROUP_SIZE
 
 
 def group_key(iv: Intervention, K: int) -> tuple[int, int, bool, bool]:
