@@ -22,6 +22,7 @@ rounding of a larger matrix product (tested to 1e-4 in log-probability, same ans
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -112,14 +113,55 @@ def row_edits(
     return out
 
 
-def stack(engine: Engine, b: Batch, G: int, start: int) -> Batch:
+@dataclass
+class Stacked:
+    """A batch's stacked copy, made for its first group and reused by every later one: the
+    groups run in decreasing first step, so the cache before a group's start is still the clean
+    run's in every row (as in the batch itself), and a group of G' < G uses the first G'·B rows
+    in place (`row_view`): the prefix is copied once per batch, not once per group."""
+
+    G: int
+    batch: Batch | None = None
+
+
+def row_view(cache, n: int):
+    """A cache whose layers are the first n rows of `cache`'s, sharing their storage (writes go
+    into `cache`); None where the cache is not one of preallocated layers (transformers 4.x)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(
+        hasattr(x, "keys") and hasattr(x, "cumulative_length") for x in layers
+    ):
+        return None
+    view = copy.copy(cache)
+    view.layers = []
+    for layer in layers:
+        mine = copy.copy(layer)
+        mine.keys, mine.values = layer.keys[:n], layer.values[:n]  # views: in-place writes land
+        mine.cumulative_length = layer.cumulative_length.clone()
+        if hasattr(mine, "batch_size"):
+            mine.batch_size = n
+        view.layers.append(mine)
+    return view
+
+
+def stack(engine: Engine, b: Batch, stacked: Stacked, G: int, start: int) -> Batch:
     """G copies of batch b's rows with its cache before step `start` (the prompt and the clean
-    steps before it) and its clean final states, each row owned by its copy's intervention."""
+    steps before it) and its clean final states, row g·B + i owned by intervention g."""
     B = len(b.rows)
-    out = engine.subset(b, list(range(B)) * G, b.T - 1 + start)
-    out.clean_final = [f.repeat(G, 1, 1) for f in b.clean_final[:start]]
-    out.owner = torch.arange(G, device=engine.device).repeat_interleave(B)
-    return out
+    if stacked.batch is None:
+        st = engine.subset(b, list(range(B)) * stacked.G, b.T - 1 + start)
+        st.clean_final = [f.repeat(stacked.G, 1, 1) for f in b.clean_final]
+        st.owner = torch.arange(stacked.G, device=engine.device).repeat_interleave(B)
+        stacked.batch = st
+    st, n = stacked.batch, G * B
+    if n == len(st.rows):
+        return st
+    cache = row_view(st.cache, n)
+    if cache is None:  # no views: a copy of the rows' prefix
+        return engine.subset(st, range(n), b.T - 1 + start)
+    assert st.owner is not None
+    finals = [f[:n] for f in st.clean_final]
+    return Batch(st.rows[:n], cache, st.mask[:n], st.last[:n], st.T, finals, owner=st.owner[:n])
 
 
 def run_group(
@@ -134,6 +176,7 @@ def run_group(
     gold: Sequence[tuple[list[int], int]],
     clean_ids: Sequence[list[int]],
     record: bool,
+    stacked: Stacked,
 ) -> dict[int, list[Outcome]]:
     """The outcomes of a group of interventions (equal `group_key`) on batch b, as one stacked
     batch; {intervention index: its outcomes}."""
@@ -146,7 +189,7 @@ def run_group(
     source = None
     if any(s is not None for s in golds):
         source = [x for s in golds for x in (s if s is not None else [None] * B)]
-    st = stack(engine, b, G, start)
+    st = stack(engine, b, stacked, G, start)
     engine.hooks.knockouts = [
         (e, e.columns(b.T, K), g) for g, x in enumerate(ivs.values()) for e in x.edges
     ]

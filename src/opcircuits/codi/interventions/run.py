@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from opcircuits.codi.interventions.engine import Answer, Batch, Engine
-from opcircuits.codi.interventions.groups import DEFAULT_GROUP, plan_groups, run_group
+from opcircuits.codi.interventions.groups import DEFAULT_GROUP, Stacked, plan_groups, run_group
 from opcircuits.codi.interventions.outcomes import (
     PATCHING,
     Outcome,
@@ -140,11 +140,14 @@ def run_interventions(
                         o.states = st.float().cpu()
                 done: dict[int, list[Outcome]] = {}
                 clean_ids = [a.ids for a in clean]
-                for js in plan_groups(interventions, order, K, 1 if naive else group):
+                plan = plan_groups(interventions, order, K, 1 if naive else group)
+                # The batch's stacked copy, made for its first group, as large as its largest.
+                stacked = Stacked(max(map(len, plan), default=1))
+                for js in plan:
                     if len(js) > 1:
                         done.update(run_group(
                             engine, b, problems, rows, ref_rows, {j: interventions[j] for j in js},
-                            reference, sources, gold, clean_ids, record,
+                            reference, sources, gold, clean_ids, record, stacked,
                         ))  # fmt: skip
                         continue
                     done[js[0]] = _run_one(
