@@ -405,7 +405,8 @@ def main() -> None:
         suffix, what = "-profile", "the shipped engine under torch.profiler"
     else:
         figures = {**common, **compare(args, engine, plan, ref, device)}
-        suffix, what = "", "(a) run_interventions as shipped, (b) naive=True"
+        suffix = ""
+        what = f"(a) run_interventions as shipped (group {args.group}), (b) naive=True"
     figures["loadavg_before"] = [round(x, 2) for x in load_before]
     figures["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(figures, indent=2))
@@ -416,7 +417,7 @@ def main() -> None:
         name += f"-{device.type}"
     notes = (
         f"{what}; throughput per CPU-second. Timings on a shared machine (load average "
-        f"{load_before[0]:.1f} before this run)."
+        f"{load_before[0]:.1f} before this run, {os.getloadavg()[0]:.1f} after)."
     )
     print(f"wrote {write_result(name, 'intervene', figures, notes=notes, out=args.out)}")
 
