@@ -121,12 +121,53 @@ def default_sweep(args, model, n: int):
     return interventions, problems, source_rows
 
 
-def sweep(engine, problems, batches, interventions, ref, naive, sources=None):
+GROUP = iv.DEFAULT_GROUP  # --group: interventions per stacked batch in (a)
+
+
+def rss() -> int:
+    """This process's resident memory now (bytes; Linux), 0 where /proc is absent."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """The peak resident memory above the start while the block runs, sampled every 5 ms by a
+    thread (ru_maxrss only ever grows over the whole process, so cannot tell phases apart; torch's
+    CPU tensors are not Python allocations, so tracemalloc cannot see them)."""
+
+    def __enter__(self):
+        import threading
+
+        self.start = self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+        self.above_start_mb = round((self.peak - self.start) / 2**20, 1)
+
+
+def sweep(engine, problems, batches, interventions, ref, naive, sources=None, group=None):
     t0, c0 = time.perf_counter(), time.process_time()
-    runs = iv.run_interventions(
-        engine, problems, batches, interventions, ref, sources=sources, naive=naive
-    )
-    out = [o for batch in runs for o in batch]
+    group = GROUP if group is None else group
+    with PeakRSS() as mem:
+        runs = iv.run_interventions(
+            engine, problems, batches, interventions, ref, sources=sources, naive=naive,
+            group=group,
+        )  # fmt: skip
+        out = [o for batch in runs for o in batch]
+    sweep.peak_mb = mem.above_start_mb
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -196,6 +237,27 @@ def profile_sweep(engine, plan: Plan, ref) -> dict:
     return figures
 
 
+def memory_probe(engine, problems, batches, interventions, ref, sources) -> dict:
+    """(a) on the subset again with the first quarter of the interventions, stacked and one at a
+    time (group 1, the engine before stacking): peak memory above the start (MB) follows the
+    stacked batch (group × batch), not the number of interventions (compare the subset's
+    `fast_peak_rss_mb` with all of them), and what stacking alone gains per CPU-second."""
+    rows = len(problems)
+    quarter = interventions[: max(1, len(interventions) // 4)]
+    n = len(quarter)
+    _, _, q_cpu = sweep(engine, problems, batches, quarter, ref, False, sources=sources)
+    q_mb = sweep.peak_mb
+    _, _, one_cpu = sweep(engine, problems, batches, quarter, ref, False, sources, group=1)
+    return {
+        "interventions": n,
+        f"group {GROUP}: peak_rss_mb": q_mb,
+        f"group {GROUP}: rows_per_cpu_s": round(rows * n / q_cpu, 2),
+        "group 1: peak_rss_mb": sweep.peak_mb,
+        "group 1: rows_per_cpu_s": round(rows * n / one_cpu, 2),
+        "stacking_speedup_cpu": round(one_cpu / q_cpu, 2),
+    }
+
+
 def compare(args, engine, plan: Plan, ref, device: torch.device) -> dict:
     """(a) against (b) on the first `--naive-problems`, then (a) on all problems."""
     problems, interventions, sources = plan.problems, plan.interventions, plan.sources
@@ -210,8 +272,10 @@ def compare(args, engine, plan: Plan, ref, device: torch.device) -> dict:
     gpu_peak(device, reset=True)
     subset = (engine, problems[:m], sub_batches, interventions, ref_sub)
     fast_sub, fast_wall, fast_cpu = sweep(*subset, naive=False, sources=sources)
+    fast_mb = sweep.peak_mb
     stats_sub = dict(engine.stats)
     naive_sub, naive_wall, naive_cpu = sweep(*subset, naive=True, sources=sources)
+    naive_mb = sweep.peak_mb
     pairs = list(zip(fast_sub, naive_sub, strict=True))
     agree = sum(a.answer_ids == b.answer_ids for a, b in pairs)
     logp_diff = max(abs(a.logp_gold - b.logp_gold) for a, b in pairs)
@@ -221,6 +285,8 @@ def compare(args, engine, plan: Plan, ref, device: torch.device) -> dict:
         engine, problems, plan.all_batches, interventions, ref, False, sources=sources
     )
     peak_all = gpu_peak(device)
+    all_mb = sweep.peak_mb
+    memory = memory_probe(engine, problems[:m], sub_batches, interventions, ref_sub, sources)
     rows_sub, rows_all = m * len(interventions), len(problems) * len(interventions)
     clean = {o.problem: o for o in fast_all if o.intervention.kind == "none"}
     changed = sum(
@@ -245,6 +311,8 @@ def compare(args, engine, plan: Plan, ref, device: torch.device) -> dict:
             "max_logp_diff": logp_diff,
             "answers_found": stats_sub,
             "peak_gpu_memory": peak_sub,
+            "fast_peak_rss_mb": fast_mb,
+            "naive_peak_rss_mb": naive_mb,
         },
         "all": {
             "wall_s": round(all_wall, 1),
@@ -253,7 +321,10 @@ def compare(args, engine, plan: Plan, ref, device: torch.device) -> dict:
             "rows_per_cpu_s": round(rows_all / all_cpu, 2),
             "answers_found": dict(engine.stats),
             "peak_gpu_memory": peak_all,
+            "peak_rss_mb": all_mb,
         },
+        "group": GROUP,
+        "memory": memory,
         "torch": torch.__version__,
     }
 
@@ -273,6 +344,9 @@ def main() -> None:
     ap.add_argument("--sweep", choices=["sites", "default"], default="sites")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--group", type=int, default=iv.DEFAULT_GROUP, help="interventions per stacked batch in (a)"
+    )
     ap.add_argument("--interventions", type=int, default=None, help="only the sweep's first N")
     ap.add_argument("--spread", action="store_true", help="--interventions N evenly spaced")
     ap.add_argument(
@@ -284,6 +358,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    global GROUP
+    GROUP = args.group
     load_before = os.getloadavg()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -319,6 +395,7 @@ def main() -> None:
         "kinds": args.kinds if args.sweep == "sites" else "the default sweep",
         "sites": args.sites if args.sweep == "sites" else "the default sweep",
         "batch_size": args.batch_size,
+        "group": args.group,
         "max_new_tokens": max_new,
         "threads": args.threads,
         "reference_s": [round(x, 1) for x in ref_time],
@@ -328,7 +405,8 @@ def main() -> None:
         suffix, what = "-profile", "the shipped engine under torch.profiler"
     else:
         figures = {**common, **compare(args, engine, plan, ref, device)}
-        suffix, what = "", "(a) run_interventions as shipped, (b) naive=True"
+        suffix = ""
+        what = f"(a) run_interventions as shipped (group {args.group}), (b) naive=True"
     figures["loadavg_before"] = [round(x, 2) for x in load_before]
     figures["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(figures, indent=2))
@@ -339,7 +417,7 @@ def main() -> None:
         name += f"-{device.type}"
     notes = (
         f"{what}; throughput per CPU-second. Timings on a shared machine (load average "
-        f"{load_before[0]:.1f} before this run)."
+        f"{load_before[0]:.1f} before this run, {os.getloadavg()[0]:.1f} after)."
     )
     print(f"wrote {write_result(name, 'intervene', figures, notes=notes, out=args.out)}")
 

@@ -4,7 +4,7 @@ The phases of the code measured are wrapped, for the profiled run only, in
 `torch.profiler.record_function` ranges (the code itself is unchanged). For a causal sweep
 (`SWEEP_PHASES`): prefill (`Engine.open_batch`), latent steps (`Engine.latents`), draft
 verification (`Engine._verify`), answer decoding (`Engine._greedy`), cache copies
-(`Engine._subset`), the answer bookkeeping around them (`Engine.decode`), the intervention hooks
+(`Engine.subset`), the answer bookkeeping around them (`Engine.decode`), the intervention hooks
 (`Hooks._apply` and the attention-mask hook), and the rest of `run_interventions` (edits,
 outcomes). For extraction (`EXTRACT_PHASES`): prefill, the latent steps with the answer prompt,
 answer decoding (`codi.latent`), the shard written to disk (`StoreWriter.write_shard`), and the
@@ -39,7 +39,7 @@ SWEEP_PHASES = {
     "latent steps": (engine_mod.Engine, "latents"),
     "draft verification": (engine_mod.Engine, "_verify"),
     "answer decoding": (engine_mod.Engine, "_greedy"),
-    "cache copies": (engine_mod.Engine, "_subset"),
+    "cache copies": (engine_mod.Engine, "subset"),
     "answer bookkeeping": (engine_mod.Engine, "decode"),
     "hooks": (hooks_mod.Hooks, "_apply"),
 }

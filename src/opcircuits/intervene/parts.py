@@ -47,7 +47,7 @@ TABLE = "interventions.parquet"
 RESULT = "interventions.json"
 LOCK = ".manifest.lock"  # in parts/: the ranks of a multi-process sweep record parts under it
 # Options that only change speed: a resumed sweep may use other values.
-SPEED_ONLY = ("batch_size", "device")
+SPEED_ONLY = ("batch_size", "group_size", "device")
 # Manifest keys that record where things came from, not what is computed: the inputs are
 # identified by their content hashes (the same file by another path is the same sweep), the
 # model by its resolved folders, weights hash and config.

@@ -376,7 +376,13 @@ def _run_parts(
         for i in parts.pending:
             rows: list[dict[str, Any]] = []
             runs = iv.run_interventions(
-                engine, problems, parts.batches[i], plan.sweep, ref, sources=sources
+                engine,
+                problems,
+                parts.batches[i],
+                plan.sweep,
+                ref,
+                sources=sources,
+                group=options.group_size,
             )
             with contextlib.closing(runs):  # removes the hooks even on Ctrl-C
                 for outcomes in runs:

@@ -334,7 +334,8 @@ def _intervene_stage(
     values = {k: v for k, v in t["intervene"].items() if k != "enabled"}
     model = {k: v for k, v in t["extract"].items() if k in INTERVENE_SET}
     opts = _make(InterveneOptions, {**values, **model, "data": dataset, "out": out, "pairs": pairs})
-    speed = ("batch_size", "device")  # intervene.SPEED_ONLY: results do not depend on them
+    # intervene.SPEED_ONLY: results do not depend on them
+    speed = ("batch_size", "group_size", "device")
     inputs: dict[str, Path | str] = {"dataset": dataset, **model_inputs(t["extract"])}
     if pairs is not None:
         inputs["pairs"] = pairs

@@ -30,7 +30,9 @@ forward each (greedy decoding accepts a draft when every next-token argmax equal
 token), so an answer the intervention does not change costs one forward instead of one per token;
 rows no draft explains are decoded token by token, as `latent.run_batch` does. The same forward
 gives the gold answer's teacher-forced log-probability. `naive=True` instead reruns the prompt and
-every step and decodes token by token (the baseline of `benchmarks/intervene.py`).
+every step and decodes token by token (the baseline of `benchmarks/intervene.py`). Interventions
+that start at the same step run stacked, G of them as one batch of G·B rows (`groups`,
+`run_interventions(group=…)`, `--group-size`): equal within float rounding.
 
 Layer edits are forward hooks on the decoder blocks (layer 0: a pre-hook on block 1's input; layer
 l < n: block l's output; layer n: the final hidden state after the forward). The clean run goes
@@ -41,12 +43,14 @@ The package, after pyvene (a kind is one entry of a table) and TransformerLens (
 engine, thin named variants): `spec` (sites, `parse_sites`, `Intervention`, `Problem`), `kinds`
 (the table of kinds and their edits), `erasure` (LEACE and its control), `reference` (the clean
 states and what is derived from them, `Sources`), `hooks` (block hooks, KV-cache rewind), `engine`
-(`Engine`: the loop with edits, drafts and their verification), `run` (`clean_reference`,
-`run_interventions`, `outcome_rows`).
+(`Engine`: the loop with edits, drafts and their verification), `outcomes` (an intervention's
+edits and sources on a batch, its `Outcome`s), `groups` (stacked interventions), `run`
+(`clean_reference`, `run_interventions`, `outcome_rows`).
 """
 
 from opcircuits.codi.interventions.edges import DEFAULT_EDGES, Edge, parse_edges
 from opcircuits.codi.interventions.engine import Answer, Batch, Engine
+from opcircuits.codi.interventions.groups import DEFAULT_GROUP
 from opcircuits.codi.interventions.kinds import DIRECTIONS, KINDS, SITE_KINDS, TABLE, Edit, Kind
 from opcircuits.codi.interventions.reference import Reference, Sources, resample_sources
 from opcircuits.codi.interventions.run import (
@@ -84,6 +88,7 @@ __all__ = [
     "Intervention",
     "Kind",
     "Outcome",
+    "DEFAULT_GROUP",
     "Problem",
     "Reference",
     "Site",

@@ -56,6 +56,8 @@ class Batch:
     clean_final: list[torch.Tensor] = field(default_factory=list)  # per step: [B, 1, D]
     clean_states: torch.Tensor | None = None  # [B, K+1, L, D] (recorded layers)
     clean_pos0: torch.Tensor | None = None  # [B, K+1, D] position embedding at layer 0
+    # A stacked batch (`groups`): per row, which of its interventions the row runs.
+    owner: torch.Tensor | None = None
 
     def positions(self, index: int, n: int) -> torch.Tensor:
         """Position ids of n tokens starting at cache index `index` (bot is at T - 1)."""
@@ -124,7 +126,7 @@ class Engine:
         positions = b.positions(index, n)
         if self.limit is not None:  # only tokens past a row's answer budget get here: unused
             positions = positions.clamp(max=self.limit - 1)
-        self.hooks.segment = segment
+        self.hooks.segment, self.hooks.owner = segment, b.owner
         self.hooks.pos0 = None if self.wpe is None else self.wpe(positions[:, -1])
         return forward_step(
             self.backbone,
@@ -298,7 +300,7 @@ class Engine:
             complete.append(len(got) >= budgets[i] or (bool(got) and got[-1] == self.eos))
         return prefixes, complete, scores
 
-    def _subset(self, b: Batch, keep: Sequence[int], index: int, capacity: int = 0) -> Batch:
+    def subset(self, b: Batch, keep: Sequence[int], index: int, capacity: int = 0) -> Batch:
         """A batch of some rows, with a copy of their first `index` cache positions in a cache of
         at least `capacity` positions (the batch itself when it has all rows and room)."""
         capacity = max(capacity, b.mask.shape[1])
@@ -311,7 +313,8 @@ class Engine:
             cache.update(k[r, :, :index].contiguous(), v[r, :, :index].contiguous(), layer)
         mask = b.mask.new_ones((len(keep), capacity))
         mask[:, : b.mask.shape[1]] = b.mask[r]
-        return Batch([b.rows[i] for i in keep], cache, mask, b.last[r], b.T)
+        owner = None if b.owner is None else b.owner[r]
+        return Batch([b.rows[i] for i in keep], cache, mask, b.last[r], b.T, owner=owner)
 
     def _greedy(self, b: Batch, index: int, known: Sequence[list[int]]) -> list[list[int]]:
         """Greedy decoding after the answer prompt, each row continuing from its `known` first
@@ -330,7 +333,7 @@ class Engine:
             ids[i, W - len(q) :] = torch.tensor(q)
             mask[i, index : index + W - len(q)] = 0
             shift[i] = W - len(q)
-        b = Batch(b.rows, b.cache, mask, b.last - shift.to(self.device), b.T)
+        b = Batch(b.rows, b.cache, mask, b.last - shift.to(self.device), b.T, owner=b.owner)
         x = m.embed(ids.to(self.device))
         answers = [list(k) for k in known]
         running = [i for i in range(B) if len(answers[i]) < budgets[i]]
@@ -402,7 +405,7 @@ class Engine:
             rows = [i for i in rows if cand[i] not in tried[i]]
             if not rows:
                 continue
-            sub = self._subset(b, rows, index)
+            sub = self.subset(b, rows, index)
             # A truncated draft (no EOS) gets a dummy last token: the last token is never fed.
             feed = [cand[i] if cand[i][-1] == self.eos else cand[i] + [self.eos] for i in rows]
             got, complete, _ = self._verify(sub, index, feed, [len(P)] * len(rows))
@@ -417,7 +420,7 @@ class Engine:
             start = [known[i] for i in todo]
             # The window (answer prompt + longest known start), then the shortest one's rest.
             need = len(P) + max(map(len, start)) + self.max_new_tokens - min(map(len, start))
-            sub = self._subset(b, todo, index, index + need)
+            sub = self.subset(b, todo, index, index + need)
             rest = self._greedy(sub, index, start)
             for i, ids in zip(todo, rest, strict=True):
                 known[i] = ids

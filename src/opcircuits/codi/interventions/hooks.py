@@ -55,15 +55,28 @@ def attention(block: nn.Module) -> nn.Module:
     raise OpcircuitsError(f"cannot find the attention module of {type(block).__name__}")
 
 
-def knock_out(mask: torch.Tensor, columns: Sequence[int], heads: Sequence[int], n_heads: int):
-    """`mask` [B, 1 or H, q, k] with `columns` masked (on `heads` only when given)."""
+def knock_out(
+    mask: torch.Tensor,
+    columns: Sequence[int],
+    heads: Sequence[int],
+    n_heads: int,
+    rows: torch.Tensor | None = None,
+    n_rows: int | None = None,
+):
+    """`mask` [B or 1, 1 or H, q, k] with `columns` masked (on `heads` only when given; in the
+    rows where `rows` [n_rows] is True only, when given: one intervention of a stacked batch)."""
     B, _, q, k = mask.shape
-    mask = mask.expand(B, n_heads, q, k).clone() if heads else mask.clone()
-    cols = torch.tensor([c for c in columns if c < k], device=mask.device, dtype=torch.long)
+    B = max(B, n_rows or 0)
+    H = n_heads if heads else mask.shape[1]
     blocked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    where = torch.zeros((1, H, 1, k), dtype=torch.bool, device=mask.device)
+    cols = torch.tensor([c for c in columns if c < k], device=mask.device, dtype=torch.long)
     for h in heads or [slice(None)]:
-        mask[:, h, :, cols] = blocked
-    return mask
+        where[0, h, 0, cols] = True
+    if rows is not None:
+        where = where & rows.to(mask.device)[:, None, None, None]
+    fill = torch.tensor(blocked, dtype=mask.dtype, device=mask.device)
+    return torch.where(where, fill, mask.expand(B, H, q, k))
 
 
 class Hooks:
@@ -76,7 +89,11 @@ class Hooks:
         self.record: dict[int, torch.Tensor] | None = None
         self.pos0: torch.Tensor | None = None  # [B, D] the target's position embedding
         self.segment: int | str = 0  # the step being run, or "answer"
-        self.knockouts: list[tuple[Edge, range]] = []  # (edge, its key columns)
+        # (edge, its key columns, the stacked batch's intervention it cuts or None for all)
+        self.knockouts: list[tuple[Edge, range, int | None]] = []
+        # Per row of the batch being run, the intervention of a stacked batch it belongs to
+        # (`Batch.owner`): knockouts of one intervention cut its rows only.
+        self.owner: torch.Tensor | None = None
         mods = blocks(backbone, num_layers)
         self.handles = [mods[0].register_forward_pre_hook(self._pre)]
         for i in range(num_layers - 1):  # output of block i+1 = hidden_states[i+1]
@@ -91,17 +108,21 @@ class Hooks:
         edit = self.edits.get(layer)
         if edit is not None:
             if layer == 0 and self.pos0 is not None:  # replace only the fed-back vector
-                h[:, -1] = edit(h[:, -1] - self.pos0) + self.pos0
+                new = edit(h[:, -1] - self.pos0) + self.pos0
             else:
-                h[:, -1] = edit(h[:, -1])
+                new = edit(h[:, -1])
+            # A stacked batch's edit (`groups.RowEdit`) names the rows it changes: the others
+            # keep their state bit for bit (not `(h - pos0) + pos0`).
+            rows = getattr(edit, "rows", None)
+            h[:, -1] = new if rows is None else torch.where(rows[:, None], new, h[:, -1])
         if self.record is not None:
             self.record[layer] = h[:, -1].clone()
 
     def _mask(self, block: int):
         def hook(module, args, kwargs):
             cut = [
-                (e, cols)
-                for e, cols in self.knockouts
+                (e, cols, g)
+                for e, cols, g in self.knockouts
                 if e.applies(self.segment) and (not e.layers or block in e.layers)
             ]
             if not cut:
@@ -112,8 +133,10 @@ class Hooks:
                     "attention knockouts need the 4-D attention mask transformers builds "
                     f"(block {block} got {None if mask is None else tuple(mask.shape)})"
                 )
-            for e, cols in cut:
-                mask = knock_out(mask, cols, e.heads, self.n_heads)
+            hidden = args[0] if args else kwargs["hidden_states"]
+            for e, cols, g in cut:
+                rows = None if g is None or self.owner is None else self.owner == g
+                mask = knock_out(mask, cols, e.heads, self.n_heads, rows, hidden.shape[0])
             return args, {**kwargs, "attention_mask": mask}
 
         return hook

@@ -8,26 +8,27 @@ or after it, so the entries before an intervention's start are always the clean 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from opcircuits.codi.interventions.engine import Answer, Batch, Engine
-from opcircuits.codi.interventions.kinds import TABLE, Edit
-from opcircuits.codi.interventions.reference import Reference, Sources
-from opcircuits.codi.interventions.spec import (
-    Intervention,
-    Problem,
-    Site,
-    position_name,
-    sites_name,
+from opcircuits.codi.interventions.groups import DEFAULT_GROUP, Stacked, plan_groups, run_group
+from opcircuits.codi.interventions.outcomes import (
+    PATCHING,
+    Outcome,
+    attach_states,
+    check_finite,
+    make_outcome,
+    prepare,
+    site_edit,
+    sources_gold,
 )
+from opcircuits.codi.interventions.reference import Reference, Sources
+from opcircuits.codi.interventions.spec import Intervention, Problem, position_name, sites_name
 from opcircuits.codi.latent import one_query_attention
-from opcircuits.codi.prompt import decode_answer, extract_number
-from opcircuits.errors import OpcircuitsError
 
-PATCHING = ("patch", "patch_step", "path")  # kinds measured against the source's answer too
+__all__ = ["PATCHING", "Outcome", "site_edit"]  # kept importable from here
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -94,39 +95,6 @@ def partner_runs(
     return [a for a in out if a is not None]
 
 
-def site_edit(
-    iv: Intervention,
-    site: Site,
-    ref: Reference,
-    src_rows: Sequence[int] | None,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> Edit:
-    """The edit of one site of a site kind's intervention."""
-    li = ref.layer_index(site.layer)
-    make = TABLE[iv.kind].edit
-    if make is None:
-        raise AssertionError(iv.kind)
-    return make(iv, ref, site.step, li, src_rows, dtype, device)
-
-
-@dataclass
-class Outcome:
-    """One problem under one intervention."""
-
-    problem: int  # index into the run's problems
-    intervention: Intervention
-    answer_ids: list[int]
-    answer_text: str
-    predicted: float | None
-    correct: bool
-    logp_gold: float
-    source: int | None = None  # resample/patch: the source's reference row
-    logp_source: float | None = None  # patch: the source's gold answer, teacher-forced
-    ld_first: float | None = None  # the source's first differing answer token minus the gold's
-    states: torch.Tensor | None = None  # [K+1, L, D] at the reference layers, when recorded
-
-
 @torch.inference_mode()
 def run_interventions(
     engine: Engine,
@@ -138,13 +106,16 @@ def run_interventions(
     sources: Sources | None = None,
     record: bool = False,
     naive: bool = False,
+    group: int = DEFAULT_GROUP,
 ) -> Iterator[list[Outcome]]:
     """Every intervention on every problem of `batches`, one batch at a time: yields that batch's
     outcomes, the clean run's (`none`) first, then each intervention's in the given order.
 
     Problem i's states are `reference.states[reference.index[problems[i].id]]`. With `record`, each
     outcome carries its states (for tests). With `naive`, each intervention reruns the prompt and
-    every step and decodes token by token: the benchmark's baseline, same results."""
+    every step and decodes token by token: the benchmark's baseline, same results. Up to `group`
+    interventions starting at the same step run as one stacked batch (`groups`; 1: one at a
+    time), same results within float rounding."""
     sources = sources or Sources()
     K = engine.K
     order = sorted(range(len(interventions)), key=lambda j: -interventions[j].start(K))
@@ -157,10 +128,10 @@ def run_interventions(
                 engine.run_clean(b, reference.layers)
                 gold = [engine.gold_ids(problems[i].gold) for i in rows]
                 src = _patch_sources(sources, ref_rows)
-                clean = engine.decode(b, K, gold, source=_source_gold(engine, reference, src),
+                clean = engine.decode(b, K, gold, source=sources_gold(engine, reference, src),
                                       naive=naive)  # fmt: skip
                 out = [
-                    _outcome(engine, problems[i], i, Intervention("none"), a, s)
+                    make_outcome(engine, problems[i], i, Intervention("none"), a, s)
                     for i, a, s in zip(rows, clean, src, strict=True)
                 ]
                 if record:
@@ -168,10 +139,20 @@ def run_interventions(
                     for o, st in zip(out, b.clean_states, strict=True):
                         o.states = st.float().cpu()
                 done: dict[int, list[Outcome]] = {}
-                for j in order:
-                    done[j] = _run_one(
-                        engine, b, problems, rows, ref_rows, interventions[j], reference,
-                        sources, gold, [a.ids for a in clean], record, naive, room,
+                clean_ids = [a.ids for a in clean]
+                plan = plan_groups(interventions, order, K, 1 if naive else group)
+                # The batch's stacked copy, made for its first group, as large as its largest.
+                stacked = Stacked(max(map(len, plan), default=1))
+                for js in plan:
+                    if len(js) > 1:
+                        done.update(run_group(
+                            engine, b, problems, rows, ref_rows, {j: interventions[j] for j in js},
+                            reference, sources, gold, clean_ids, record, stacked,
+                        ))  # fmt: skip
+                        continue
+                    done[js[0]] = _run_one(
+                        engine, b, problems, rows, ref_rows, interventions[js[0]], reference,
+                        sources, gold, clean_ids, record, naive, room,
                     )  # fmt: skip
             yield out + [o for j in range(len(interventions)) for o in done[j]]
 
@@ -181,13 +162,6 @@ def _patch_sources(sources: Sources, ref_rows: Sequence[int]) -> list[int | None
     if sources.patch is None:
         return [None] * len(ref_rows)
     return [sources.patch[r] for r in ref_rows]
-
-
-def _source_gold(engine: Engine, reference: Reference, src: Sequence[int | None]):
-    """The sources' gold answer prompts (None where a row has no source; None for no source)."""
-    if all(s is None for s in src):
-        return None
-    return [engine.gold_ids(reference.problems[s].gold) if s is not None else None for s in src]
 
 
 def _run_one(
@@ -207,22 +181,7 @@ def _run_one(
 ) -> list[Outcome]:
     K = engine.K
     thoughts = iv.thoughts(K)
-    src: list[int | None] = [None] * len(rows)
-    src_rows = list(ref_rows)  # a kind without a source reads the problems' own rows (erase)
-    source = TABLE[iv.kind].source  # resample, patch, path: the field of `sources` to read
-    if source is not None:
-        table = getattr(sources, source)
-        if table is None:
-            raise OpcircuitsError(f"{iv.kind}: no source problems given", field="kinds")
-        src = [table[r] for r in ref_rows]
-        # A problem without a source is left as it is (patched from itself).
-        src_rows = [s if s is not None else r for s, r in zip(src, ref_rows, strict=True)]
-    edits: dict[int, dict[int, Edit]] = {}
-    for site in iv.sites:
-        edit = site_edit(iv, site, reference, src_rows, engine.dtype, engine.device)
-        edits.setdefault(site.step, {})[site.layer] = edit
-    # Patching measures the source's answer too (and the clean run, when sources exist).
-    source_gold = _source_gold(engine, reference, src) if iv.kind in PATCHING else None
+    src, src_rows, edits, source_gold = prepare(engine, iv, ref_rows, reference, sources)
     drafts = [[c] for c in clean_ids]
     layers = reference.layers if record else None
     if iv.kind == "path":
@@ -235,22 +194,22 @@ def _run_one(
     if naive:  # the whole loop again: the prompt, then every step
         b = engine.open_batch(problems, rows, room)
         start = 0
-    engine.hooks.knockouts = [(e, e.columns(b.T, K)) for e in iv.edges]
+    engine.hooks.knockouts = [(e, e.columns(b.T, K), None) for e in iv.edges]
     try:
         recorded: list = []
         if start <= thoughts:
             finals, recorded = engine.latents(b, start, thoughts, edits, layers)
-            _check_finite(finals[start:], iv, [problems[i].id for i in rows])
+            check_finite(finals[start:], iv, [problems[i].id for i in rows])
         shift = K - thoughts if iv.kind == "truncate_pos" else 0
         answers = engine.decode(b, thoughts, gold, drafts, source_gold, naive=naive, shift=shift)
     finally:
         engine.hooks.knockouts = []
     outcomes = [
-        _outcome(engine, problems[i], i, iv, a, s)
+        make_outcome(engine, problems[i], i, iv, a, s)
         for i, a, s in zip(rows, answers, src, strict=True)
     ]
     if record:
-        _attach_states(engine, b, outcomes, reference, start, recorded)
+        attach_states(engine, b, outcomes, reference, start, recorded)
     return outcomes
 
 
@@ -274,73 +233,18 @@ def _run_path(
             b.last = other.last
     b.clean_final = bot
     finals, later = engine.latents(b, 1, K, edits, layers)
-    _check_finite(finals[1:], iv, [problems[i].id for i in rows])
+    check_finite(finals[1:], iv, [problems[i].id for i in rows])
     recorded = rec + later
     if iv.path != "all":  # the answer reads the other prompt than the thoughts did
         engine.swap_prompt(b, other)
     answers = engine.decode(b, K, gold, drafts, source_gold, naive=naive)
     outcomes = [
-        _outcome(engine, problems[i], i, iv, a, s)
+        make_outcome(engine, problems[i], i, iv, a, s)
         for i, a, s in zip(rows, answers, src, strict=True)
     ]
     if layers is not None:
-        _attach_states(engine, b, outcomes, reference, 0, recorded)
+        attach_states(engine, b, outcomes, reference, 0, recorded)
     return outcomes
-
-
-def _check_finite(finals: Sequence[torch.Tensor], iv: Intervention, ids: Sequence[str]) -> None:
-    """The intervened thoughts' states must be numbers: a NaN or inf state (a steering strength
-    beyond the dtype's range) would decode to an arbitrary answer, reported as an effect."""
-    if not finals:
-        return
-    ok = torch.isfinite(torch.cat(list(finals), 1)).flatten(1).all(1).cpu().tolist()
-    bad = [i for i, good in zip(ids, ok, strict=True) if not good]
-    if bad:
-        shown = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
-        raise OpcircuitsError(
-            f"{iv.label}: the intervened states are NaN or inf for {len(bad)} problem(s) "
-            f"({shown}); use smaller steering strengths (--alphas) or --dtype float32",
-            field="alphas" if iv.kind == "steer" else "kinds",
-        )
-
-
-def _attach_states(engine, b, outcomes, reference, start, recorded) -> None:
-    """Each outcome's states [K+1, L, D]: the clean run's before `start`, then the recorded
-    ones, NaN for steps that never ran (after a truncation)."""
-    B, L, D = len(outcomes), len(reference.layers), engine.model.hidden_size
-    steps = []
-    for s in range(engine.K + 1):
-        if s < start:
-            assert b.clean_states is not None
-            steps.append(b.clean_states[:, s].float().cpu())
-        elif s - start < len(recorded):
-            r = recorded[s - start]
-            steps.append(torch.stack([r[x] for x in reference.layers], 1).float().cpu())
-        else:  # steps after a truncation never ran
-            steps.append(torch.full((B, L, D), float("nan")))
-    for o, st in zip(outcomes, torch.stack(steps, 1), strict=True):
-        o.states = st
-
-
-def _outcome(
-    engine: Engine, problem: Problem, i: int, iv: Intervention, a: Answer, source: int | None
-) -> Outcome:
-    text = decode_answer(engine.model, engine.tokenizer, a.ids)
-    predicted = extract_number(text)
-    gold = problem.gold_value
-    return Outcome(
-        problem=i,
-        intervention=iv,
-        answer_ids=a.ids,
-        answer_text=text,
-        predicted=predicted,
-        # As extraction scores it: the last number of the answer equals the gold value.
-        correct=predicted is not None and predicted == gold,
-        logp_gold=a.logp_gold,
-        source=source,
-        logp_source=a.logp_source,
-        ld_first=a.ld_first,
-    )
 
 
 def outcome_rows(
