@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_analysis import FAST, LAYERS, POSITIONS, make_store
+from synthetic_store import FAST, LAYERS, POSITIONS, make_store
 
 from opcircuits.analysis.compute import compute_report
 from opcircuits.errors import OpcircuitsError

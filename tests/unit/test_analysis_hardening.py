@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
-from test_analysis import LAYERS, make_store
+from synthetic_store import LAYERS, make_store
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.options import AnalyzeOptions

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_analysis import FAST, FILLER
+from synthetic_store import FAST, FILLER
 
 from opcircuits.analysis.compute import compute_report
 from opcircuits.data.annotations import category_of, step_operators

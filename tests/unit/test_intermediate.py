@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
-from test_analysis import FAST, FILLER
+from synthetic_store import FAST, FILLER
 
 from opcircuits.analysis import intermediate
 from opcircuits.analysis.compute import compute_report
