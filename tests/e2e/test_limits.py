@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import one_error_line, run_cli
 
 from opcircuits.data.io import MAX_CHARS, MAX_LINE_BYTES, read_problems
 from opcircuits.errors import OpcircuitsError
@@ -63,12 +63,6 @@ def never_load_a_model(monkeypatch):
         raise AssertionError("the model was loaded before the options were checked")
 
     monkeypatch.setattr("opcircuits.codi.checkpoint.load_codi", fail)
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

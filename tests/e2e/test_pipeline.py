@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import run_cli, tree
 from codi_factory import build_tiny_codi, sample_texts
 
 from opcircuits.files import manifest_path, sha256_file
@@ -407,14 +407,6 @@ def test_store_from_another_model_is_refused_and_left_intact(
 
 
 # --- files the run did not write are never deleted nor overwritten (issue 13 item 2) ----------
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture

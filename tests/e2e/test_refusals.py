@@ -12,26 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import one_error_line, run_cli, tree
 
 from opcircuits.store import write_store
 
 CATS = ["pure_addition", "pure_multiplication", "mixed"]
 FAST = ["--folds", "2", "--repeats", "1", "--permutations", "0", "--jobs", "1"]
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_runner import run_cli
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+from cli_runner import one_error_line, run_cli
 
 
 def _synth(out: Path, *extra: str) -> tuple[int, str, str]:

@@ -9,25 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import one_error_line, run_cli, tree
 
 from opcircuits.codi.training.base import build_demo_base
 from opcircuits.files import OWNED_LIST
 from opcircuits.options import NewBaseOptions
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cli_runner import run_cli
+from cli_runner import one_error_line, run_cli
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.pipeline.engine import StageError
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def test_a_message_of_several_lines_is_printed_as_one():

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_runner import tree
 
 from opcircuits.errors import OpcircuitsError
 from opcircuits.files import (
@@ -22,14 +23,6 @@ from opcircuits.files import (
     text_lines,
     write_text_atomic,
 )
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def write_report(folder: Path, text: str) -> None:
